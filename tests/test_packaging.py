@@ -29,3 +29,12 @@ def test_licence_is_gpl3_or_later() -> None:
     assert meta["license"] == "GPL-3.0-or-later"
     assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text()[:200]
     assert "Version 3" in (ROOT / "LICENSE").read_text()[:300]
+
+
+def test_every_package_folder_is_listed() -> None:
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "firered_core").rglob("__init__.py")}
+    train = ROOT / "train"
+    if train.is_dir():
+        found |= {".".join(("firered_train",) + p.parent.relative_to(train).parts) for p in train.rglob("__init__.py")}
+    assert found <= listed, f"package folders missing from pyproject's packages list: {sorted(found - listed)}"
