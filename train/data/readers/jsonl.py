@@ -1,0 +1,134 @@
+"""JSONL manifests with FireRed's field names.
+
+One JSON object per line::
+
+    {"source_image": "img/001.png", "target_image": "img/001_edit.png",
+     "instruction": "Change the sky to sunset.", "instruction_cn": "把天空改成日落。",
+     "inverse_instruction": "...", "inverse_instruction_cn": "...", "task": "adjust", "id": "001"}
+
+- ``source_image``: a path, a list of paths (multi-image edit, in order) or null / missing / ``[]`` (text-to-image).
+- ``target_image``: a path (``edit_image``, the name FireRed's embedding step writes, is accepted too).
+- ``instruction`` / ``instruction_cn``: at least one must be non-empty; the inverse texts are optional.
+- ``task``: the data-weight and bucket group (default: ``JsonlConfig.default_task``).
+- ``id``: names the sample in logs (default: ``<manifest file name>:<line number>``).
+- ``target_image_size`` (or ``edit_image_size``) ``{"width": W, "height": H}`` and ``source_image_size`` (a list of
+  those): optional; when present they are trusted and the image headers are not read, which makes scanning a
+  large manifest cheap. Files are still checked to exist; a wrong size is caught when the image is decoded
+  (``ImageRef.open``) and that sample is skipped then.
+
+Relative paths are relative to the manifest's folder; absolute paths are kept. URLs are refused (a skipped sample):
+nothing downloads at training time. Blank lines are ignored; a line that is not a JSON object is a skipped sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..record import BadSampleError, EditRecord, ImageRef, SkipReason
+from ..skips import SkipLog
+
+log = logging.getLogger(__name__)
+
+_TEXT_FIELDS = ("instruction", "instruction_cn", "inverse_instruction", "inverse_instruction_cn")
+
+
+@dataclass(frozen=True)
+class JsonlConfig:
+    """How JSONL manifests are read."""
+
+    default_task: str = "default"  # task of lines without a "task" field
+
+
+def _text(row: Mapping[str, Any], key: str, sid: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadSampleError(SkipReason.MALFORMED, sid, f"{key} must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
+def _paths(value: Any, key: str, sid: str) -> list[str]:
+    """Normalise a path field that may be null, a string or a list of strings."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise BadSampleError(SkipReason.MALFORMED, sid, f"{key} must be a path or a list of paths")
+    return [v for v in items if v.strip()]  # FireRed's manifests use "" for "no image"
+
+
+def _size(value: Any, key: str, sid: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        width, height = int(value["width"]), int(value["height"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadSampleError(SkipReason.MALFORMED, sid, f"{key} must be {{'width': W, 'height': H}}") from exc
+    if width <= 0 or height <= 0:
+        raise BadSampleError(SkipReason.MALFORMED, sid, f"{key} must be positive, got {width}x{height}")
+    return width, height
+
+
+def _image(base: Path, rel: str, size: tuple[int, int] | None, sid: str) -> ImageRef:
+    if "://" in rel:
+        raise BadSampleError(SkipReason.MISSING_FILE, sid, f"URLs are not downloaded: {rel}")
+    path = base / rel  # an absolute rel replaces base
+    if size is None:
+        return ImageRef.probe(path, sid)
+    if not path.is_file():
+        raise BadSampleError(SkipReason.MISSING_FILE, sid, f"no such file: {path}")
+    return ImageRef(size[0], size[1], path=path, name=str(path))
+
+
+def record_from_row(row: Any, base: Path, default_id: str, config: JsonlConfig = JsonlConfig()) -> EditRecord:
+    """Build and validate the record of one manifest line (already parsed); raises ``BadSampleError``."""
+    if not isinstance(row, dict):
+        raise BadSampleError(SkipReason.MALFORMED, default_id, "a manifest line must be a JSON object")
+    sid = str(row.get("id") or default_id)
+    target_rel = row.get("target_image", row.get("edit_image"))
+    if not isinstance(target_rel, str) or not target_rel.strip():
+        raise BadSampleError(SkipReason.MALFORMED, sid, "target_image is missing")
+    source_rels = _paths(row.get("source_image"), "source_image", sid)
+    source_sizes = row.get("source_image_size") or [None] * len(source_rels)
+    if not isinstance(source_sizes, list) or len(source_sizes) != len(source_rels):
+        raise BadSampleError(SkipReason.MALFORMED, sid, "source_image_size must list one size per source image")
+    target_size = _size(row.get("target_image_size", row.get("edit_image_size")), "target_image_size", sid)
+    sources = tuple(_image(base, rel, _size(size, "source_image_size", sid), sid)
+                    for rel, size in zip(source_rels, source_sizes))
+    texts = {key: _text(row, key, sid) for key in _TEXT_FIELDS}
+    task = row.get("task") or config.default_task
+    if not isinstance(task, str):
+        raise BadSampleError(SkipReason.MALFORMED, sid, "task must be a string")
+    target = _image(base, target_rel, target_size, sid)
+    return EditRecord(id=sid, target=target, sources=sources, task=task, **texts).validate()
+
+
+def read_jsonl(manifests: str | Path | Iterable[str | Path], config: JsonlConfig = JsonlConfig(),
+               skips: SkipLog | None = None) -> list[EditRecord]:
+    """All good samples of one or more manifests, in file then line order; bad lines are counted in ``skips``."""
+    paths = [Path(manifests)] if isinstance(manifests, (str, Path)) else [Path(m) for m in manifests]
+    skips = skips if skips is not None else SkipLog()
+    records: list[EditRecord] = []
+    for manifest in paths:
+        if not manifest.is_file():
+            raise FileNotFoundError(f"manifest {manifest} does not exist")
+        with manifest.open(encoding="utf-8-sig") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                default_id = f"{manifest.name}:{number}"
+                try:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise BadSampleError(SkipReason.MALFORMED, default_id, f"not JSON: {exc}") from exc
+                    records.append(record_from_row(row, manifest.parent, default_id, config))
+                except BadSampleError as exc:
+                    skips.add(exc)
+    log.info("read %d samples from %d manifest(s) (%d skipped)", len(records), len(paths), skips.total)
+    return records

@@ -1,0 +1,151 @@
+"""One edit sample: N source images, a target image, instructions and a task label.
+
+Every reader turns its format into ``EditRecord`` values, and everything downstream (bucket sampler, instruction
+alignment, caching, the trainer) sees only records. A record is metadata plus a way to reach the pixels:
+
+- ``ImageRef`` holds an image's width and height (read from the file header, so building a record never decodes
+  pixels) and either a file path (folders, JSONL manifests) or the encoded bytes (tar and parquet shards).
+  ``ImageRef.open()`` decodes it to an upright RGB ``PIL.Image`` when the pixels are finally needed.
+- ``EditRecord`` has 0..N sources (0 = text-to-image; FireRed trains with up to 3, but nothing here fixes N), one
+  target, the instruction in English and/or Chinese, optional inverse instructions (FireRed's "describe the
+  source from the target" texts, used by swapping source and target when there is exactly one source), a task
+  label (the data-weight and bucket group) and an id that names the sample in logs.
+
+A sample that cannot be used raises ``BadSampleError`` carrying a ``SkipReason`` and the sample id; readers and
+loaders catch it, count it in a ``SkipLog`` and go on, so one broken file never stops a run.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+# EXIF orientations 5..8 rotate by 90 degrees: the upright image has width and height swapped.
+_EXIF_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+class SkipReason(str, enum.Enum):
+    """Why a sample was skipped; the value is the counter name the trainer logs."""
+
+    MISSING_FILE = "missing_file"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    EMPTY_TEXT = "empty_text"
+    MALFORMED = "malformed"  # broken JSON, wrong field types, ambiguous or incomplete file naming
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be trained on; readers skip and count it instead of stopping."""
+
+    def __init__(self, reason: SkipReason, sample_id: str, detail: str) -> None:
+        super().__init__(f"sample {sample_id!r}: {reason.value}: {detail}")
+        self.reason = reason
+        self.sample_id = sample_id
+        self.detail = detail
+
+
+def _image_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the image as it will be shown upright, from the header only."""
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION_TAG)
+    except (OSError, ValueError, SyntaxError):  # a broken EXIF block: Pillow ignores it when decoding too
+        orientation = None
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reachable by path or as encoded bytes, with its upright size known without decoding."""
+
+    width: int
+    height: int
+    path: Path | None = None
+    data: bytes | None = field(default=None, repr=False)
+    name: str = ""  # how logs name it: the path, or "shard.tar:key.tgt.png"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError(f"ImageRef {self.name!r}: give exactly one of path and data")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"ImageRef {self.name!r}: size must be positive, got {self.width}x{self.height}")
+
+    @classmethod
+    def probe(cls, source: Path | bytes, sample_id: str, name: str = "") -> ImageRef:
+        """Reference ``source`` (a path or encoded bytes) after reading its size from the header.
+
+        Raises ``BadSampleError`` (missing file, or bytes no image decoder recognises).
+        """
+        label = name or (str(source) if isinstance(source, Path) else "<bytes>")
+        if isinstance(source, Path) and not source.is_file():
+            raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {label}")
+        try:
+            with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
+                width, height = _image_size(img)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise BadSampleError(SkipReason.UNDECODABLE_IMAGE, sample_id, f"{label}: {exc}") from exc
+        if isinstance(source, Path):
+            return cls(width, height, path=source, name=label)
+        return cls(width, height, data=source, name=label)
+
+    def open(self, sample_id: str = "") -> Image.Image:
+        """Decode to an upright RGB image; a truncated or corrupt file raises ``BadSampleError``."""
+        try:
+            if self.path is not None and not self.path.is_file():
+                raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
+            with Image.open(self.path if self.path is not None else io.BytesIO(self.data or b"")) as img:
+                upright = ImageOps.exif_transpose(img) or img
+                rgb = upright.convert("RGB")  # convert() forces the full decode inside the try
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise BadSampleError(SkipReason.UNDECODABLE_IMAGE, sample_id, f"{self.name}: {exc}") from exc
+        if rgb.size != (self.width, self.height):
+            # The header lied (or the file changed since the scan): buckets were planned for another size.
+            raise BadSampleError(SkipReason.UNDECODABLE_IMAGE, sample_id,
+                                 f"{self.name}: decoded {rgb.size}, header said {(self.width, self.height)}")
+        return rgb
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """One training sample. Construct with validated fields; use ``validate`` on data from outside."""
+
+    id: str
+    target: ImageRef
+    sources: tuple[ImageRef, ...] = ()
+    instruction: str = ""  # English
+    instruction_cn: str = ""  # Chinese
+    inverse_instruction: str = ""  # English text that turns the target back into the (single) source
+    inverse_instruction_cn: str = ""
+    task: str = "default"
+
+    def validate(self) -> EditRecord:
+        """Return self, or raise ``BadSampleError`` for a record no trainer could use."""
+        if not self.id:
+            raise BadSampleError(SkipReason.MALFORMED, "<no id>", "empty sample id")
+        if not self.task:
+            raise BadSampleError(SkipReason.MALFORMED, self.id, "empty task label")
+        if not (self.instruction.strip() or self.instruction_cn.strip()):
+            raise BadSampleError(SkipReason.EMPTY_TEXT, self.id, "no English or Chinese instruction")
+        if (self.inverse_instruction or self.inverse_instruction_cn) and len(self.sources) != 1:
+            # An inverse instruction swaps source and target, which is only defined for exactly one source.
+            raise BadSampleError(SkipReason.MALFORMED, self.id,
+                                 f"inverse instruction with {len(self.sources)} sources (needs exactly 1)")
+        return self
+
+    @property
+    def source_sizes(self) -> tuple[tuple[int, int], ...]:
+        """(width, height) of each source, in order."""
+        return tuple((s.width, s.height) for s in self.sources)
+
+    @property
+    def target_size(self) -> tuple[int, int]:
+        """(width, height) of the target."""
+        return (self.target.width, self.target.height)
+
+    def open_images(self) -> tuple[list[Image.Image], Image.Image]:
+        """Decode (sources, target); raises ``BadSampleError`` naming this record."""
+        return [s.open(self.id) for s in self.sources], self.target.open(self.id)
