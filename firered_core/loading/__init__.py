@@ -1,0 +1,74 @@
+"""Loading and saving FireRed weights.
+
+One entry point covers every layout users have on disk::
+
+    from firered_core.loading import load_components
+    transformer, vae, encoder, scheduler_config = load_components("FireRed-Image-Edit-1.1", dtype=torch.bfloat16)
+    parts = load_components(["FireRed-Image-Edit-1.1-transformer.safetensors", "qwen_image_vae.safetensors",
+                             "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True)
+
+A folder must be a diffusers folder (``model_index.json``); a list of files is sorted by content, never by name.
+The package is layered, each file one job:
+
+==========================  =====================================================================================
+``safetensors_io.py``       validated headers (pickles, truncation, bad JSON refused), one-tensor-at-a-time reads,
+                            sharded indexes; ``WeightFileError``, the one exception type for weight problems
+``stream.py``               meta-device build + streaming assignment with dtype/fp8 conversion and one combined
+                            mismatch report; ``build_transformer``, ``build_vae``, ``LoadedComponents``
+``detect.py``               what a file is and which config it has, from keys and shapes
+``diffusers_folder.py``     diffusers folders (config.json + single or sharded weights, scheduler config)
+``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, scaled fp8, Wan VAE names)
+``save.py``                 atomic saving as a diffusers folder (optionally sharded) or ComfyUI single files
+==========================  =====================================================================================
+
+Nothing downloads and nothing is unpickled: ``.ckpt/.pt/.pth/.bin`` and pickle/zip contents are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .comfy_files import load_files, load_transformer_file, load_vae_file
+from .detect import FileKind, classify, infer_transformer_config, infer_vae_config, is_diffusers_folder
+from .diffusers_folder import load_diffusers_folder
+from .safetensors_io import (PICKLE_SUFFIXES, TensorInfo, WeightFileError, WeightSource, open_sharded,
+                             open_weights, read_header, read_metadata)
+from .save import save_comfy_transformer, save_comfy_vae, save_diffusers_folder
+from .stream import LoadedComponents, LoadReport, build_transformer, build_vae, load_into
+
+__all__ = ["load_components", "LoadedComponents", "WeightFileError", "WeightSource", "TensorInfo",
+           "PICKLE_SUFFIXES", "open_weights", "open_sharded", "read_header", "read_metadata", "load_into",
+           "LoadReport", "build_transformer", "build_vae", "FileKind", "classify", "infer_transformer_config",
+           "infer_vae_config", "is_diffusers_folder", "load_diffusers_folder", "load_files",
+           "load_transformer_file", "load_vae_file", "save_diffusers_folder", "save_comfy_transformer",
+           "save_comfy_vae"]
+
+PathLike = str | os.PathLike
+
+
+def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                    device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
+    """Transformer, VAE, condition encoder (or None) and scheduler config from a diffusers folder or single files.
+
+    ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; ``device`` is
+    where the weights are placed (default CPU).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.is_dir():
+            if not is_diffusers_folder(path):
+                raise WeightFileError(f"{path}: folder has no model_index.json, so it is not a diffusers model "
+                                      "folder; pass the .safetensors files instead")
+            return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)
+        if not path.exists():
+            raise WeightFileError(f"{path}: not found")
+        model = [path]
+    paths = [Path(p) for p in model]
+    folders = [p for p in paths if p.is_dir()]
+    if folders:
+        raise WeightFileError(f"{folders[0]}: a folder cannot be combined with other model files")
+    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)

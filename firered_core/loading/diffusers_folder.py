@@ -1,0 +1,167 @@
+"""Loading a diffusers-format model folder (the layout of FireRed's and Qwen-Image-Edit's official releases).
+
+::
+
+    FireRed-Image-Edit-1.1/
+        model_index.json                      pipeline class and its components
+        transformer/config.json               -> TransformerConfig
+        transformer/diffusion_pytorch_model-0000K-of-0000N.safetensors + ...safetensors.index.json (or one file)
+        vae/config.json + vae/diffusion_pytorch_model.safetensors         -> VAEConfig, FireRedVAE
+        scheduler/scheduler_config.json       -> SchedulerConfig
+        text_encoder/, tokenizer/, processor/ -> handed to firered_core.encoder
+
+Usage::
+
+    parts = load_diffusers_folder("FireRed-Image-Edit-1.1", dtype=torch.bfloat16, fp8=True)
+    transformer, vae, encoder, scheduler_config = parts
+
+Configs come from the config.json files (the source of truth for what the weights were trained with); the
+weights must then fit them exactly (strict loading, all mismatches reported at once). Weight files are found by
+content type, not guessed: a shard index if there is one, else the single ``.safetensors`` file of the
+component; a component that only has pickle (``.bin``) weights is refused with a hint to convert it. A missing
+``scheduler/`` falls back to FireRed's default schedule with a warning.
+
+Public API: ``load_diffusers_folder``, ``load_transformer_dir``, ``load_vae_dir``, ``load_scheduler_config``,
+``load_condition_encoder``, ``component_source``, ``read_json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from ..config import ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
+from ..ops import DEFAULT_OPS
+from ..transformer import FireRedTransformer
+from ..vae import FireRedVAE
+from .safetensors_io import PICKLE_SUFFIXES, WeightFileError, WeightSource, open_sharded, open_weights
+from .stream import LoadedComponents, build_transformer, build_vae
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_diffusers_folder", "load_transformer_dir", "load_vae_dir", "load_scheduler_config",
+           "load_condition_encoder", "component_source", "read_json"]
+
+PathLike = str | os.PathLike
+
+# the weight file name diffusers gives a model component (shards add -0000K-of-0000N)
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; errors name the file."""
+    if not path.is_file():
+        raise WeightFileError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path}: expected a JSON object")
+    return data
+
+
+def _component_dir(folder: Path, component: str) -> Path:
+    path = folder / component
+    if not path.is_dir():
+        raise WeightFileError(f"{folder}: no '{component}/' folder (a diffusers model folder needs one)")
+    return path
+
+
+def component_source(folder: PathLike, component: str) -> WeightSource:
+    """The weights of ``folder/component``: the shard index if any, else its one ``.safetensors`` file."""
+    path = _component_dir(Path(folder), component)
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if indexes:
+        preferred = path / f"{WEIGHTS_NAME}.index.json"
+        return open_sharded(preferred if preferred in indexes else indexes[0])
+    files = sorted(path.glob("*.safetensors"))
+    if (path / WEIGHTS_NAME).is_file():
+        return open_weights(path / WEIGHTS_NAME)
+    if len(files) == 1:
+        return open_weights(files[0])
+    if len(files) > 1:
+        raise WeightFileError(f"{path}: several .safetensors files ({', '.join(f.name for f in files)}) and no "
+                              "*.safetensors.index.json saying how they fit together")
+    pickles = [f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise WeightFileError(f"{path}: only pickle weights ({', '.join(pickles)}), which are refused because "
+                              "unpickling can run arbitrary code; convert them to .safetensors")
+    raise WeightFileError(f"{path}: no .safetensors weights found")
+
+
+def _config(path: Path, cls: type, expected_class: str) -> Any:
+    data = read_json(path)
+    if cls is TransformerConfig and data.get("out_channels", 0) is None:
+        data["out_channels"] = data.get("in_channels")  # diffusers' convention: None means "as in_channels"
+    found = data.get("_class_name")
+    if found is not None and found != expected_class:
+        log.warning("%s: _class_name is %r, expected %r; loading anyway", path, found, expected_class)
+    try:
+        return cls.from_dict(data, source=str(path))
+    except (ConfigError, TypeError) as e:
+        raise WeightFileError(f"{path}: invalid config: {e}") from None
+
+
+def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                         device: torch.device | str | None = None,
+                         ops: SimpleNamespace = DEFAULT_OPS) -> FireRedTransformer:
+    """``folder/transformer`` as a ``FireRedTransformer`` (Linear weights in fp8 when ``fp8``)."""
+    config = _config(_component_dir(Path(folder), "transformer") / "config.json", TransformerConfig,
+                     "QwenImageTransformer2DModel")
+    with component_source(folder, "transformer") as source:
+        return build_transformer(config, source, source_name=source.name, dtype=dtype, fp8=fp8, device=device,
+                                 ops=ops)
+
+
+def load_vae_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 ops: SimpleNamespace = DEFAULT_OPS) -> FireRedVAE:
+    """``folder/vae`` as a ``FireRedVAE``."""
+    config = _config(_component_dir(Path(folder), "vae") / "config.json", VAEConfig, "AutoencoderKLQwenImage")
+    with component_source(folder, "vae") as source:
+        return build_vae(config, source, source_name=source.name, dtype=dtype, device=device, ops=ops)
+
+
+def load_scheduler_config(folder: PathLike) -> SchedulerConfig:
+    """``folder/scheduler/scheduler_config.json``; FireRed's default schedule when the folder has none."""
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        log.warning("%s: not found; using FireRed's default flow-matching schedule", path)
+        return SchedulerConfig()
+    return _config(path, SchedulerConfig, "FlowMatchEulerDiscreteScheduler")
+
+
+def load_condition_encoder(folder: PathLike, dtype: torch.dtype = torch.float32) -> Any:
+    """The Qwen2.5-VL condition encoder of a diffusers folder (text_encoder/, tokenizer/, processor/).
+
+    ``firered_core.encoder`` owns that format; it is imported here, lazily, because it is large and not needed
+    for the transformer/VAE-only uses of this package.
+    """
+    from ..encoder.qwen_vl import QwenVLConditionEncoder
+
+    return QwenVLConditionEncoder.from_pretrained_dir(Path(folder), dtype=dtype)
+
+
+def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                          device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
+    """Every component of a diffusers folder; ``encoder`` is None when the folder has no ``text_encoder/``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise WeightFileError(f"{root}: folder not found")
+    index = read_json(root / "model_index.json")
+    log.info("%s: %s", root, index.get("_class_name", "pipeline of unknown class"))
+    transformer = load_transformer_dir(root, dtype=dtype, fp8=fp8, device=device)
+    vae = load_vae_dir(root, dtype=dtype, device=device)
+    scheduler = load_scheduler_config(root)
+    encoder = None
+    if load_encoder and (root / "text_encoder").is_dir():
+        encoder = load_condition_encoder(root, dtype=dtype)
+    elif load_encoder:
+        log.warning("%s: no text_encoder/ folder: the pipeline will have no condition encoder", root)
+    return LoadedComponents(transformer, vae, encoder, scheduler)
