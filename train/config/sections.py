@@ -1,0 +1,276 @@
+"""The sections of a training config, one frozen dataclass each.
+
+Every field has the default FireRed's report (or its released trainer) uses where one is known; values the report
+does not give are marked *guess* and are meant to be tuned. Each class checks its own invariants and names the
+bad field (``field_error``); the loader adds the section path, so messages read ``optim.lr: must be > 0``.
+
+The data section embeds the data package's own configs (``BucketSamplerConfig``, ``SIAConfig``) rather than
+copying their fields, so there is one place for each setting: the per-device token budget (the batch size
+follows from it) is ``data.sampler.token_budget``, the text drop rate is ``data.sia.text_drop_prob``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from firered_core.config import PRESETS
+from firered_core.lora import DEFAULT_TARGETS, INITS, SAVE_FORMATS
+
+from ..data import BucketSamplerConfig, SIAConfig
+from .coerce import field_error
+
+__all__ = ["CheckpointConfig", "DataConfig", "EMAConfig", "LoRAConfig", "LoggingConfig", "ModelConfig",
+           "ObjectiveConfig", "OptimConfig", "ScheduleConfig", "TimestepConfig"]
+
+
+def _positive(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise field_error(name, f"must be > 0, got {value!r}")
+
+
+def _non_negative(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value >= 0:
+            raise field_error(name, f"must be >= 0, got {value!r}")
+
+
+def _probability(obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not 0.0 <= value <= 1.0:
+            raise field_error(name, f"must lie in [0, 1], got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which transformer is trained, how it is stored, and whether all of it or a LoRA on it is trained."""
+
+    # Architecture by name (firered_core.config.PRESETS). With ``weights`` set the architecture is read from the
+    # file and the preset only has to agree; without weights the model starts from a random init (tests, demos).
+    preset: str = "firered-1.0"
+    # A diffusers folder or a transformer .safetensors file (ComfyUI single files work too). None: random init.
+    weights: str | None = None
+    # Storage dtype of the weights. float32 keeps exact master weights (bf16 compute comes from ``precision``);
+    # bfloat16 halves memory and suits a frozen LoRA base.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    fp8: bool = False  # frozen base Linear weights as float8 e4m3 (LoRA only): a 20B base in ~20 GB
+    gradient_checkpointing: bool = True  # recompute block activations in backward; FireRed trains with it on
+    finetune: Literal["full", "lora"] = "full"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise field_error("preset", f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
+        if self.weights is not None and not self.weights.strip():
+            raise field_error("weights", "is empty; use null for a random init")
+        if self.fp8 and self.finetune != "lora":
+            raise field_error("fp8", "a float8 base cannot be trained; use it with finetune: lora")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """The trainable adapters when ``model.finetune`` is "lora" (``firered_core.lora.add_trainable_lora``)."""
+
+    rank: int = 16
+    alpha: float | None = None  # scale = alpha / rank; None means alpha = rank (scale 1)
+    dropout: float = 0.0  # on the adapter input, training only
+    # Module paths or suffixes (PEFT's rule). Default: attention and MLP of both streams in every block, the
+    # layers the published FireRed/Qwen-Image LoRAs cover, so the export loads everywhere.
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    init: str = "kaiming"  # down-projection init, the up-projection starts at zero: "kaiming" (PEFT) or "gaussian"
+    save_format: str = "comfyui"  # key layout of exported LoRA files: see firered_core.lora.SAVE_FORMATS
+
+    def __post_init__(self) -> None:
+        _positive(self, "rank")
+        if self.alpha is not None:
+            _positive(self, "alpha")
+        if not 0.0 <= self.dropout < 1.0:
+            raise field_error("dropout", f"must lie in [0, 1), got {self.dropout!r}")
+        if not self.target_modules or any(not t.strip() for t in self.target_modules):
+            raise field_error("target_modules",
+                              f"needs at least one non-empty module name, got {self.target_modules!r}")
+        if self.init not in INITS:
+            raise field_error("init", f"must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.save_format not in SAVE_FORMATS:
+            raise field_error("save_format", f"must be one of {', '.join(SAVE_FORMATS)}, got {self.save_format!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where samples come from and how batches are formed (see ``firered_train.data`` and docs/DATA_FORMAT.md)."""
+
+    reader: Literal["folder", "jsonl", "webdataset", "parquet"] = "jsonl"
+    path: str = ""  # a pairs folder, a .jsonl manifest, or a folder of .tar / .parquet shards
+    default_task: str = "default"  # task label of samples that do not name one
+    val_path: str | None = None  # held-out samples (same reader) for validation loss and sample grids
+    # Cached VAE latents and condition embeddings written by ``firered cache``; None encodes online. SIA reorders
+    # and drops sources, so with a cache only sample-level choices (text drop) stay stochastic.
+    cache_dir: str | None = None
+    num_workers: int = 2  # DataLoader worker processes per rank
+    shuffle_shards: bool = True  # streamed formats: a new shard order every epoch
+    sampler: BucketSamplerConfig = field(default_factory=BucketSamplerConfig)
+    sia: SIAConfig = field(default_factory=SIAConfig)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, "num_workers")
+        if not self.default_task:
+            raise field_error("default_task", "must not be empty")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# objective
+
+
+@dataclass(frozen=True)
+class TimestepConfig:
+    """How the noise level ``s`` in [0, 1] of each sample is drawn (rectified flow, s = 1 is pure noise)."""
+
+    mode: Literal["uniform", "logit_normal"] = "logit_normal"  # FireRed: logit-normal weighting
+    logit_mean: float = 0.0  # s = sigmoid(N(mean, std)); mean 0 centres the mass on s = 0.5
+    logit_std: float = 1.0
+    # "resolution": the inference schedule's shift, exp(mu) with mu linear in the target token count, so
+    # large images see more noise; "static": a fixed ``static_shift``; "none": no shift.
+    shift: Literal["none", "static", "resolution"] = "resolution"
+    static_shift: float = 1.0
+    # Distributed stratified sampling: rank r of R draws from its own sub-interval [r/R, (r+1)/R) of the
+    # (pre-shift) quantile, so every global batch covers all noise levels.
+    stratified: bool = True
+    rotate_every: int = 100  # steps between rotations of the rank -> sub-interval assignment (*guess*)
+    # Progressive curriculum: "high_noise_first" starts with high noise levels and widens to the full range over
+    # ``curriculum_steps`` steps (report: high noise first, then uniform).
+    curriculum: Literal["none", "high_noise_first"] = "none"
+    curriculum_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "logit_std", "static_shift", "rotate_every")
+        _non_negative(self, "curriculum_steps")
+        if not math.isfinite(self.logit_mean):
+            raise field_error("logit_mean", f"must be finite, got {self.logit_mean!r}")
+        if self.curriculum != "none" and self.curriculum_steps == 0:
+            raise field_error("curriculum_steps", f"must be > 0 with curriculum {self.curriculum!r}")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The rectified-flow loss on target tokens."""
+
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    # Elements with |prediction - target| above this are left out of the MSE (FireRed's released trainer: 50);
+    # None keeps every element.
+    outlier_threshold: float | None = 50.0
+
+    def __post_init__(self) -> None:
+        if self.outlier_threshold is not None:
+            _positive(self, "outlier_threshold")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# optimisation
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule. Betas, weight decay and clipping are the report's, for all stages."""
+
+    # "adamw" (torch), "adamw8bit" (bitsandbytes, CUDA only: 8-bit moments), "adafactor" (torch.optim.Adafactor:
+    # factored second moment, the low-memory choice on any device).
+    optimizer: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    lr: float = 1e-5  # peak learning rate (*guess*: the report does not give one)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warm-up
+    warmup_steps: int = 0  # linear warm-up from 0 to ``lr`` (SFT: 500)
+    min_lr_ratio: float = 0.0  # cosine / linear decay ends at lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "eps")
+        _non_negative(self, "weight_decay", "warmup_steps")
+        _probability(self, "min_lr_ratio")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise field_error("betas", f"each must lie in [0, 1), got {self.betas!r}")
+        if self.grad_clip is not None:
+            _positive(self, "grad_clip")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How long to train. The batch per device follows from ``data.sampler.token_budget``."""
+
+    max_steps: int = 5000  # optimizer steps
+    grad_accumulation: int = 1  # micro-batches per optimizer step
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_steps", "grad_accumulation")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the trained weights (used for validation and export)."""
+
+    enabled: bool = True
+    decay: float = 0.9999  # *guess*: the report uses an EMA without giving the decay
+    update_every: int = 1  # steps between EMA updates (the decay applies per update)
+    start_step: int = 0  # copy the weights (no averaging) before this step
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise field_error("decay", f"must lie in (0, 1), got {self.decay!r}")
+        _positive(self, "update_every")
+        _non_negative(self, "start_step")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bookkeeping
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When and where training state is saved (``firered_train.checkpoint``)."""
+
+    dir: str | None = None  # None: ``<output_dir>/checkpoints``
+    every_steps: int = 1000
+    keep_last: int | None = 3  # older checkpoints are deleted; None keeps all
+    # Continue from "latest" (the newest complete checkpoint in ``dir``), a step directory, or None (fresh run).
+    resume: str | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "every_steps")
+        if self.keep_last is not None:
+            _positive(self, "keep_last")
+        if self.resume is not None and not self.resume.strip():
+            raise field_error("resume", "is empty; use null for a fresh run")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """What the run reports while it trains (``firered_train.observe``)."""
+
+    every_steps: int = 10  # metrics JSONL line, TensorBoard scalars and progress-bar loss
+    progress_bar: bool = True
+    tensorboard: bool = True  # only when the tensorboard package is installed (a log line says so otherwise)
+    loss_bins: int = 10  # equal-width timestep bins for the per-noise-level loss
+    validation_every: int = 500  # steps between validation sample grids; 0 disables them
+    n_val_samples: int = 4  # rows of each grid
+    val_sampling_steps: int = 20  # Euler steps used to make validation samples
+    val_cfg: float = 4.0  # true CFG scale of validation samples (FireRed inference default)
+    loss_curve: bool = True  # draw loss_curve.png at the end of the run
+
+    def __post_init__(self) -> None:
+        _positive(self, "every_steps", "loss_bins", "val_sampling_steps")
+        _non_negative(self, "validation_every", "n_val_samples")
+        if self.val_cfg < 1.0:
+            raise field_error("val_cfg", f"must be >= 1 (1 disables CFG), got {self.val_cfg!r}")

@@ -1,0 +1,73 @@
+"""``TrainConfig``: everything one training run needs, as one frozen tree of dataclasses.
+
+::
+
+    stage / seed / precision / output_dir
+    model       ModelConfig        preset or weights, dtype, gradient checkpointing, full or LoRA
+    lora        LoRAConfig         rank, alpha, dropout, target modules, init, export format
+    data        DataConfig         reader + path, bucket sampler, SIA, cache, workers
+    objective   ObjectiveConfig    timestep sampling, outlier mask
+    optim       OptimConfig        AdamW (0.9, 0.999), weight decay 0.01, clip 1.0, warm-up, LR schedule
+    schedule    ScheduleConfig     max steps, gradient accumulation
+    ema         EMAConfig
+    checkpoint  CheckpointConfig   dir, every, keep last, resume
+    logging     LoggingConfig      log interval, TensorBoard, validation grids, loss bins
+
+Checks that span sections live here; each section checks its own fields. Use ``dataclasses.replace`` to derive
+a variant; YAML files and ``--a.b=value`` overrides are handled by ``yaml_io``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .coerce import field_error
+from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
+                       ObjectiveConfig, OptimConfig, ScheduleConfig)
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run (a stage of FireRed's recipe, or a LoRA)."""
+
+    stage: str = "sft"  # a label for logs and checkpoints: pretrain, continued, sft, lora or any name
+    # Seeds model init (LoRA adapters, random-init tests), noise and timesteps. The data order has its own seeds
+    # (data.sampler.seed, data.sia.seed) so a new init seed does not also reshuffle the data.
+    seed: int = 0
+    # "bf16": bfloat16 autocast for the forward/backward compute (FireRed trains in BF16); "fp32": none.
+    precision: Literal["fp32", "bf16"] = "bf16"
+    output_dir: str = "runs/firered"  # logs, samples, loss curve, checkpoints (unless checkpoint.dir is set)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.stage.strip():
+            raise field_error("stage", "must not be empty")
+        if not self.output_dir.strip():
+            raise field_error("output_dir", "must not be empty")
+        if self.optim.warmup_steps > self.schedule.max_steps:
+            raise field_error("optim.warmup_steps", f"{self.optim.warmup_steps} exceeds schedule.max_steps "
+                                                    f"{self.schedule.max_steps}")
+        if self.precision == "bf16" and self.model.dtype == "float16":
+            raise field_error("model.dtype", "float16 weights with bf16 autocast mix two half formats; use "
+                                             "bfloat16 or float32")
+
+    @property
+    def is_lora(self) -> bool:
+        return self.model.finetune == "lora"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where checkpoints go: ``checkpoint.dir`` or ``<output_dir>/checkpoints``."""
+        return Path(self.checkpoint.dir) if self.checkpoint.dir is not None else Path(self.output_dir) / "checkpoints"
