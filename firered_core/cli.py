@@ -1,0 +1,265 @@
+"""The ``firered`` command line (also ``python -m firered_core``).
+
+``firered edit [IMAGE...] --instruction TEXT -o OUT.png`` runs the edit pipeline with a progress bar and writes
+the result atomically (an existing file is kept unless ``--overwrite``). No image means text-to-image. Without
+``--model`` the embedded default model (``firered_core/default/``) is used when it is installed. ``--model``
+takes a diffusers-format folder or ComfyUI single files (repeat it or separate with commas); ``--lora
+PATH[:STRENGTH]`` may be repeated. Computation is float32 on the CPU unless ``--dtype``/``--device`` say
+otherwise (bfloat16 is the default on CUDA).
+
+Subcommands are pluggable: besides the built-in ``edit``, any installed distribution can add one through the
+entry-point group ``firered.commands``. The entry point's name is the subcommand; its object is a function
+``register(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]`` that adds its arguments to
+``parser`` (and may set ``parser.description``) and returns the function that runs the command and returns the
+exit code. An entry point is imported only when its subcommand runs, so a heavy or broken plugin never slows
+down or breaks ``firered edit``, and this package never imports the packages that provide them.
+
+Exit codes: 0 success; 2 bad usage or bad input, reported as one line on stderr without a traceback (missing or
+unreadable files, invalid images, weights or configs, an empty instruction, an existing output without
+``--overwrite``); 130 interrupted (Ctrl-C or a cancel hook). Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "firered.commands"
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+DTYPES = ("float32", "bfloat16", "float16")
+
+Runner = Callable[[argparse.Namespace], int]
+Register = Callable[[argparse.ArgumentParser], Runner]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dispatcher
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``firered`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    top = _top_parser()
+    args = top.parse_args(list(sys.argv[1:] if argv is None else argv))
+    _configure_logging(args.verbose)
+    if args.command is None:
+        top.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        register = _find_command(args.command)
+        sub = argparse.ArgumentParser(prog=f"firered {args.command}")
+        run = register(sub)
+        return int(run(sub.parse_args(args.args)))
+    except _interruptions():
+        print(f"firered {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _expected_errors() as exc:
+        if args.verbose >= 2:
+            log.exception("firered %s failed", args.command)
+        print(f"firered {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    names = ", ".join(sorted(_command_names()))
+    parser = argparse.ArgumentParser(
+        prog="firered", description="FireRed-Image-Edit in plain PyTorch.",
+        epilog=f"commands: {names}. Run 'firered COMMAND --help' for the options of a command.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v: info; -vv: debug, and tracebacks for input errors)")
+    parser.add_argument("--version", action="version", version=f"firered {__version__}")
+    parser.add_argument("command", nargs="?", metavar="COMMAND", help=names)
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _command_names() -> set[str]:
+    return {"edit"} | set(_entry_points())
+
+
+def _find_command(name: str) -> Register:
+    if name == "edit":  # built in; a plugin cannot shadow it
+        return register_edit
+    ep = _entry_points().get(name)
+    if ep is None:
+        known = ", ".join(sorted(_command_names()))
+        raise ValueError(f"unknown command {name!r} (available: {known})")
+    register = ep.load()
+    if not callable(register):
+        raise TypeError(f"entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r} is not callable")
+    return register
+
+
+def _interruptions() -> tuple[type[BaseException], ...]:
+    from .progress import Cancelled  # imported late: it pulls in torch, which `firered --help` does not need
+
+    return KeyboardInterrupt, Cancelled
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: reported in one line. Anything else is a bug and keeps its traceback."""
+    from .config import ConfigError
+
+    errors: list[type[BaseException]] = [ValueError, ConfigError, FileNotFoundError, FileExistsError,
+                                         IsADirectoryError, NotADirectoryError, PermissionError]
+    try:
+        from .loading import WeightFileError
+    except ImportError:  # a build without the loading package
+        pass
+    else:
+        errors.append(WeightFileError)
+    return tuple(errors)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="firered: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# firered edit
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def register_edit(parser: argparse.ArgumentParser) -> Runner:
+    """Arguments of ``firered edit``; returns its runner."""
+    parser.description = "Edit images following an instruction (no image: generate from the instruction)."
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="reference images, 1-3 natively; the output "
+                        "takes the aspect of the last one")
+    parser.add_argument("--instruction", "-p", required=True, help="what to do, e.g. 'make the sky purple'")
+    parser.add_argument("-o", "--output", required=True, help="output image file (.png recommended)")
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
+                        help="diffusers folder or ComfyUI .safetensors files (repeat or comma-separate); "
+                        "default: the embedded model")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                        help="LoRA file and strength (default 1.0); repeatable")
+    parser.add_argument("--steps", type=int, default=40, help="sampling steps (default 40)")
+    parser.add_argument("--cfg", type=float, default=4.0, help="true CFG scale; <= 1 disables it (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--width", type=int, default=None, help="output width (default ~1024^2 area)")
+    parser.add_argument("--height", type=int, default=None, help="output height")
+    parser.add_argument("--negative", default=" ", help="negative prompt for true CFG (default ' ')")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="compute dtype (default float32 on "
+                        "CPU, bfloat16 on CUDA)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    return run_edit
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    """Validate everything cheap first, then load the model, edit, and write the output atomically."""
+    import torch
+
+    from .images import check_output_path, load_image, save_image
+    from .pipeline import FireRedEditPipeline
+    from .progress import tqdm_progress
+
+    start = time.perf_counter()
+    output = check_output_path(Path(args.output).expanduser(), overwrite=args.overwrite)
+    if not args.instruction.strip():
+        raise ValueError("--instruction is empty: describe the edit to make")
+    for name in ("steps", "width", "height"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    loras = [parse_lora(spec) for spec in args.lora]
+    model = resolve_model(args.model)
+    refs = [load_image(Path(p).expanduser()) for p in args.images]
+    device = _resolve_device(args.device)
+    dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
+
+    log.info("loading %s (%s on %s)", model, dtype, device)
+    pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
+    if device.type != "cpu":
+        pipe.to(device)  # the condition encoder is loaded on the CPU
+    for path, strength in loras:
+        pipe.load_lora(path, strength)
+    with tqdm_progress("firered edit") as progress:
+        result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
+                           true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
+                           progress=progress)
+    meta = {"instruction": args.instruction, "negative": args.negative, "steps": args.steps, "cfg": args.cfg,
+            "seed": args.seed, "width": result.width, "height": result.height,
+            "loras": [[p.name, s] for p, s in loras]}
+    save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
+    print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {args.steps} steps, "
+          f"{time.perf_counter() - start:.1f} s)", flush=True)
+    return EXIT_OK
+
+
+def parse_lora(spec: str) -> tuple[Path, float]:
+    """``PATH[:STRENGTH]`` -> (path, strength); a suffix that is not a number is part of the path (``C:\\x``)."""
+    head, sep, tail = spec.rpartition(":")
+    strength = 1.0
+    path = spec
+    if sep and head:
+        try:
+            strength = float(tail)
+            path = head
+        except ValueError:
+            pass
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"--lora {spec!r}: file {str(p)!r} does not exist")
+    return p, strength
+
+
+def resolve_model(values: Sequence[str]) -> Path | list[Path]:
+    """The --model values as one folder or a list of files; the embedded default when none is given."""
+    parts = [Path(piece.strip()).expanduser() for value in values for piece in value.split(",") if piece.strip()]
+    if not parts:
+        return default_model()
+    for p in parts:
+        if not p.exists():
+            raise FileNotFoundError(f"--model {str(p)!r} does not exist")
+    if len(parts) == 1 and parts[0].is_dir():
+        return parts[0]
+    folders = [str(p) for p in parts if p.is_dir()]
+    if folders:
+        raise ValueError(f"--model: a folder ({folders[0]!r}) cannot be combined with other model paths")
+    return parts
+
+
+def default_model() -> Path:
+    """The embedded default model folder, or a clear error when it is not installed."""
+    if DEFAULT_MODEL_DIR.is_dir() and any(DEFAULT_MODEL_DIR.iterdir()):
+        return DEFAULT_MODEL_DIR
+    raise FileNotFoundError("no --model given and the embedded default model is not installed (firered_core/"
+                            "default/ is missing); pass --model with a diffusers folder or ComfyUI .safetensors "
+                            "files")
+
+
+def _resolve_device(name: str) -> "torch.device":
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device (use cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
+    return device

@@ -1,0 +1,281 @@
+"""``FireRedEditPipeline``: edit (or generate) one image from 0..N reference images and an instruction.
+
+This is diffusers' ``QwenImageEditPlusPipeline.__call__`` reproduced step by step on the core's own components, so
+the same weights, inputs and seed give the same latents and the same pixels (the parity test checks it):
+
+1. **Output size.** ``width``/``height`` when given, otherwise about ``output_area`` (1024^2) pixels at the aspect
+   of the LAST reference image (square without references), each side a multiple of 32; then both sides are
+   floored to a multiple of ``VAE compression x patch`` (16 for the released model).
+2. **References, twice.** Every reference goes to the condition encoder together with the instruction (the
+   encoder resizes it to ~384^2 for the VLM), and is also resized to about ``reference_area`` (1024^2) pixels at
+   its own aspect, VAE-encoded (posterior mode, normalised) and packed into tokens appended after the target's.
+3. **Condition.** The instruction and, for true CFG, the negative prompt are encoded separately with the same
+   images. True CFG runs only when ``true_cfg_scale > 1`` and ``negative_prompt`` is not ``None``.
+4. **Sampling.** Seeded noise (``sampler.initial_noise``), sigmas from ``schedule.flow_sigmas`` with the shift
+   taken from the number of TARGET tokens, then Euler steps (``sampler.euler_sample``) with per-step progress
+   and cancel hooks. ``img_shapes`` lists the target first, then each reference.
+5. **Decode** with the VAE and round to 8-bit exactly like the reference (``images.to_pil``).
+
+Choices where the reference gives no rule:
+
+- An empty or whitespace-only instruction is refused (``ValueError``): the model would edit at random.
+- References: the model was trained with 1-3. More are accepted (each adds its tokens to every attention call,
+  so cost grows quickly) but a warning says results are outside what the model has seen; the soft limit is
+  ``max_references`` (default 3).
+- No references (text-to-image): the encoder's text-only template is used and the output defaults to
+  ``output_area`` square, as diffusers' ``QwenImagePipeline`` does at 1024x1024; as there, the text condition is
+  cut to ``max_text_tokens`` (512).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from PIL import Image
+
+from .config import SchedulerConfig
+from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
+from .latents import pack_latents, unpack_latents
+from .progress import CancelFn, ProgressFn, check_cancel
+from .sampler import VelocityFn, euler_sample, initial_noise
+from .schedule import flow_sigmas
+
+if TYPE_CHECKING:
+    from .lora import LoRAReport
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EditResult", "FireRedEditPipeline", "ImageInput"]
+
+ImageInput = Image.Image | str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """One generated image and how it was made.
+
+    ``latents`` are the final normalised latents ``[1, C, height/8, width/8]`` (before decoding), on the CPU.
+    """
+
+    image: Image.Image
+    latents: torch.Tensor
+    width: int
+    height: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Everything the sampling loop needs, computed once per call."""
+
+    width: int
+    height: int
+    ref_tokens: torch.Tensor | None  # [1, N_refs_total, C*4] or None
+    img_shapes: list[tuple[int, int, int]]
+
+
+class FireRedEditPipeline:
+    """The edit pipeline over a transformer, a VAE, a condition encoder and a scheduler config."""
+
+    output_area: int = 1024 * 1024  # default output size when width/height are not given
+    reference_area: int = 1024 * 1024  # pixels each reference is resized to before VAE encoding
+    max_references: int = 3  # soft limit: more are allowed with a warning
+    max_text_tokens: int = 512  # text-to-image only: the reference keeps this many condition tokens
+
+    def __init__(self, transformer: Any, vae: Any, encoder: Any, scheduler_config: SchedulerConfig) -> None:
+        if not isinstance(scheduler_config, SchedulerConfig):
+            raise TypeError(f"scheduler_config must be a SchedulerConfig, got {type(scheduler_config).__name__}")
+        self.transformer = transformer
+        self.vae = vae
+        self.encoder = encoder
+        self.scheduler_config = scheduler_config
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                        dtype: torch.dtype = torch.float32, fp8: bool = False,
+                        device: str | torch.device | None = None) -> "FireRedEditPipeline":
+        """Load every component from a diffusers-format folder or ComfyUI single files (``loading``).
+
+        ``fp8`` stores the transformer's linear weights in float8 (computed in ``dtype``); ``device`` is where the
+        weights go (default CPU).
+        """
+        from .loading import load_components
+
+        transformer, vae, encoder, scheduler_config = load_components(path_or_files, dtype=dtype, fp8=fp8,
+                                                                      device=device)
+        return cls(transformer, vae, encoder, scheduler_config)
+
+    def load_lora(self, path: str | os.PathLike[str], strength: float = 1.0) -> "LoRAReport":
+        """Apply the LoRA at ``path`` to the transformer (unmerged, scaled by ``strength``); returns its report."""
+        from .lora import apply_lora
+
+        report = apply_lora(self.transformer, path, strength)
+        if report.unmatched:
+            log.warning("LoRA %s: %d keys matched no layer of the transformer, e.g. %s",
+                        path, len(report.unmatched), ", ".join(report.unmatched[:3]))
+        log.info("LoRA %s: %d layers at strength %s", path, report.applied, strength)
+        return report
+
+    def to(self, device: str | torch.device) -> "FireRedEditPipeline":
+        """Move every component to ``device``; returns ``self``."""
+        for part in (self.transformer, self.vae, self.encoder):
+            move = getattr(part, "to", None)
+            if callable(move):
+                move(device)
+        return self
+
+    # -- properties ---------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.transformer.parameters())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype of the latents: that of the condition the transformer consumes."""
+        compute = getattr(self.transformer, "compute_dtype", None)
+        if isinstance(compute, torch.dtype):
+            return compute
+        for p in self.transformer.parameters():
+            if p.is_floating_point() and p.dtype.itemsize > 1:
+                return p.dtype
+        return torch.float32
+
+    @property
+    def compression(self) -> int:
+        """Image pixels per latent pixel along a side (8 for the released VAE)."""
+        return int(self.vae.spatial_compression)
+
+    @property
+    def patch(self) -> int:
+        return int(self.transformer.config.patch_size)
+
+    # -- the call -----------------------------------------------------------------------------------------------
+
+    def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
+             steps: int = 40, true_cfg_scale: float = 4.0, seed: int = 0, width: int | None = None,
+             height: int | None = None, progress: ProgressFn | None = None,
+             cancel: CancelFn | None = None) -> EditResult:
+        """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps."""
+        refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
+        if self.encoder is None:
+            raise ValueError("the pipeline has no condition encoder: load a model folder with text_encoder/ or "
+                             "pass the Qwen2.5-VL text-encoder file together with the transformer and VAE")
+        guided = true_cfg_scale > 1 and negative_prompt is not None
+        if true_cfg_scale > 1 and negative_prompt is None:
+            log.warning("true_cfg_scale=%s has no effect without a negative prompt", true_cfg_scale)
+        with torch.inference_mode():
+            prepared = self._prepare(refs, width, height, cancel)
+            check_cancel(cancel, "edit before encoding the instruction")
+            cond = self._predictor(self._encode(instruction, refs), prepared)
+            uncond = self._predictor(self._encode(negative_prompt, refs), prepared) if guided else None
+            latent_shape = (1, self.transformer.config.latent_channels,
+                            prepared.height // self.compression, prepared.width // self.compression)
+            x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch)
+            sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
+            tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
+                                  num_train_timesteps=self.scheduler_config.num_train_timesteps,
+                                  progress=progress, cancel=cancel)
+            latents = unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
+            check_cancel(cancel, "edit before decoding")
+            pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)
+        return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
+                          height=prepared.height, seed=seed)
+
+    def output_size(self, images: Sequence[Image.Image], width: int | None = None,
+                    height: int | None = None) -> tuple[int, int]:
+        """(width, height) the pipeline will produce for these references and requested sides."""
+        if images:
+            last_w, last_h = images[-1].size
+            auto_w, auto_h = calculate_dimensions(self.output_area, last_w / last_h)
+        else:
+            auto_w, auto_h = calculate_dimensions(self.output_area, 1.0)
+        unit = self.compression * self.patch
+        out_w = (width or auto_w) // unit * unit
+        out_h = (height or auto_h) // unit * unit
+        if out_w < unit or out_h < unit:
+            raise ValueError(f"width/height {width}x{height} are too small: each side needs at least {unit} px")
+        return out_w, out_h
+
+    # -- steps --------------------------------------------------------------------------------------------------
+
+    def _check_inputs(self, images: Sequence[ImageInput], instruction: str, steps: int, true_cfg_scale: float,
+                      seed: int) -> list[Image.Image]:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("instruction is empty: describe the edit to make (e.g. 'make the sky purple')")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if not true_cfg_scale >= 0:
+            raise ValueError(f"true_cfg_scale must be >= 0, got {true_cfg_scale!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            images = [images]
+        refs = [self._as_rgb(img, i) for i, img in enumerate(images)]
+        if len(refs) > self.max_references:
+            log.warning("%d reference images given; the model was trained with 1-%d, results may degrade and "
+                        "each extra image adds its tokens to every attention call", len(refs), self.max_references)
+        return refs
+
+    @staticmethod
+    def _as_rgb(image: ImageInput, index: int) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return ensure_rgb(image, name=f"reference image {index + 1}")
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(Path(image))
+        raise TypeError(f"reference image {index + 1}: expected a PIL image or a path, got {type(image).__name__}")
+
+    def _prepare(self, refs: list[Image.Image], width: int | None, height: int | None,
+                 cancel: CancelFn | None) -> _Prepared:
+        out_w, out_h = self.output_size(refs, width, height)
+        unit = self.compression * self.patch
+        shapes = [(1, out_h // unit, out_w // unit)]
+        packed = []
+        for i, ref in enumerate(refs):
+            check_cancel(cancel, f"edit before encoding reference image {i + 1}")
+            ref_w, ref_h = calculate_dimensions(self.reference_area, ref.width / ref.height)
+            pixels = to_tensor(ref, ref_w, ref_h).to(self.device, self._vae_dtype())
+            latents = self.vae.encode(pixels).to(self.dtype)  # [1, C, ref_h/8, ref_w/8], normalised
+            packed.append(pack_latents(latents, self.patch))
+            shapes.append((1, ref_h // unit, ref_w // unit))
+        ref_tokens = torch.cat(packed, dim=1) if packed else None
+        log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
+        return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes)
+
+    def _encode(self, prompt: str, refs: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeds [1, L, D], mask [1, L] or None when nothing is padded) for one prompt."""
+        cond = self.encoder.encode([prompt], refs)
+        embeds, mask = cond.embeds, cond.mask
+        if not refs:
+            embeds = embeds[:, : self.max_text_tokens]
+            mask = mask[:, : self.max_text_tokens] if mask is not None else None
+        # the reference drops an all-ones mask, which selects the unmasked attention path
+        if mask is not None and bool(mask.all()):
+            mask = None
+        embeds = embeds.to(self.device, self.dtype)
+        return embeds, (mask.to(self.device) if mask is not None else None)
+
+    def _predictor(self, condition: tuple[torch.Tensor, torch.Tensor | None], prepared: _Prepared) -> VelocityFn:
+        embeds, mask = condition
+        ref_tokens = prepared.ref_tokens
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # [1, N_target, D] (+ [1, N_refs, D]) -> the model crops its output back to the target tokens
+            hidden = x if ref_tokens is None else torch.cat([x, ref_tokens.to(x.dtype)], dim=1)
+            return self.transformer(hidden, embeds, mask, t, prepared.img_shapes)
+
+        return velocity
+
+    def _vae_dtype(self) -> torch.dtype:
+        # fp8 storage is cast at compute time, so the first wide floating parameter tells the compute dtype
+        for p in self.vae.parameters():
+            if p.is_floating_point() and p.dtype.itemsize > 1:
+                return p.dtype
+        return torch.float32
