@@ -94,9 +94,9 @@ class ImageRef:
 
     def open(self, sample_id: str = "") -> Image.Image:
         """Decode to an upright RGB image; a truncated or corrupt file raises ``BadSampleError``."""
+        if self.path is not None and not self.path.is_file():
+            raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
         try:
-            if self.path is not None and not self.path.is_file():
-                raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
             with Image.open(self.path if self.path is not None else io.BytesIO(self.data or b"")) as img:
                 upright = ImageOps.exif_transpose(img) or img
                 rgb = upright.convert("RGB")  # convert() forces the full decode inside the try

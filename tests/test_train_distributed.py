@@ -1,0 +1,76 @@
+"""Real distribution: ``accelerate launch`` with 2 CPU processes (DDP over gloo) trains the same weights as one
+process with the same global batch, and the bucket sampler never gives the two ranks different shapes in a step.
+
+The data has two aspect buckets (64x64 and 64x32 pairs), so consecutive steps really change shape. One process
+gets twice the per-device token budget of each of the two processes, hence twice their batch: the same global
+batch, the same samples (the sampler shards a bucket's shuffled order by rank) and the same per-sample noise and
+timesteps (seeded by sample, not by rank; stratified by position in the global batch). Only the order of
+floating-point sums differs.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from firered_core.loading import open_weights
+from firered_train.config import ModelConfig
+from firered_train.model import build_components
+
+from tests.train_fixtures import cli, cli_env, make_pairs, tiny_overrides
+
+STEPS = 6
+SHAPES = re.compile(r"batch-shapes rank=(\d+) micro=(\d+) batch=(\d+) target=(\(.*?\)) sources=(\[.*?\])")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with open_weights(path) as src:
+        return {k: src.get(k) for k in src.keys()}
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> None:
+    make_pairs(tmp_path / "train", 12)
+    make_pairs(tmp_path / "train", 12, size=(64, 32), prefix="w", seed=1)
+    env = cli_env(threads=1)
+    base = tiny_overrides(tmp_path, steps=STEPS, val=False,
+                          extra=["--logging.validation_every=0", "--checkpoint.every_steps=100"])
+    subprocess.run(cli("cache", "tiny_sft", *base), check=True, env=env, timeout=300)
+    subprocess.run(cli("train", "tiny_sft", *base, f"--output_dir={tmp_path / 'one'}",
+                       "--data.sampler.token_budget=512"), check=True, env=env, timeout=300)
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+              "-m", "firered_train.cli", "-vv", "train", "tiny_sft", *base, f"--output_dir={tmp_path / 'two'}",
+              "--data.sampler.token_budget=256"]
+    done = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    by_step: dict[int, dict[int, tuple[str, str, str]]] = defaultdict(dict)
+    for rank, micro, batch, target, sources in SHAPES.findall(done.stderr):
+        by_step[int(micro)][int(rank)] = (batch, target, sources)
+    assert sorted(by_step) == list(range(STEPS)), sorted(by_step)
+    for micro, ranks in by_step.items():
+        assert sorted(ranks) == [0, 1], f"step {micro}: shapes logged by ranks {sorted(ranks)}"
+        assert ranks[0] == ranks[1], f"step {micro}: rank 0 got {ranks[0]}, rank 1 got {ranks[1]}"
+    assert len({r[0][1] for r in by_step.values()}) == 2, "both aspect buckets should have been drawn"
+
+    one, two = _tensors(tmp_path / "one" / "transformer.safetensors"), _tensors(tmp_path / "two" /
+                                                                                "transformer.safetensors")
+    init = build_components(ModelConfig(preset="tiny"), seed=0, load_encoder=False).transformer.state_dict()
+    assert one.keys() == two.keys() == init.keys()
+    moved = max(float((one[k] - init[k]).abs().max()) for k in one)
+    worst = max((float((one[k] - two[k]).abs().max()), k) for k in one)
+    assert moved > 1e-3, "training did not change the weights"
+    assert worst[0] < 1e-5, f"1 vs 2 processes differ by {worst[0]:.3g} in {worst[1]} (training moved them {moved:.3g})"

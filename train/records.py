@@ -1,0 +1,70 @@
+"""The trainer's sample list: ``data.reader`` + ``data.path`` -> ``EditRecord`` values (``data.readers``).
+
+The Multi-Condition Aware Bucket Sampler plans every step from all samples' sizes, so the trainer works on a
+list of records (metadata only: image files are decoded when a batch needs them).
+
+* ``folder`` and ``jsonl`` are listed directly (the JSONL reader trusts ``*_image_size`` fields when present,
+  which makes listing a large manifest cheap).
+* ``webdataset`` and ``parquet`` shards are read front to back once and their records kept, images included
+  (shards store the encoded bytes). That suits corpora that fit in memory; for larger ones, cache them
+  (``firered cache``: training then holds only latents on disk) or write a JSONL manifest with image sizes.
+
+Bad samples are skipped and counted in the ``SkipLog`` by the readers. Every rank lists the same samples in the
+same order, which the bucket sampler needs to give ranks disjoint shards.
+
+Public API: ``read_records``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .data.readers import FolderConfig, JsonlConfig, iter_parquet_samples, iter_tar_samples, read_folder, read_jsonl
+from .data.record import BadSampleError, EditRecord
+from .data.skips import SkipLog
+
+log = logging.getLogger(__name__)
+
+__all__ = ["read_records"]
+
+_SHARD_PATTERNS = {"webdataset": ("*.tar", "*.tar.gz", "*.tgz"), "parquet": ("*.parquet",)}
+
+
+def _shards(root: Path, reader: str) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path {str(root)!r} does not exist")
+    found = sorted({p for pattern in _SHARD_PATTERNS[reader] for p in root.rglob(pattern)})
+    if not found:
+        raise FileNotFoundError(f"data.path {str(root)!r} has no {reader} shards ({', '.join(_SHARD_PATTERNS[reader])})")
+    return found
+
+
+def read_records(reader: str, path: str, *, default_task: str = "default",
+                 skips: SkipLog | None = None) -> list[EditRecord]:
+    """Every good sample of ``path`` read with ``reader``, in a stable order."""
+    if not path:
+        raise ValueError("data.path is empty: give a pairs folder, a .jsonl manifest or a folder of shards")
+    skips = skips if skips is not None else SkipLog()
+    root = Path(path).expanduser()
+    if reader == "folder":
+        return read_folder(root, FolderConfig(default_task=default_task), skips)
+    if reader == "jsonl":
+        manifests = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+        return read_jsonl(manifests, JsonlConfig(default_task=default_task), skips)
+    if reader not in _SHARD_PATTERNS:
+        raise ValueError(f"data.reader {reader!r} is not one of folder, jsonl, webdataset, parquet")
+    iterate = iter_tar_samples if reader == "webdataset" else iter_parquet_samples
+    records: list[EditRecord] = []
+    shards = _shards(root, reader)
+    for shard in shards:
+        try:
+            for _, record in iterate(shard, 0, skips):
+                records.append(record)
+        except BadSampleError as exc:  # an unreadable shard counts once; the records read before it stay
+            skips.add(exc)
+    log.warning("data: %d samples from %d %s shards held in memory (images included); cache the corpus or use a "
+                "JSONL manifest when it does not fit", len(records), len(shards), reader)
+    return records

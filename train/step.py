@@ -1,0 +1,89 @@
+"""One training step's arithmetic: latents -> tokens -> noisy target -> velocity -> flow-matching loss.
+
+For a ``TrainBatch`` (normalised latents of the target and each source slot, condition embeddings):
+
+1. pack every slot into tokens (``firered_core.latents.pack_latents``): ``x0 [B, N_t, C*p*p]`` for the target,
+   the sources concatenated after it; ``img_shapes`` lists ``(1, h_tokens, w_tokens)`` for the target first, then
+   each source, as the transformer expects;
+2. ``x_s = (1 - s) x0 + s eps`` per sample, ``s`` from the objective's timestep sampler and ``eps`` from
+   ``seeded_noise`` (a generator per (seed, step, sample): the same noise for a sample on any rank or process
+   count, and after a resume);
+3. the transformer predicts ``v`` for the target tokens only (sources are clean conditioning, never noised);
+4. ``flow_matching_loss`` compares ``v`` with ``eps - x0`` (per-sample MSE, elements with ``|v - target|`` above
+   the outlier threshold left out); the step's loss is the mean over samples times ``batch.weight`` (0 for a
+   placeholder batch).
+
+``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
+
+Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``velocity``, ``StepLoss``, ``step_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from firered_core.latents import pack_latents
+
+from .batch import TrainBatch
+from .distributed import sample_generator
+
+__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "velocity", "StepLoss", "step_loss"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (prediction, target) -> per-sample loss [B]
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A batch as tokens: clean target, clean source tokens after it, and the image shapes of the sequence."""
+
+    x0: torch.Tensor  # [B, N_target, C*p*p]
+    refs: torch.Tensor | None  # [B, N_sources, C*p*p] or None without sources
+    img_shapes: list[tuple[int, int, int]]  # (frames, h_tokens, w_tokens): target, then each source
+
+
+def pack_batch(batch: TrainBatch, patch: int) -> PackedBatch:
+    """Tokens and ``img_shapes`` of ``batch`` (see the module docstring, step 1)."""
+    slots = [batch.target, *batch.sources]
+    shapes = [(1, z.shape[-2] // patch, z.shape[-1] // patch) for z in slots]
+    tokens = [pack_latents(z, patch) for z in slots]  # each [B, h*w/p^2, C*p*p]
+    refs = torch.cat(tokens[1:], dim=1) if len(tokens) > 1 else None
+    return PackedBatch(x0=tokens[0], refs=refs, img_shapes=shapes)
+
+
+def seeded_noise(batch: TrainBatch, seed: int, patch: int, *, stream: str = "noise") -> torch.Tensor:
+    """Gaussian noise shaped like the target tokens, one generator per sample (drawn in latent layout, packed)."""
+    shape = tuple(batch.target.shape[1:])  # [C, h, w]
+    noise = [torch.randn(shape, generator=sample_generator(seed, batch.step, i, stream)) for i in batch.indices]
+    return pack_latents(torch.stack(noise), patch).to(batch.target.device, batch.target.dtype)
+
+
+def velocity(model: nn.Module, x_t: torch.Tensor, packed: PackedBatch, batch: TrainBatch,
+             s: torch.Tensor) -> torch.Tensor:
+    """The model's velocity for the target tokens ``x_t [B, N_t, D]`` at noise levels ``s [B]``."""
+    hidden = x_t if packed.refs is None else torch.cat([x_t, packed.refs.to(x_t.dtype)], dim=1)
+    return model(hidden, batch.embeds, batch.mask, s, packed.img_shapes)
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    """The scalar to backpropagate and the per-sample losses (detached) for logging by noise level."""
+
+    loss: torch.Tensor  # [] weighted mean over samples
+    per_sample: torch.Tensor  # [B]
+    s: torch.Tensor  # [B]
+
+
+def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, loss_fn: LossFn,
+              *, patch: int) -> StepLoss:
+    """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller."""
+    packed = pack_batch(batch, patch)
+    x0 = packed.x0
+    s_b = s.to(x0.device, x0.dtype).view(-1, 1, 1)  # [B, 1, 1]
+    x_t = (1 - s_b) * x0 + s_b * noise
+    v = velocity(model, x_t, packed, batch, s.to(x0.device, x0.dtype))
+    per_sample = loss_fn(v.float(), (noise - x0).float())  # [B]
+    return StepLoss(loss=per_sample.mean() * batch.weight, per_sample=per_sample.detach(), s=s.detach())

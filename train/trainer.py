@@ -1,0 +1,314 @@
+"""The training loop: ``Trainer(cfg).run()`` trains the transformer (fully or through a LoRA) for one stage.
+
+::
+
+    from firered_train.config import load_config
+    from firered_train.trainer import Trainer
+    result = Trainer(load_config("tiny_lora", ["--data.path=pairs/"])).run()   # or: firered train tiny_lora ...
+
+One optimizer step = ``schedule.grad_accumulation`` micro-steps; each micro-step:
+
+1. the bucket sampler plans the step (same bucket, hence shapes, on every rank; this rank's own samples) and a
+   DataLoader worker loads it (``loader``): pixels with SIA applied, or cached latents + embeddings;
+2. online runs encode it here (``batch.encode_pixel_batch``: frozen VAE, condition encoder, null condition for
+   dropped texts);
+3. timesteps (``objectives``) and noise are drawn per sample from generators seeded by (seed, micro-step,
+   sample) and the loss is computed (``step.step_loss``) under ``torch.autocast`` to bfloat16 when
+   ``precision: bf16``; backward, with DDP's gradient all-reduce only on the last micro-step.
+
+Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update, and every
+``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level bin; TensorBoard when
+available), every ``checkpoint.every_steps`` an atomic checkpoint (``trainer_state``), every
+``logging.validation_every`` the held-out loss and a sample grid (``validation``). At the end: the final
+checkpoint, the exported LoRA / transformer (raw and EMA, ``lora_export``) and ``loss_curve.png``.
+
+Outputs under ``output_dir``: ``config.yaml`` (the resolved config), ``metrics.jsonl``, ``tensorboard/``,
+``samples/step-NNNNNN.png``, ``checkpoints/`` (unless ``checkpoint.dir``), ``lora.safetensors`` or
+``transformer.safetensors`` (+ ``_ema``), ``loss_curve.png``.
+
+Distributed: see ``distributed``. Exact resume: see ``trainer_state``.
+
+Public API: ``Trainer``, ``TrainResult``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from firered_core.config import ConfigError
+from firered_core.images import save_image
+
+from .batch import NullCondition, TrainBatch, encode_pixel_batch
+from .cache_build import make_cache_spec
+from .config import TrainConfig, save_config
+from .distributed import make_accelerator, step_seed
+from .loader import LoadedStep, StepDataset, make_loader
+from .lora_export import export_run
+from .model import build_components, make_trainable, parse_dtype
+from .observe import MetricsLog, TensorBoardLogger, TimestepLossBins, TrainProgress, read_metrics, save_loss_curve
+from .optim import build_lr_schedule, build_optimizer
+from .pixels import PixelBatch
+from .step import seeded_noise, step_loss
+from .trainer_data import TrainData, build_train_data
+from .trainer_objective import Objective
+from .trainer_state import RunState, resolve_resume, resume_run_state, save_run_state
+from .trainer_val import Validator
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "TrainResult"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports."""
+
+    steps: int
+    final_loss: float  # mean training loss of the last logging window
+    val_losses: list[tuple[int, float]]  # (step, held-out loss) of every validation
+    exported: list[Path]
+    checkpoint: Path | None
+
+
+class Trainer:
+    """One training run of ``cfg`` (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, *, accelerator: Any = None) -> None:
+        self.cfg = cfg
+        self.acc = accelerator if accelerator is not None else make_accelerator()
+        self.device, self.rank, self.world = self.acc.device, self.acc.process_index, self.acc.num_processes
+        self.is_main = bool(self.acc.is_main_process)
+        self.out = Path(cfg.output_dir)
+        self.data: TrainData = build_train_data(cfg, self.rank, self.world)
+        comps = build_components(cfg.model, seed=cfg.seed, load_encoder=self.data.cache is None, device=self.device)
+        self.comps = comps
+        self.patch = comps.transformer.config.patch_size
+        self._check_token_size()
+        if self.data.cache is not None:
+            self.data.cache.check(make_cache_spec(cfg.data.sampler, comps.vae,
+                                                  comps.transformer.config.joint_attention_dim,
+                                                  latent_dtype=self.data.cache.spec.latent_dtype))
+        params = make_trainable(comps.transformer, cfg.model, cfg.lora, seed=cfg.seed)
+        self.params = params
+        optimizer = build_optimizer(params, cfg.optim, self.device)
+        self.model, self.optimizer = self.acc.prepare(comps.transformer, optimizer)
+        self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
+        trained = {name: p for name, p in comps.transformer.named_parameters() if p.requires_grad}
+        self.objective = Objective(cfg, trained, comps.scheduler, patch=self.patch, rank=self.rank,
+                                   world_size=self.world)
+        self.null = (NullCondition(embeds=self.data.cache.null_embeds) if self.data.cache is not None
+                     else NullCondition(encoder=comps.encoder))
+        self.state = RunState(step=0, sampler=self.data.sampler, skips=self.data.skips,
+                              bins=TimestepLossBins(cfg.logging.loss_bins))
+        self.validator = Validator(self, self.data) if self.is_main else None
+        self._last_loss = float("nan")
+
+    # -----------------------------------------------------------------------------------------------------------
+    # setup helpers
+    # -----------------------------------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bfloat16 autocast when ``precision: bf16`` (weights keep their dtype; matmuls run in bf16)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        """The bare transformer (DDP / FSDP wrappers removed)."""
+        return self.acc.unwrap_model(self.model)
+
+    def _check_token_size(self) -> None:
+        unit = int(self.comps.vae.spatial_compression) * self.patch
+        if self.cfg.data.sampler.pixels_per_token != unit:
+            raise ConfigError(f"data.sampler.pixels_per_token is {self.cfg.data.sampler.pixels_per_token} but the "
+                              f"model has {unit} pixels per token (VAE {self.comps.vae.spatial_compression}x times "
+                              f"patch {self.patch}); set it to {unit}")
+
+    def _resume(self) -> None:
+        if self.cfg.checkpoint.resume is None:
+            return
+        path = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)
+        if path is not None:
+            resume_run_state(path, self.state, transformer=self.transformer, lora=self.cfg.is_lora,
+                             optimizer=self.optimizer, lr_schedule=self.lr_schedule, ema=self.objective.ema,
+                             grad_accumulation=self.cfg.schedule.grad_accumulation, rank=self.rank,
+                             is_main=self.is_main)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # one micro-step
+    # -----------------------------------------------------------------------------------------------------------
+
+    def _to_train_batch(self, loaded: PixelBatch | TrainBatch) -> TrainBatch:
+        if isinstance(loaded, PixelBatch):
+            vae_dtype = parse_dtype(self.cfg.model.dtype)
+            loaded = encode_pixel_batch(loaded, self.comps.vae, self.comps.encoder, self.null, device=self.device,
+                                        vae_dtype=vae_dtype)
+        return loaded.to(self.device, torch.float32)
+
+    def _micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
+        # the global RNG only drives LoRA dropout; reseeding it per micro-step makes resume exact without replay
+        torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
+        s = self.objective.timesteps(batch, micro, self.state.step)
+        noise = seeded_noise(batch, self.cfg.seed, self.patch)
+        ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+        with ctx:  # no_sync: gradients of early micro-steps stay local until the last one all-reduces
+            with self.autocast():
+                out = step_loss(self.model, batch, s, noise, self.objective.loss_fn, patch=self.patch)
+            self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
+        if batch.weight > 0:
+            self.state.bins.update(out.s.cpu(), out.per_sample.cpu())
+        # one line per rank and micro-step: what the tests read to check that ranks agree on shapes
+        log.debug("batch-shapes rank=%d micro=%d batch=%d target=%s sources=%s", self.rank, micro, batch.size,
+                  tuple(batch.target.shape[-2:]), [tuple(x.shape[-2:]) for x in batch.sources])
+        return out.loss.detach()
+
+    def _optimizer_step(self) -> float:
+        clip = self.cfg.optim.grad_clip
+        norm = self.acc.clip_grad_norm_(self.params, clip if clip is not None else math.inf)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective.ema_update(self.state.step + 1)
+        return float(norm)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # the run
+    # -----------------------------------------------------------------------------------------------------------
+
+    def _prepare_outputs(self) -> tuple[MetricsLog | None, TensorBoardLogger | None]:
+        if not self.is_main:
+            return None, None
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml", overwrite=True)
+        metrics = MetricsLog(self.out / "metrics.jsonl")
+        metrics.rewind(self.state.step)  # a resumed run trains those steps again
+        return metrics, TensorBoardLogger(self.out / "tensorboard", enabled=self.cfg.logging.tensorboard)
+
+    def run(self) -> TrainResult:
+        """Train from the start, or from ``checkpoint.resume``, to ``schedule.max_steps``."""
+        self._resume()
+        cfg, start = self.cfg, self.state.step
+        metrics, tb = self._prepare_outputs()
+        batches = self._batches(start)
+        window: list[float] = []
+        val_losses: list[tuple[int, float]] = []
+        checkpoint: Path | None = None
+        if cfg.logging.validation_every and start == 0:
+            self._validate(metrics, tb, 0, val_losses)  # the untrained baseline of the held-out curve
+        started = time.perf_counter()
+        with TrainProgress(cfg.schedule.max_steps, start_step=start, enabled=self.is_main and
+                           cfg.logging.progress_bar, desc=cfg.stage) as bar:
+            while self.state.step < cfg.schedule.max_steps:
+                loss, norm = self._train_step(batches)
+                step, last = self.state.step, self.state.step == cfg.schedule.max_steps
+                window.append(loss)
+                bar.update(step, loss=loss, lr=self.lr_schedule.get_last_lr()[0])
+                if step % cfg.logging.every_steps == 0 or last:
+                    self._log(metrics, tb, step, window, norm)
+                    window = []
+                if step % cfg.checkpoint.every_steps == 0 or last:
+                    checkpoint = self._checkpoint()
+                if cfg.logging.validation_every and (step % cfg.logging.validation_every == 0 or last):
+                    self._validate(metrics, tb, step, val_losses)
+        log.info("trained %d steps in %.1f s (%d skipped samples)", cfg.schedule.max_steps - start,
+                 time.perf_counter() - started, self.state.skips.total)
+        exported = self._finish(metrics, tb)
+        return TrainResult(steps=self.state.step, final_loss=self._last_loss, val_losses=val_losses,
+                           exported=exported, checkpoint=checkpoint)
+
+    def _batches(self, start: int) -> Iterator[LoadedStep]:
+        """The loaded micro-batches of the remaining steps, in order."""
+        cfg, accum = self.cfg, self.cfg.schedule.grad_accumulation
+        loader = make_loader(StepDataset(self.data.records, self.data.sia, self.data.cache), self.data.sampler,
+                             (cfg.schedule.max_steps - start) * accum, cfg.data.num_workers)
+        sizes = sorted({b.batch_size for b in self.data.sampler.buckets})
+        log.info("global batch = per-rank batch (%s, by bucket) x %d process(es) x %d accumulation; steps %d -> %d",
+                 "/".join(map(str, sizes)), self.world, accum, start, cfg.schedule.max_steps)
+        return iter(loader)
+
+    def _train_step(self, batches: Iterator[LoadedStep]) -> tuple[float, float]:
+        """One optimizer step over ``grad_accumulation`` micro-batches; returns (mean loss over ranks, grad norm)."""
+        accum, losses = self.cfg.schedule.grad_accumulation, []
+        for k in range(accum):
+            loaded = next(batches)
+            loaded.add_skips_to(self.state.skips)
+            batch = self._to_train_batch(loaded.batch)
+            losses.append(self._micro_step(batch, self.state.step * accum + k, sync=k == accum - 1))
+        norm = self._optimizer_step()
+        self.state.step += 1
+        return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean")), norm
+
+    def _log(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None, step: int, window: list[float],
+             grad_norm: float) -> None:
+        bins = self.state.bins
+        bins.sums, bins.counts = self.acc.reduce(bins.sums.to(self.device), "sum").cpu(), \
+            self.acc.reduce(bins.counts.to(self.device), "sum").cpu()
+        values = {"loss": sum(window) / len(window), "lr": self.lr_schedule.get_last_lr()[0], "grad_norm": grad_norm,
+                  "skipped": self.state.skips.total, **bins.scalars()}
+        bins.reset()
+        self._last_loss = values["loss"]
+        if metrics is not None:
+            metrics.write(step, **values)
+        if tb is not None:
+            tb.scalars(step, values)
+        log.info("step %d: loss %.5f, lr %.3g, grad norm %.3g", step, values["loss"], values["lr"], grad_norm)
+
+    def _checkpoint(self) -> Path | None:
+        path = None
+        if self.is_main:
+            path = save_run_state(self.cfg.checkpoint_dir, self.state, transformer=self.transformer,
+                                  lora=self.cfg.is_lora, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
+                                  ema=self.objective.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
+                                  keep_last=self.cfg.checkpoint.keep_last)
+        self.acc.wait_for_everyone()
+        return path
+
+    def _validate(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None, step: int,
+                  val_losses: list[tuple[int, float]]) -> None:
+        """Held-out loss and sample grid on the main process; the other ranks wait."""
+        if self.validator is not None:
+            value, grid = self.validator.run(step)
+            if grid is not None:
+                (self.out / "samples").mkdir(parents=True, exist_ok=True)
+                save_image(grid, self.out / "samples" / f"step-{step:06d}.png", overwrite=True)
+                if tb is not None:
+                    tb.image("samples", grid, step)
+            if value is not None:
+                val_losses.append((step, value))
+                if metrics is not None:
+                    metrics.write(step, val_loss=value)
+                if tb is not None:
+                    tb.scalars(step, {"val_loss": value})
+        self.acc.wait_for_everyone()
+
+    def _finish(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None) -> list[Path]:
+        exported: list[Path] = []
+        if self.is_main:
+            info = {"stage": self.cfg.stage, "step": self.state.step, "source": self.comps.source}
+            exported = export_run(self.transformer, self.out, lora=self.cfg.is_lora,
+                                  save_format=self.cfg.lora.save_format, ema_state=self.objective.ema_weights(),
+                                  info=info)
+            if metrics is not None:
+                metrics.close()
+                if self.cfg.logging.loss_curve:
+                    self._loss_curve()
+            if tb is not None:
+                tb.close()
+        self.acc.wait_for_everyone()
+        return exported
+
+    def _loss_curve(self) -> None:
+        records = read_metrics(self.out / "metrics.jsonl")
+        train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+        if train:
+            save_loss_curve(self.out / "loss_curve.png", [s for s, _ in train], [v for _, v in train],
+                            val=([s for s, _ in val], [v for _, v in val]) if val else None,
+                            title=f"{self.cfg.stage}: training loss")
