@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     subprocess.run(cli("cache", "tiny_sft", *base), check=True, env=env, timeout=300)
     subprocess.run(cli("train", "tiny_sft", *base, f"--output_dir={tmp_path / 'one'}",
                        "--data.sampler.token_budget=512"), check=True, env=env, timeout=300)
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
               "-m", "firered_train.cli", "-vv", "train", "tiny_sft", *base, f"--output_dir={tmp_path / 'two'}",
               "--data.sampler.token_budget=256"]
