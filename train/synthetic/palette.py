@@ -56,7 +56,7 @@ BACKGROUND_COLORS: dict[str, NamedColor] = _colors(
     NamedColor("sky_blue", "sky blue", "天蓝色", (168, 204, 232)),
     NamedColor("mint", "mint green", "薄荷绿色", (184, 228, 200)),
     NamedColor("lavender", "lavender", "淡紫色", (212, 198, 234)),
-    NamedColor("peach", "peach", "桃色", (244, 206, 180)),
+    NamedColor("peach", "peach", "桃色", (250, 188, 160)),
     NamedColor("slate", "dark slate", "深灰蓝色", (62, 72, 92)),
     NamedColor("olive", "olive", "橄榄色", (112, 116, 80)),
 )
@@ -82,9 +82,9 @@ SHAPE_KINDS: dict[str, Named] = {n.key: n for n in (
 
 # Cells of the 3x3 layout grid, row-major; the names are how instructions say where something is.
 POSITIONS: tuple[Named, ...] = (
-    Named("0", "top left", "左上角"), Named("1", "top", "上方"), Named("2", "top right", "右上角"),
-    Named("3", "left", "左侧"), Named("4", "center", "中间"), Named("5", "right", "右侧"),
-    Named("6", "bottom left", "左下角"), Named("7", "bottom", "下方"), Named("8", "bottom right", "右下角"),
+    Named("0", "top left", "左上角"), Named("1", "top middle", "上方"), Named("2", "top right", "右上角"),
+    Named("3", "middle left", "左侧"), Named("4", "center", "中间"), Named("5", "middle right", "右侧"),
+    Named("6", "bottom left", "左下角"), Named("7", "bottom middle", "下方"), Named("8", "bottom right", "右下角"),
 )
 ROWS: tuple[Named, ...] = (Named("0", "top", "顶部"), Named("1", "middle", "中部"), Named("2", "bottom", "底部"))
 

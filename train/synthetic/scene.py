@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .palette import ALL_COLORS, BACKGROUND_COLORS, OBJECT_COLORS, SHAPE_KINDS, SIZES
+from .palette import ALL_COLORS, OBJECT_COLORS, SHAPE_KINDS, SIZES
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 with x1/y1 exclusive, in pixels
 
@@ -144,13 +144,6 @@ def pad_box(box: Box, pad: int, size: int) -> Box:
     return (max(0, x0 - pad), max(0, y0 - pad), min(size, x1 + pad), min(size, y1 + pad))
 
 
-def union_box(*boxes: Box | None) -> Box | None:
-    real = [b for b in boxes if b is not None]
-    if not real:
-        return None
-    return (min(b[0] for b in real), min(b[1] for b in real), max(b[2] for b in real), max(b[3] for b in real))
-
-
 # ------------------------------------------------------------------------------------------ serialisation
 
 def shape_from_dict(d: dict[str, Any]) -> Shape:
@@ -172,6 +165,3 @@ def scene_from_dict(d: dict[str, Any]) -> Scene:
                  shapes=tuple(shape_from_dict(s) for s in d["shapes"]),
                  text=text_from_dict(text) if text else None)
 
-
-def is_background_color(key: str) -> bool:
-    return key in BACKGROUND_COLORS
