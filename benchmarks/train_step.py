@@ -30,14 +30,8 @@ The target is a ratio <= 1.0 for both.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,6 +41,7 @@ from firered_core.lora import DEFAULT_TARGETS, add_trainable_lora
 from firered_core.transformer import FireRedTransformer
 from firered_train.batch import TrainBatch
 from firered_train.step import step_loss
+from procmem import measure_in_child, print_peak_extra
 
 
 def mse_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,26 +160,14 @@ def time_steps(steps: dict[str, Callable[[], float]], runs: int, warmup: int) ->
     return {name: statistics.median(t) for name, t in times.items()}, first
 
 
-def _proc_status_kb(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-
 def memory_child(which: str, args: argparse.Namespace) -> None:
     step = build(args, which)
     step()  # warm-up: optimizer state and lazy initialisations are not the step's working set
-    before = _proc_status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    step()
-    peak = _proc_status_kb("VmHWM")
-    print(json.dumps({"peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024}))
+    print_peak_extra(step)
 
 
 def measure_memory(which: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--memory-child", which, *_forwarded(args)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return measure_in_child(__file__, which, _forwarded(args), args.threads)
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:

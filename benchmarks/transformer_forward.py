@@ -31,20 +31,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import re
 import statistics
-import subprocess
-import sys
 import time
 from math import prod
-from pathlib import Path
 
 import torch
 
 from firered_core.config import TransformerConfig, get_preset
 from firered_core.transformer import FireRedTransformer
+from procmem import measure_in_child, print_peak_extra
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,11 +120,6 @@ def time_models(models: dict[str, torch.nn.Module], w: Workload, inputs: dict, r
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def _proc_status_kb(field: str) -> int:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-
 def memory_child(which: str, args: argparse.Namespace) -> None:
     """In a fresh process: peak extra resident memory of one forward of one model, as JSON on stdout."""
     w = make_workload(args)
@@ -137,18 +127,11 @@ def memory_child(which: str, args: argparse.Namespace) -> None:
     inputs = make_inputs(w)
     with torch.inference_mode():
         run(which, model, w, inputs)  # warm-up: lazy inits and caches are not the forward's working set
-        before = _proc_status_kb("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        run(which, model, w, inputs)
-        peak = _proc_status_kb("VmHWM")
-    print(json.dumps({"peak_extra_mb": (peak - before) / 1024, "rss_before_mb": before / 1024}))
+        print_peak_extra(lambda: run(which, model, w, inputs))
 
 
 def measure_memory(which: str, args: argparse.Namespace) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--memory-child", which, *_forwarded(args)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return measure_in_child(__file__, which, _forwarded(args), args.threads)
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:

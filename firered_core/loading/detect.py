@@ -35,7 +35,7 @@ Files written by ``firered_core.loading.save`` carry their config as JSON in the
 (``firered.config``); it is used when present, after checking it agrees with the shapes.
 
 ``infer_vae_config`` reads base_dim, z_dim, dim_mult, num_res_blocks, attention scales and temporal downsampling
-from diffusers-named VAE shapes. ``latents_mean``/``latents_std`` are not weights: they come from the metadata,
+using the VAE shapes in diffusers' naming. ``latents_mean``/``latents_std`` are not weights: they come from the metadata,
 else from a preset with the same structure (the released VAE's values for the released structure), else
 identity statistics with a warning.
 
