@@ -237,6 +237,13 @@ PRESETS: dict[str, ModelPreset] = {
                                       axes_dims_rope=(4, 6, 6)),
         vae=_TINY_VAE,
     ),
+    # 'tiny' with a 384-wide condition: the width of the MiniLM-L6 text encoder (encoder.MiniLMConditionEncoder).
+    "tiny-minilm": ModelPreset(
+        transformer=TransformerConfig(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                      attention_head_dim=16, num_attention_heads=2, joint_attention_dim=384,
+                                      axes_dims_rope=(4, 6, 6)),
+        vae=_TINY_VAE,
+    ),
     # Mid-size, for benchmarks: big enough that matmuls dominate, small enough for a 2-core CPU.
     "bench-mid": ModelPreset(
         transformer=TransformerConfig(num_layers=4, attention_head_dim=64, num_attention_heads=8,

