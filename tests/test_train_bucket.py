@@ -9,9 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import math
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -86,6 +86,27 @@ class ConditionEncoder(Protocol):
         ...
 
 
+class FrozenModelEncoder:
+    """Shared plumbing of encoders that wrap one frozen ``torch.nn.Module`` in ``self.model``.
+
+    Subclasses set ``self.model`` and provide ``dim`` and ``encode``; placement follows the wrapped model.
+    """
+
+    model: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+
 def check_encode_args(prompts: Sequence[str], images: Sequence[Image.Image]) -> tuple[list[str], list[Image.Image]]:
     """``(prompts, images)`` as lists after checking their types; a bare string is refused, not split."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):

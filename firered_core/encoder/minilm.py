@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from .base import EncodedCondition, check_encode_args
+from .base import EncodedCondition, FrozenModelEncoder, check_encode_args
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _import_transformers() -> Any:
     return transformers
 
 
-class MiniLMConditionEncoder:
+class MiniLMConditionEncoder(FrozenModelEncoder):
     """A ``ConditionEncoder`` over a BERT-style text model such as MiniLM-L6 (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_length: int = DEFAULT_MAX_LENGTH) -> None:
@@ -135,19 +135,6 @@ class MiniLMConditionEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> "MiniLMConditionEncoder":
-        self.model.to(device=device, dtype=dtype)
-        return self
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The model inputs of ``prompts``: right-padded to the longest, truncated at ``max_length``."""

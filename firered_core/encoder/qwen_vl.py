@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from PIL import Image
 
-from .base import EncodedCondition, check_encode_args
+from .base import EncodedCondition, FrozenModelEncoder, check_encode_args
 from .qwen_processor import QwenVLProcessor, build_qwen_vl_processor
 from .template import TEXT_MAX_TOKENS, PromptTemplate, resize_condition_image, select_template
 
@@ -82,7 +82,7 @@ def _pack(hidden: torch.Tensor, attention_mask: torch.Tensor, drop: int) -> Enco
     return EncodedCondition(embeds, mask)
 
 
-class QwenVLConditionEncoder:
+class QwenVLConditionEncoder(FrozenModelEncoder):
     """A ``ConditionEncoder`` over transformers' Qwen2.5-VL (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, processor: QwenVLProcessor | Any, *,
@@ -110,19 +110,6 @@ class QwenVLConditionEncoder:
     @property
     def dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
-    def to(self, device: torch.device | str | None = None,
-           dtype: torch.dtype | None = None) -> "QwenVLConditionEncoder":
-        self.model.to(device=device, dtype=dtype)
-        return self
 
     def encode(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> EncodedCondition:
         """Embeddings of each prompt against the shared reference ``images`` (originals; resized here)."""

@@ -27,7 +27,6 @@ Public API: ``load_diffusers_folder``, ``load_transformer_dir``, ``load_vae_dir`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -40,7 +39,7 @@ from ..config import ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
-from .safetensors_io import PICKLE_SUFFIXES, WeightFileError, WeightSource, open_sharded, open_weights
+from .safetensors_io import PICKLE_SUFFIXES, WeightFileError, WeightSource, open_sharded, open_weights, read_json
 from .stream import LoadedComponents, build_transformer, build_vae
 
 log = logging.getLogger(__name__)
@@ -53,18 +52,6 @@ PathLike = str | os.PathLike
 # the weight file name diffusers gives a model component (shards add -0000K-of-0000N)
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; errors name the file."""
-    if not path.is_file():
-        raise WeightFileError(f"{path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightFileError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise WeightFileError(f"{path}: expected a JSON object")
-    return data
 
 
 def _component_dir(folder: Path, component: str) -> Path:

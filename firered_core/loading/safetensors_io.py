@@ -43,7 +43,7 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -335,19 +335,27 @@ def open_weights(paths: PathLike | Sequence[PathLike]) -> WeightSource:
     return WeightSource(list(paths))
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (config.json, model_index.json, a shard index); errors name the file."""
+    if not path.is_file():
+        raise WeightFileError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise WeightFileError(f"{path}: expected a JSON object")
+    return data
+
+
 def open_sharded(index_json_path: PathLike) -> WeightSource:
     """A ``WeightSource`` over the shards listed in a diffusers/transformers ``*.safetensors.index.json``.
 
     Every shard the index names must exist next to it, and every key must be in the shard the index says.
     """
     index = Path(index_json_path)
-    if not index.is_file():
-        raise WeightFileError(f"{index}: shard index file not found")
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightFileError(f"{index}: shard index is not valid JSON ({e})") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    data = read_json(index)
+    weight_map = data.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise WeightFileError(f"{index}: shard index has no 'weight_map'")
     shards = list(dict.fromkeys(str(v) for v in weight_map.values()))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Callable, Sequence
 
 from .generator import SPLITS
