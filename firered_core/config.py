@@ -244,6 +244,15 @@ PRESETS: dict[str, ModelPreset] = {
                                       axes_dims_rope=(4, 6, 6)),
         vae=_TINY_VAE,
     ),
+    # The embedded default (firered_core.default): a 6-block MMDiT over a 32-channel, 4x-compressed VAE latent,
+    # conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by train/configs/default_*.yaml.
+    "firered-default": ModelPreset(
+        transformer=TransformerConfig(patch_size=2, in_channels=128, out_channels=32, num_layers=6,
+                                      attention_head_dim=32, num_attention_heads=6, joint_attention_dim=384,
+                                      axes_dims_rope=(8, 12, 12)),
+        vae=VAEConfig(base_dim=32, z_dim=32, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(False, True),
+                      latents_mean=(0.0,) * 32, latents_std=(1.0,) * 32),
+    ),
     # Mid-size, for benchmarks: big enough that matmuls dominate, small enough for a 2-core CPU.
     "bench-mid": ModelPreset(
         transformer=TransformerConfig(num_layers=4, attention_head_dim=64, num_attention_heads=8,

@@ -31,7 +31,9 @@ def test_every_stage_config_ships_and_loads() -> None:
         cfg = load_config(name)
         assert isinstance(cfg, TrainConfig)
         assert isinstance(cfg.data.sampler, BucketSamplerConfig) and isinstance(cfg.data.sia, SIAConfig)
-        # the report's optimizer settings hold in every stage
+        if cfg.target == "vae":  # the embedded default's own VAE run, not a FireRed stage
+            continue
+        # the report's optimizer settings hold in every transformer stage
         assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.weight_decay == 0.01 and cfg.optim.grad_clip == 1.0
         assert cfg.optim.optimizer == "adamw"
 

@@ -13,6 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterable
 
 import pytest
 from PIL import Image
@@ -21,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from firered_train.data import BadSampleError, EditRecord, ImageRef, SkipLog, SkipReason  # noqa: E402
 from firered_train.data.readers import (  # noqa: E402
-    ShardStream, StreamConfig, iter_parquet_samples, iter_tar_samples, merge_stream_states, read_folder,
-    read_jsonl, write_tar_shards,
+    ShardStream, StreamConfig, StreamEnd, StreamItem, iter_parquet_samples, iter_tar_samples, merge_stream_states,
+    read_folder, read_jsonl, write_tar_shards,
 )
 from firered_train.data.readers import parquet as parquet_reader  # noqa: E402
 from firered_train.data.readers import stream as stream_module  # noqa: E402
@@ -63,15 +64,23 @@ def make_corpus(out: Path, n_samples: int, per_shard: int) -> tuple[list[Path], 
     return write_tar_shards(records, out, samples_per_shard=per_shard), [r.id for r in records]
 
 
-def consume(stream: ShardStream, limit: int | None = None) -> list[str]:
-    """Iterate in-process (no workers), observing each item like a training loop would."""
+def consume(stream: ShardStream, limit: int | None = None, items: Iterable[StreamItem | StreamEnd] | None = None,
+            ) -> list[str]:
+    """Iterate ``items`` (default: the stream in-process, no workers), observing each item like a training loop
+    would; returns the ids of the samples (``StreamEnd`` items carry none)."""
     ids = []
-    for item in stream:
+    for item in stream if items is None else items:
         if limit is not None and len(ids) == limit:
             break
         stream.observe(item)
-        ids.append(item.value.id)
+        if isinstance(item, StreamItem):
+            ids.append(item.value.id)
     return ids
+
+
+def sample_ids(items: Iterable[StreamItem | StreamEnd]) -> list[str]:
+    """Ids of the samples among ``items``, without observing them."""
+    return [item.value.id for item in items if isinstance(item, StreamItem)]
 
 
 # ---------------------------------------------------------------- records
@@ -272,7 +281,7 @@ def test_stream_splits_shards_across_ranks_and_workers_without_overlap(
             stream.set_epoch(epoch)
             for worker in range(num_workers):
                 fake_worker(monkeypatch, worker, num_workers)
-                seen[rank, worker] = [item.value.id for item in stream]
+                seen[rank, worker] = sample_ids(stream)
         everything = [i for part in seen.values() for i in part]
         assert len(everything) == len(set(everything)), "a sample was read by two (rank, worker) readers"
         assert sorted(everything) == sorted(ids), "a sample was read by no reader"
@@ -294,7 +303,7 @@ def test_real_dataloader_workers_split_a_rank_without_overlap(tmp_path: Path) ->
     got = []
     for rank in range(2):
         stream = ShardStream(shards, iter_tar_samples, StreamConfig(rank=rank, world_size=2))
-        got += [item.value.id for item in DataLoader(stream, batch_size=None, num_workers=2)]
+        got += sample_ids(DataLoader(stream, batch_size=None, num_workers=2))
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
 
@@ -317,13 +326,7 @@ def test_stream_resume_is_exact_through_a_multi_worker_dataloader(tmp_path: Path
     config = StreamConfig(seed=2)
 
     def run(stream: ShardStream, limit: int | None = None) -> list[str]:
-        out = []
-        for item in DataLoader(stream, batch_size=None, num_workers=2):
-            if limit is not None and len(out) == limit:
-                break
-            stream.observe(item)
-            out.append(item.value.id)
-        return out
+        return consume(stream, limit, DataLoader(stream, batch_size=None, num_workers=2))
 
     full = run(ShardStream(shards, iter_tar_samples, config))
     for stop in (7, 20):  # stops after a worker-0 item and after a worker-1 item
@@ -368,14 +371,60 @@ def test_stream_counts_bad_samples_and_unreadable_shards_from_the_workers(tmp_pa
     # shard-1; worker 1 reads ab-missing and shard-0: every skip is followed by a good item that reports it.
     all_shards = [tmp_path / n for n in ("aa-bad.tar", "ab-missing.tar", "ac-truncated.tar")] + shards
     stream = ShardStream(all_shards, iter_tar_samples, StreamConfig(shuffle_shards=False))
-    got = []
-    for item in DataLoader(stream, batch_size=None, num_workers=2):
-        stream.observe(item)
-        got.append(item.value.id)
+    got = consume(stream, items=DataLoader(stream, batch_size=None, num_workers=2))
     assert sorted(got) == sorted([*ids, "aa-bad.tar:b1", "ac-truncated.tar:t0"])
     assert stream.skip_counts() == {"undecodable_image": 1, "missing_file": 1, "malformed": 1}
     state = stream.state_dict()
     assert state["skips"] == stream.skip_counts() and state["positions"]["aa-bad.tar"] == 2
+
+
+def _tail_corpus(root: Path) -> list[Path]:
+    """Four shards whose bad samples come after the last good sample of a worker (see the test below)."""
+    garbage = {"tgt.png": b"garbage", "txt": b"x"}
+    shards = {"aa-tail.tar": [("a0", {"tgt.png": png_bytes(8, 8), "txt": b"a"}),
+                              ("a1", {"tgt.png": png_bytes(8, 8), "txt": b"b"}), ("a2", garbage)],
+              "ac-tail.tar": [("c0", {"tgt.png": png_bytes(8, 8), "txt": b"c"}),
+                              ("c1", {"tgt.png": png_bytes(8, 8), "txt": b"  "})],
+              "ad-bad.tar": [("d0", garbage)]}
+    for name, samples in shards.items():
+        with tarfile.open(root / name, "w") as tar:
+            for key, files in samples:
+                for ext, data in files.items():
+                    add_tar_member(tar, f"{key}.{ext}", data)
+    return [root / n for n in ("aa-tail.tar", "ab-missing.tar", "ac-tail.tar", "ad-bad.tar")]
+
+
+def test_skips_after_a_workers_last_good_sample_reach_the_main_process(tmp_path: Path) -> None:
+    shards = _tail_corpus(tmp_path)
+    expected = {"undecodable_image": 2, "missing_file": 1, "empty_text": 1}
+    # Two workers, shards in sorted order: worker 0 reads aa-tail (a2 broken at its end, reported by c0) and
+    # ac-tail (c1 empty at its end: nothing after it); worker 1 reads ab-missing (no such file) and ad-bad (one
+    # broken sample): it never yields a sample at all. Only the workers' StreamEnd items report those skips.
+    stream = ShardStream(shards, iter_tar_samples, StreamConfig(shuffle_shards=False))
+    got = consume(stream, items=DataLoader(stream, batch_size=None, num_workers=2))
+    assert sorted(got) == ["aa-tail.tar:a0", "aa-tail.tar:a1", "ac-tail.tar:c0"]
+    assert stream.skip_counts() == expected
+    state = json.loads(json.dumps(stream.state_dict()))
+    assert state["skips"] == expected and state["finished"] == sorted(p.name for p in shards)
+    # resuming the finished epoch opens no shard again and counts nothing twice
+    resumed = ShardStream(shards, iter_tar_samples, StreamConfig(shuffle_shards=False))
+    resumed.load_state_dict(state)
+    assert consume(resumed, items=DataLoader(resumed, batch_size=None, num_workers=2)) == []
+    assert resumed.skip_counts() == expected
+
+
+def test_an_item_from_a_later_shard_finishes_the_earlier_ones(tmp_path: Path) -> None:
+    shards = _tail_corpus(tmp_path)
+    config = StreamConfig(shuffle_shards=False)
+    interrupted = ShardStream(shards, iter_tar_samples, config)  # one reader: aa, ab, ac, ad in order
+    assert consume(interrupted, limit=3) == ["aa-tail.tar:a0", "aa-tail.tar:a1", "ac-tail.tar:c0"]
+    state = interrupted.state_dict()
+    assert state["finished"] == ["aa-tail.tar", "ab-missing.tar"] and state["positions"]["ac-tail.tar"] == 1
+    assert state["skips"] == {"undecodable_image": 1, "missing_file": 1}  # a2 and ab, reported by c0
+    resumed = ShardStream(shards, iter_tar_samples, config)
+    resumed.load_state_dict(state)
+    assert consume(resumed) == []  # a2 and ab-missing are not read (and counted) again
+    assert resumed.skip_counts() == {"undecodable_image": 2, "missing_file": 1, "empty_text": 1}
 
 
 def test_stream_rejects_a_state_naming_unknown_shards(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from firered_core.config import ConfigError, SchedulerConfig
 from firered_core.schedule import compute_mu, flow_sigmas
-from firered_train.objectives import (EMA, TimestepSampler, TimestepSamplerConfig, clean_estimate,
+from firered_train.objectives import (EMA, TimestepConfig, TimestepSampler, clean_estimate,
                                       flow_matching_loss, flow_target, loss_bins, noisy_sample,
                                       per_sample_flow_loss, timestep_generator)
 
@@ -149,11 +149,11 @@ def test_loss_rejects_bad_arguments() -> None:
 
 
 def _uniform(**kw: object) -> TimestepSampler:
-    return TimestepSampler(TimestepSamplerConfig(mode="uniform", shift="none", **kw))  # type: ignore[arg-type]
+    return TimestepSampler(TimestepConfig(mode="uniform", shift="none", **kw))  # type: ignore[arg-type]
 
 
 def test_strata_of_all_ranks_are_disjoint_and_cover_the_range() -> None:
-    sampler = _uniform(stratified=True, rotate_every=10)
+    sampler = _uniform(stratification="rank", rotate_every=10)
     world, batch = 4, 3
     for step in (0, 7, 10, 35):
         per_rank = [sampler.quantiles(batch, step=step, rank=r, world_size=world,
@@ -166,14 +166,14 @@ def test_strata_of_all_ranks_are_disjoint_and_cover_the_range() -> None:
 
 
 def test_strata_rotate_every_k_steps() -> None:
-    sampler = _uniform(rotate_every=10)
+    sampler = _uniform(stratification="rank", rotate_every=10)
     assert [sampler.stratum(s, 0, 4) for s in (0, 9, 10, 19, 20, 30, 40)] == [0, 0, 1, 1, 2, 3, 0]
     assert [sampler.stratum(10, r, 4) for r in range(4)] == [1, 2, 3, 0]
     assert sampler.stratum(123, 0, 1) == 0
 
 
 def test_sampling_is_deterministic_per_seed_step_rank() -> None:
-    sampler = TimestepSampler(TimestepSamplerConfig())  # logit-normal, resolution shift, stratified
+    sampler = TimestepSampler(TimestepConfig(stratification="rank"))  # logit-normal, resolution shift
 
     def draw(seed: int, step: int, rank: int) -> torch.Tensor:
         return sampler.sample(8, step=step, rank=rank, world_size=2, image_seq_len=1024,
@@ -187,17 +187,17 @@ def test_sampling_is_deterministic_per_seed_step_rank() -> None:
 
 
 def test_unstratified_uniform_is_the_raw_draw() -> None:
-    u = _uniform(stratified=False).sample(5, step=0, generator=torch.Generator().manual_seed(0))
+    u = _uniform(stratification="none").sample(5, step=0, generator=torch.Generator().manual_seed(0))
     assert torch.equal(u, torch.rand(5, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float())
 
 
 # ---------------------------------------------------------------- timesteps: distribution and shift
 
 
-@pytest.mark.parametrize("stratified", [False, True])
-def test_logit_normal_statistics(stratified: bool) -> None:
-    cfg = TimestepSamplerConfig(mode="logit_normal", logit_mean=0.3, logit_std=0.8, shift="none",
-                                stratified=stratified)
+@pytest.mark.parametrize("stratification", ["none", "global", "rank"])
+def test_logit_normal_statistics(stratification: str) -> None:
+    cfg = TimestepConfig(mode="logit_normal", logit_mean=0.3, logit_std=0.8, shift="none",
+                                stratification=stratification)  # type: ignore[arg-type]
     s = TimestepSampler(cfg).sample(20000, step=0, generator=torch.Generator().manual_seed(0)).double()
     logit = torch.log(s / (1 - s))
     assert abs(logit.mean().item() - 0.3) < 0.03
@@ -206,7 +206,7 @@ def test_logit_normal_statistics(stratified: bool) -> None:
 
 
 def test_resolution_shift_by_hand() -> None:
-    sampler = TimestepSampler(TimestepSamplerConfig(mode="uniform", shift="resolution"))
+    sampler = TimestepSampler(TimestepConfig(mode="uniform", shift="resolution"))
     half = torch.tensor([0.5], dtype=torch.float64)
     # at s = 1/2 the exponential shift is e^mu / (e^mu + 1) = sigmoid(mu); mu = 0.5 at 256 tokens, 0.9 at 8192
     assert sampler.shift_levels(half, 256).item() == pytest.approx(1 / (1 + math.exp(-0.5)), abs=1e-12)
@@ -219,7 +219,7 @@ def test_resolution_shift_by_hand() -> None:
 
 def test_resolution_shift_matches_the_inference_schedule() -> None:
     scheduler = SchedulerConfig(shift_terminal=None)  # the stretch only re-spaces inference steps
-    sampler = TimestepSampler(TimestepSamplerConfig(mode="uniform", shift="resolution"), scheduler)
+    sampler = TimestepSampler(TimestepConfig(mode="uniform", shift="resolution"), scheduler)
     for tokens in (256, 1024, 4096):
         levels = torch.linspace(1.0, 1 / 12, 12, dtype=torch.float64)
         expected = flow_sigmas(12, tokens, scheduler)[:-1]
@@ -230,9 +230,9 @@ def test_resolution_shift_matches_the_inference_schedule() -> None:
 
 
 def test_static_shift_and_linear_time_shift() -> None:
-    static = TimestepSampler(TimestepSamplerConfig(mode="uniform", shift="static", static_shift=3.0))
+    static = TimestepSampler(TimestepConfig(mode="uniform", shift="static", static_shift=3.0))
     assert static.shift_levels(torch.tensor([0.5, 0.25], dtype=torch.float64)).tolist() == [0.75, 0.5]
-    linear = TimestepSampler(TimestepSamplerConfig(mode="uniform", shift="resolution"),
+    linear = TimestepSampler(TimestepConfig(mode="uniform", shift="resolution"),
                              SchedulerConfig(time_shift_type="linear"))
     assert linear.shift_levels(torch.tensor([0.5], dtype=torch.float64), 256).item() == pytest.approx(0.5 / 1.5)
 
@@ -241,7 +241,7 @@ def test_static_shift_and_linear_time_shift() -> None:
 
 
 def test_curriculum_bounds() -> None:
-    cfg = TimestepSamplerConfig(mode="uniform", shift="none", curriculum="high_noise_first", curriculum_steps=100,
+    cfg = TimestepConfig(mode="uniform", shift="none", curriculum="high_noise_first", curriculum_steps=100,
                                 curriculum_start_width=0.25)
     sampler = TimestepSampler(cfg)
     assert [sampler.curriculum_floor(s) for s in (0, 50, 100, 1000)] == [0.75, 0.375, 0.0, 0.0]
@@ -255,7 +255,7 @@ def test_curriculum_bounds() -> None:
     cells = ((torch.cat(parts) - 0.75) / 0.25 * 4).floor().long()
     assert sorted(cells.tolist()) == [0, 1, 2, 3]
     # with logit-normal the band maps to the noisiest levels: s >= sigmoid(Phi^-1(0.75))
-    noisy = TimestepSampler(TimestepSamplerConfig(mode="logit_normal", shift="none", curriculum="high_noise_first",
+    noisy = TimestepSampler(TimestepConfig(mode="logit_normal", shift="none", curriculum="high_noise_first",
                                                   curriculum_steps=100, curriculum_start_width=0.25))
     floor = 1 / (1 + math.exp(-math.sqrt(2) * torch.special.erfinv(torch.tensor(0.5, dtype=torch.float64)).item()))
     s = noisy.sample(1000, step=0, generator=torch.Generator().manual_seed(1))
@@ -272,11 +272,11 @@ def test_loss_bins() -> None:
 
 def test_sampler_config_validation() -> None:
     with pytest.raises(ConfigError, match="curriculum_steps"):
-        TimestepSamplerConfig(curriculum="high_noise_first")
+        TimestepConfig(curriculum="high_noise_first")
     with pytest.raises(ConfigError, match="logit_std"):
-        TimestepSamplerConfig(logit_std=0.0)
+        TimestepConfig(logit_std=0.0)
     with pytest.raises(ConfigError, match="rotate_every"):
-        TimestepSamplerConfig(rotate_every=0)
+        TimestepConfig(rotate_every=0)
     with pytest.raises(ValueError, match="rank"):
         _uniform().sample(2, step=0, rank=2, world_size=2)
 

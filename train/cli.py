@@ -87,10 +87,19 @@ def register_train(parser: argparse.ArgumentParser) -> Runner:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    overrides, _ = split_overrides(args.overrides, ("resume",))
+    cfg = _load(args.config, overrides)
+    if cfg.target == "vae":
+        from .vae_trainer import VAETrainer
+
+        vae_result = VAETrainer(cfg).run()
+        log.info("done: %d VAE steps, final loss %.5f", vae_result.steps, vae_result.final_loss)
+        for path in vae_result.exported:
+            print(f"wrote {path}", flush=True)
+        return 0
     from .trainer import Trainer
 
-    overrides, _ = split_overrides(args.overrides, ("resume",))
-    result = Trainer(_load(args.config, overrides)).run()
+    result = Trainer(cfg).run()
     log.info("done: %d steps, final loss %.5f", result.steps, result.final_loss)
     for path in result.exported:
         print(f"wrote {path}", flush=True)

@@ -12,7 +12,8 @@ sampler state alone; with prefetching the sampler runs ahead of training, which 
 ``sampler.state_dict(next_step=<first step not trained on>)``.
 
 Skipped samples. Workers cannot add to the main process's ``SkipLog``; each loaded step carries the skips it saw
-(``LoadedStep.skipped``, plain tuples so they pickle) and the loop counts them.
+(``LoadedStep.skipped``, plain tuples so they pickle) and the loop counts them: a step that a worker could not load
+at all still comes back (empty) with its skips, so no count is lost, the last step's included.
 
 Public API: ``LoadedStep``, ``StepDataset``, ``PlanSequence``, ``make_loader``.
 """

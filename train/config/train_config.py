@@ -12,6 +12,7 @@
     ema         EMAConfig
     checkpoint  CheckpointConfig   dir, every, keep last, resume
     logging     LoggingConfig      log interval, TensorBoard, validation grids, loss bins
+    vae         VAETrainConfig     only for ``target: vae`` (train the model's VAE as an autoencoder)
 
 Checks that span sections live here; each section checks its own fields. Use ``dataclasses.replace`` to derive
 a variant; YAML files and ``--a.b=value`` overrides are handled by ``yaml_io``.
@@ -26,6 +27,7 @@ from typing import Literal
 from .coerce import field_error
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
                        ObjectiveConfig, OptimConfig, ScheduleConfig)
+from .vae_section import VAETrainConfig
 
 __all__ = ["TrainConfig"]
 
@@ -35,6 +37,8 @@ class TrainConfig:
     """One training run (a stage of FireRed's recipe, or a LoRA)."""
 
     stage: str = "sft"  # a label for logs and checkpoints: pretrain, continued, sft, lora or any name
+    # What trains: the transformer (every FireRed stage) or, for a model built from scratch, its VAE first.
+    target: Literal["transformer", "vae"] = "transformer"
     # Seeds model init (LoRA adapters, random-init tests), noise and timesteps. The data order has its own seeds
     # (data.sampler.seed, data.sia.seed) so a new init seed does not also reshuffle the data.
     seed: int = 0
@@ -50,10 +54,13 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
 
     def __post_init__(self) -> None:
         if not self.stage.strip():
             raise field_error("stage", "must not be empty")
+        if self.target not in ("transformer", "vae"):
+            raise field_error("target", f"must be 'transformer' or 'vae', got {self.target!r}")
         if not self.output_dir.strip():
             raise field_error("output_dir", "must not be empty")
         if self.optim.warmup_steps > self.schedule.max_steps:

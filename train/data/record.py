@@ -4,8 +4,9 @@ Every reader turns its format into ``EditRecord`` values, and everything downstr
 alignment, caching, the trainer) sees only records. A record is metadata plus a way to reach the pixels:
 
 - ``ImageRef`` holds an image's width and height (read from the file header, so building a record never decodes
-  pixels) and either a file path (folders, JSONL manifests) or the encoded bytes (tar and parquet shards).
-  ``ImageRef.open()`` decodes it to an upright RGB ``PIL.Image`` when the pixels are finally needed.
+  pixels) and either a file path (folders, JSONL manifests), a byte range of a file (a member of an indexed,
+  uncompressed tar shard: ``readers.tar_index``) or the encoded bytes (other shards). ``ImageRef.open()`` reads
+  and decodes it to an upright RGB ``PIL.Image`` when the pixels are finally needed.
 - ``EditRecord`` has 0..N sources (0 = text-to-image; FireRed trains with up to 3, but nothing here fixes N), one
   target, the instruction in English and/or Chinese, optional inverse instructions (FireRed's "describe the
   source from the target" texts, used by swapping source and target when there is exactly one source), a task
@@ -60,19 +61,26 @@ def _image_size(img: Image.Image) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image reachable by path or as encoded bytes, with its upright size known without decoding."""
+    """An image reachable by path (whole file or a byte range of it) or as encoded bytes, with its upright size
+    known without decoding."""
 
     width: int
     height: int
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
     name: str = ""  # how logs name it: the path, or "shard.tar:key.tgt.png"
+    # With ``path``: the image is the ``length`` bytes at ``offset`` of that file (None: the whole file).
+    offset: int = 0
+    length: int | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
             raise ValueError(f"ImageRef {self.name!r}: give exactly one of path and data")
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"ImageRef {self.name!r}: size must be positive, got {self.width}x{self.height}")
+        if self.length is not None and (self.path is None or self.offset < 0 or self.length <= 0):
+            raise ValueError(f"ImageRef {self.name!r}: a byte range needs a path, offset >= 0 and length > 0, got "
+                             f"offset {self.offset}, length {self.length}")
 
     @classmethod
     def probe(cls, source: Path | bytes, sample_id: str, name: str = "") -> ImageRef:
@@ -92,12 +100,31 @@ class ImageRef:
             return cls(width, height, path=source, name=label)
         return cls(width, height, data=source, name=label)
 
-    def open(self, sample_id: str = "") -> Image.Image:
-        """Decode to an upright RGB image; a truncated or corrupt file raises ``BadSampleError``."""
-        if self.path is not None and not self.path.is_file():
+    def read_bytes(self, sample_id: str = "") -> bytes:
+        """The encoded image: the bytes held, the file, or its byte range."""
+        if self.data is not None:
+            return self.data
+        assert self.path is not None  # __post_init__: exactly one of path and data
+        if not self.path.is_file():
             raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(-1 if self.length is None else self.length)
+        if self.length is not None and len(data) != self.length:  # the file shrank since it was indexed
+            raise BadSampleError(SkipReason.UNDECODABLE_IMAGE, sample_id,
+                                 f"{self.name}: {len(data)} of {self.length} bytes at offset {self.offset}")
+        return data
+
+    def open(self, sample_id: str = "") -> Image.Image:
+        """Decode to an upright RGB image; a missing, truncated or corrupt file raises ``BadSampleError``."""
+        if self.path is not None and self.length is None:
+            if not self.path.is_file():
+                raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
+            source: Path | io.BytesIO = self.path
+        else:
+            source = io.BytesIO(self.read_bytes(sample_id))
         try:
-            with Image.open(self.path if self.path is not None else io.BytesIO(self.data or b"")) as img:
+            with Image.open(source) as img:
                 upright = ImageOps.exif_transpose(img) or img
                 rgb = upright.convert("RGB")  # convert() forces the full decode inside the try
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -3,26 +3,31 @@
 | module | job |
 |---|---|
 | ``flow.py`` | ``x_s = (1 - s) x0 + s eps``, target ``v = eps - x0``, masked MSE (token + outlier mask) |
-| ``timesteps.py`` | noise levels: uniform / logit-normal, shift, rank strata with rotation, curriculum, bins |
+| ``timesteps.py`` | noise levels: uniform / logit-normal, shift, global or rank strata, rotation, curriculum, bins |
 | ``ema.py`` | float32 moving average of trained weights: warm-up, validation swap, exact state |
 
 ::
 
     from firered_train.objectives import TimestepSampler, flow_matching_loss, flow_target, noisy_sample
 
+    sampler = TimestepSampler(cfg.objective.timesteps, scheduler)
+    gen = sampler.generators(seed, step, rank, sample_indices)
     s = sampler.sample(B, step=step, rank=rank, world_size=world, image_seq_len=n_tok, generator=gen)   # [B]
-    out = flow_matching_loss(model(noisy_sample(x0, eps, s), s, ...), flow_target(x0, eps), token_mask=mask)
+    out = flow_matching_loss(model(noisy_sample(x0, eps, s), s, ...), flow_target(x0, eps), token_mask=mask,
+                             outlier_threshold=cfg.objective.outlier_threshold,
+                             denominator=cfg.objective.denominator)
 
-Each module's docstring gives the formulas and the choices made where the report is silent.
+The configs are sections of the training config (``config.sections``: ``TimestepConfig``, ``ObjectiveConfig``,
+``EMAConfig``). Each module's docstring gives the formulas and the choices made where the report is silent.
 """
 
 from .ema import EMA
 from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction, clean_estimate, flow_matching_loss,
                    flow_target, noisy_sample, per_sample_flow_loss)
-from .timesteps import TimestepSampler, TimestepSamplerConfig, loss_bins, timestep_generator
+from .timesteps import Generators, TimestepConfig, TimestepSampler, loss_bins, timestep_generator, timestep_generators
 
 __all__ = [
-    "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "LossOutput", "Reduction", "TimestepSampler",
-    "TimestepSamplerConfig", "clean_estimate", "flow_matching_loss", "flow_target", "loss_bins", "noisy_sample",
-    "per_sample_flow_loss", "timestep_generator",
+    "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "Generators", "LossOutput", "Reduction", "TimestepConfig",
+    "TimestepSampler", "clean_estimate", "flow_matching_loss", "flow_target", "loss_bins", "noisy_sample",
+    "per_sample_flow_loss", "timestep_generator", "timestep_generators",
 ]

@@ -3,6 +3,7 @@
 ::
 
     ema = EMA(model, decay=0.9999, warmup=2 / 3, update_every=1)   # trainable parameters only (LoRA adapters)
+    ema = EMA.from_config(model, cfg.ema)                          # the same from a training config's ``ema``
     ...
     optimizer.step(); ema.update(step)                             # step = optimizer steps done, 1-based
     with ema.swapped():                                            # or store(); copy_to(); ...; restore()
@@ -33,7 +34,7 @@ list), and checkpoints are checked against those names on load.
 ``state_dict`` holds the shadow tensors themselves (as ``nn.Module.state_dict`` does, no copy: a 20B shadow
 cannot be duplicated on the GPU); serialise it before the next ``update``.
 
-Public API: ``EMA``.
+Public API: ``EMA`` (configured by ``config.sections.EMAConfig``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..config.sections import EMAConfig
 
 __all__ = ["EMA"]
 
@@ -89,6 +92,13 @@ class EMA:
                        for name, p in self.params.items()}
         self.n_updates = 0  # averaging updates done (the warm-up's clock); copies before start_step do not count
         self._stored: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, params: ParamSource, config: EMAConfig, *,
+                    device: torch.device | str | None = None) -> "EMA":
+        """The EMA a training config's ``ema`` section describes (``config.enabled`` is the caller's to check)."""
+        return cls(params, config.decay, warmup=config.warmup, inv_gamma=config.inv_gamma,
+                   update_every=config.update_every, start_step=config.start_step, device=device)
 
     # ----------------------------------------------------------------------------------- averaging
 

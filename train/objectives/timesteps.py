@@ -1,22 +1,32 @@
 """Which noise levels ``s`` in [0, 1] a training batch sees (s = 1 is pure noise).
 
-Every level starts as a quantile ``u`` in [0, 1) and goes through four steps, each a setting of
-``TimestepSamplerConfig``::
+Every level starts as a quantile ``u`` in [0, 1) and goes through four steps, each a setting of ``TimestepConfig``
+(the ``objective.timesteps`` section of a training config)::
 
-    sampler = TimestepSampler(TimestepSamplerConfig(mode="logit_normal", shift="resolution", stratified=True))
-    gen = timestep_generator(seed, step, rank)                 # same (seed, step, rank) -> same levels
+    sampler = TimestepSampler(TimestepConfig(mode="logit_normal", shift="resolution", stratification="global"))
+    gen = sampler.generators(seed, step, rank, samples)      # what the stratification needs, see below
     s = sampler.sample(batch, step=step, rank=rank, world_size=world, image_seq_len=n_tokens, generator=gen)
     bins = loss_bins(s, 10)                                    # [B] bin index, for "loss per timestep bin"
 
-1. Stratification (``stratified``; FireRed's "distributed stratified timestep sampling"). [0, 1) is cut into
-   ``world_size`` strata and rank ``r`` draws only from stratum ``k = (r + step // rotate_every) % world_size``, so
-   one optimizer step's global batch spans every noise level instead of leaving it to chance, and the
-   assignment rotates every ``rotate_every`` steps so that no rank keeps the same levels (and the same slice of
-   the data stream's noise levels) for the whole run. Inside its stratum a rank of batch ``B`` stratifies again:
-   sample ``j`` of the batch gets sub-stratum ``perm[j]`` of ``B`` equal parts (``perm`` a random permutation, so
-   no batch position is tied to low or high noise). The strata of all ranks in a step are disjoint and cover [0, 1).
+1. Stratification (``stratification``; FireRed's "distributed stratified timestep sampling"), so that one step's
+   global batch spans every noise level instead of leaving it to chance. Two ways to cut [0, 1):
+
+   - ``global``: the step's global batch of ``G = B x world_size`` samples gets ``G`` equal strata, one per sample,
+     by the sample's position in the global batch: rank ``r``'s ``i``-th sample is position ``p = i x world_size +
+     r``, the order in which the bucket sampler deals a bucket out to the ranks (rank ``r`` takes ``r::world_size``),
+     and it draws in stratum ``(p + step // rotate_every) % G``. With one generator per *sample*
+     (``timestep_generators``) the levels do not depend on how the global batch is split across processes, so
+     1 and N processes train the same model. The strata rotate by one every ``rotate_every`` steps.
+   - ``rank``: the report's wording. [0, 1) is cut into ``world_size`` strata and rank ``r`` draws only from stratum
+     ``k = (r + step // rotate_every) % world_size``; the assignment rotates every ``rotate_every`` steps so that
+     no rank keeps the same levels (and the same slice of the data stream) for the whole run. Inside its stratum a
+     rank of batch ``B`` stratifies again: sample ``j`` gets sub-stratum ``perm[j]`` of ``B`` equal parts (``perm``
+     a random permutation from the rank's generator, so no batch position is tied to low or high noise). The draws
+     of a rank come from one generator per (seed, step, rank) (``timestep_generator``), so 1 and N processes differ.
+
+   Either way the strata of all samples of a step are disjoint and cover [0, 1). ``none`` draws independently.
    FireRed's released trainer gives each group of ranks a fixed sub-range of the discrete timestep indices, without
-   rotation; the report adds the periodic rotation, which this follows.
+   rotation; the report adds the periodic rotation, which both ways follow.
 2. Curriculum (``curriculum="high_noise_first"``): during the first ``curriculum_steps`` steps the quantile is
    squeezed into ``[lo, 1)`` with ``lo = (1 - curriculum_start_width) * (1 - step / curriculum_steps)``: at step 0
    only the top ``curriculum_start_width`` of the range (the noisiest levels, where the global layout is decided),
@@ -36,71 +46,43 @@ Every level starts as a quantile ``u`` in [0, 1) and goes through four steps, ea
    released trainer instead indexes the shifted, stretched N-step inference schedule; the continuous form is the
    same curve without the discretisation.)
 
-Draws use the ``generator`` passed in (CPU, float64 internally, float32 out): the first ``B`` uniforms, then one
-``randperm(B)`` when stratified. The same generator state, step, rank and world size give the same levels.
+Draws (CPU, float64 internally, float32 out). ``generator`` is one ``torch.Generator`` (the first ``B`` uniforms,
+then one ``randperm(B)`` for ``rank``) or a sequence of ``B`` generators, one uniform from each (``none`` and
+``global`` only: ``rank`` needs its permutation from one generator). ``generators`` picks the right kind for the
+configured stratification. The same generators, step, rank and world size give the same levels.
 
-Public API: ``TimestepSamplerConfig``, ``TimestepSampler``, ``timestep_generator``, ``loss_bins``.
+Public API: ``TimestepSampler``, ``TimestepConfig`` (from ``config.sections``), ``timestep_generator``,
+``timestep_generators``, ``loss_bins``, ``Generators``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from typing import Sequence
 
 import torch
 
 from firered_core.config import SchedulerConfig
 from firered_core.schedule import compute_mu
 
-from ..config.coerce import field_error
-from ..distributed import step_seed
+from ..config.sections import TimestepConfig
+from ..distributed import sample_generator, step_seed
 
-__all__ = ["TimestepSampler", "TimestepSamplerConfig", "loss_bins", "timestep_generator"]
+__all__ = ["Generators", "TimestepConfig", "TimestepSampler", "loss_bins", "timestep_generator",
+           "timestep_generators"]
 
-
-@dataclass(frozen=True)
-class TimestepSamplerConfig:
-    """How the noise level of each training sample is drawn (steps 1-4 of the module docstring)."""
-
-    mode: Literal["uniform", "logit_normal"] = "logit_normal"  # FireRed: logit-normal
-    logit_mean: float = 0.0  # mean 0 centres the logit-normal mass on s = 0.5
-    logit_std: float = 1.0
-    # "resolution": exp(mu) with mu from the target token count (as inference); "static": ``static_shift``
-    shift: Literal["none", "static", "resolution"] = "resolution"
-    static_shift: float = 1.0  # 1.0 is the identity; > 1 moves levels towards noise
-    stratified: bool = True  # per-rank strata of [0, 1), stratified again within the batch
-    rotate_every: int = 100  # steps between rotations of the rank -> stratum assignment (*unknown*: a guess)
-    curriculum: Literal["none", "high_noise_first"] = "none"  # report: high noise first, then the full range
-    curriculum_steps: int = 0  # steps until the full range is reached (the report gives no number)
-    curriculum_start_width: float = 0.5  # fraction of the quantile range (its top) used at step 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("uniform", "logit_normal"):
-            raise field_error("mode", f"must be 'uniform' or 'logit_normal', got {self.mode!r}")
-        if self.shift not in ("none", "static", "resolution"):
-            raise field_error("shift", f"must be 'none', 'static' or 'resolution', got {self.shift!r}")
-        if self.curriculum not in ("none", "high_noise_first"):
-            raise field_error("curriculum", f"must be 'none' or 'high_noise_first', got {self.curriculum!r}")
-        if not math.isfinite(self.logit_mean):
-            raise field_error("logit_mean", f"must be finite, got {self.logit_mean!r}")
-        for name in ("logit_std", "static_shift"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise field_error(name, f"must be a positive number, got {value!r}")
-        if isinstance(self.rotate_every, bool) or self.rotate_every < 1:
-            raise field_error("rotate_every", f"must be an integer >= 1, got {self.rotate_every!r}")
-        if self.curriculum_steps < 0:
-            raise field_error("curriculum_steps", f"must be >= 0, got {self.curriculum_steps!r}")
-        if self.curriculum != "none" and self.curriculum_steps == 0:
-            raise field_error("curriculum_steps", f"must be > 0 with curriculum {self.curriculum!r}")
-        if not 0.0 < self.curriculum_start_width <= 1.0:
-            raise field_error("curriculum_start_width", f"must lie in (0, 1], got {self.curriculum_start_width!r}")
+# one generator for the batch, or one per sample (see the module docstring)
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def timestep_generator(seed: int, step: int, rank: int) -> torch.Generator:
     """A CPU generator owned by (seed, step, rank): levels are reproducible after a resume, on any machine."""
     return torch.Generator().manual_seed(step_seed(seed, "timesteps", step, rank))
+
+
+def timestep_generators(seed: int, step: int, samples: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, owned by (seed, step, sample): the same on any rank and process count."""
+    return [sample_generator(seed, step, i, "timestep") for i in samples]
 
 
 def loss_bins(s: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -116,15 +98,27 @@ def loss_bins(s: torch.Tensor, n_bins: int) -> torch.Tensor:
 class TimestepSampler:
     """Draws noise levels ``s [B]`` (see the module docstring); ``scheduler`` supplies ``mu`` for the shift."""
 
-    def __init__(self, config: TimestepSamplerConfig | None = None, scheduler: SchedulerConfig | None = None) -> None:
-        self.config = config if config is not None else TimestepSamplerConfig()
+    def __init__(self, config: TimestepConfig | None = None, scheduler: SchedulerConfig | None = None) -> None:
+        self.config = config if config is not None else TimestepConfig()
         self.scheduler = scheduler if scheduler is not None else SchedulerConfig()
 
     # ----------------------------------------------------------------------------------- step 1 and 2: quantiles
 
+    def generators(self, seed: int, step: int, rank: int, samples: Sequence[int]) -> Generators:
+        """The generator(s) the configured stratification draws from at ``step``: one per sample of ``samples``
+        (``none``, ``global``: levels independent of the process count), one per rank (``rank``)."""
+        if self.config.stratification == "rank":
+            return timestep_generator(seed, step, rank)
+        return timestep_generators(seed, step, samples)
+
     def stratum(self, step: int, rank: int, world_size: int) -> int:
-        """The stratum (0 .. world_size - 1) rank ``rank`` draws from at ``step``."""
+        """``rank`` stratification: the stratum (0 .. world_size - 1) rank ``rank`` draws from at ``step``."""
         return (rank + step // self.config.rotate_every) % world_size
+
+    def global_strata(self, batch: int, *, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """``global`` stratification: the stratum (0 .. batch x world_size - 1) of each of this rank's samples."""
+        positions = torch.arange(batch, dtype=torch.int64) * world_size + rank  # [B] place in the global batch
+        return (positions + step // self.config.rotate_every) % (batch * world_size)
 
     def curriculum_floor(self, step: int) -> float:
         """The lower end ``lo`` of the quantile range at ``step`` (0 once the curriculum is over)."""
@@ -134,11 +128,18 @@ class TimestepSampler:
         return (1.0 - cfg.curriculum_start_width) * (1.0 - step / cfg.curriculum_steps)
 
     def quantiles(self, batch: int, *, step: int, rank: int = 0, world_size: int = 1,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: Generators = None) -> torch.Tensor:
         """Quantiles ``u [B]`` (float64, in [0, 1)) after stratification and curriculum."""
         _check_position(batch, step, rank, world_size)
-        u = torch.rand(batch, generator=generator, dtype=torch.float64)  # [B]
-        if self.config.stratified:
+        u = _uniforms(batch, generator)  # [B]
+        mode = self.config.stratification
+        if mode == "global":
+            strata = self.global_strata(batch, step=step, rank=rank, world_size=world_size).to(torch.float64)
+            u = (strata + u) / (batch * world_size)
+        elif mode == "rank":
+            if generator is not None and not isinstance(generator, torch.Generator):
+                raise ValueError("TimestepSampler: 'rank' stratification draws a permutation per rank: pass one "
+                                 "generator, not one per sample")
             sub = torch.randperm(batch, generator=generator).to(torch.float64)  # [B] sub-stratum of each sample
             u = (self.stratum(step, rank, world_size) + (sub + u) / batch) / world_size
         lo = self.curriculum_floor(step)
@@ -170,10 +171,19 @@ class TimestepSampler:
         return self.shift_levels(s, image_seq_len).to(torch.float32)
 
     def sample(self, batch: int, *, step: int, rank: int = 0, world_size: int = 1, image_seq_len: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: Generators = None) -> torch.Tensor:
         """Noise levels ``s [batch]`` (float32, CPU) for this rank at this optimizer step."""
         u = self.quantiles(batch, step=step, rank=rank, world_size=world_size, generator=generator)
         return self.to_levels(u, image_seq_len=image_seq_len)
+
+
+def _uniforms(batch: int, generator: Generators) -> torch.Tensor:
+    """``[B]`` float64 uniforms in [0, 1): ``B`` from one generator, or one from each of ``B`` generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(batch, generator=generator, dtype=torch.float64)
+    if len(generator) != batch:
+        raise ValueError(f"TimestepSampler: {len(generator)} per-sample generators for a batch of {batch}")
+    return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in generator])
 
 
 def _check_position(batch: int, step: int, rank: int, world_size: int) -> None:

@@ -28,7 +28,7 @@ import re
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from PIL import Image
 
@@ -72,9 +72,8 @@ def _texts(files: dict[str, bytes], sid: str) -> tuple[dict[str, Any], str]:
     return fields, sid
 
 
-def record_from_files(files: dict[str, bytes], shard: str, key: str) -> EditRecord:
-    """Build and validate one sample from its members (extension -> bytes); raises ``BadSampleError``."""
-    fields, sid = _texts(files, f"{shard}:{key}")
+def image_members(files: Mapping[str, object], sid: str, key: str) -> tuple[str, list[str]]:
+    """(target extension, source extensions in order) of one sample's members; raises ``BadSampleError``."""
     targets = [ext for ext in files if _TARGET_EXT.match(ext)]
     if len(targets) != 1:
         raise BadSampleError(SkipReason.MISSING_FILE if not targets else SkipReason.MALFORMED, sid,
@@ -82,38 +81,47 @@ def record_from_files(files: dict[str, bytes], shard: str, key: str) -> EditReco
     sources = {int(m["k"]): ext for ext in files if (m := _SOURCE_EXT.match(ext))}
     if sorted(sources) != list(range(len(sources))):
         raise BadSampleError(SkipReason.MALFORMED, sid, f"sources must be numbered 0..N-1: {sorted(sources)}")
+    return targets[0], [sources[k] for k in sorted(sources)]
+
+
+def record_from_files(files: dict[str, bytes], shard: str, key: str) -> EditRecord:
+    """Build and validate one sample from its members (extension -> bytes); raises ``BadSampleError``."""
+    fields, sid = _texts(files, f"{shard}:{key}")
+    target, sources = image_members(files, sid, key)
 
     def probe(ext: str) -> ImageRef:
         return ImageRef.probe(files[ext], sid, name=f"{shard}:{key}.{ext}")
 
-    record = EditRecord(id=sid, target=probe(targets[0]), sources=tuple(probe(sources[k]) for k in sorted(sources)),
-                        **fields)
+    record = EditRecord(id=sid, target=probe(target), sources=tuple(probe(ext) for ext in sources), **fields)
     return record.validate()
 
 
-def _groups(tar: tarfile.TarFile, start: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-    """(sample index, key, files) of consecutive same-key members; samples before ``start`` are not read."""
-    index, key, files = -1, None, {}
+def member_groups(tar: tarfile.TarFile, start: int = 0) -> Iterator[tuple[int, str, dict[str, bytes],
+                                                                          dict[str, tarfile.TarInfo]]]:
+    """(sample index, key, files, members) of consecutive same-key members (extension -> bytes / ``TarInfo``);
+    samples before ``start`` are not read."""
+    index, key, files, members = -1, None, {}, {}
     for member in tar:
         if not member.isfile():
             continue
         member_key, ext = split_member_name(member.name)
         if member_key != key:
             if key is not None and index >= start:
-                yield index, key, files
-            index, key, files = index + 1, member_key, {}
+                yield index, key, files, members
+            index, key, files, members = index + 1, member_key, {}, {}
         if index >= start:  # in streaming mode an unread member's data is skipped, not decompressed into memory
             handle = tar.extractfile(member)
             files[ext] = handle.read() if handle is not None else b""
+            members[ext] = member
     if key is not None and index >= start:
-        yield index, key, files
+        yield index, key, files, members
 
 
 def iter_tar_samples(path: Path, start: int, skips: SkipLog) -> Iterator[tuple[int, EditRecord]]:
     """A ``ShardReader`` for WebDataset tar shards (see ``stream.py``)."""
     try:
         with tarfile.open(path, mode="r|*") as tar:
-            for index, key, files in _groups(tar, start):
+            for index, key, files, _ in member_groups(tar, start):
                 try:
                     yield index, record_from_files(files, path.name, key)
                 except BadSampleError as exc:
@@ -126,8 +134,8 @@ def iter_tar_samples(path: Path, start: int, skips: SkipLog) -> Iterator[tuple[i
 
 def _image_bytes(ref: ImageRef) -> tuple[bytes, str]:
     """Encoded bytes of an image and the extension they should be stored under."""
-    data = ref.path.read_bytes() if ref.path is not None else (ref.data or b"")
-    if ref.path is not None and ref.path.suffix:
+    data = ref.read_bytes()
+    if ref.path is not None and ref.length is None and ref.path.suffix:
         return data, ref.path.suffix.lower().lstrip(".")
     with Image.open(io.BytesIO(data)) as img:
         fmt = (img.format or "png").lower()
