@@ -25,6 +25,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "firered.commands"
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default" / "model"  # firered_core.default.MODEL_DIR
 DTYPES = ("float32", "bfloat16", "float16")
 
 Runner = Callable[[argparse.Namespace], int]
@@ -152,8 +153,10 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         "default: the embedded model")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                         help="LoRA file and strength (default 1.0); repeatable")
-    parser.add_argument("--steps", type=int, default=40, help="sampling steps (default 40)")
-    parser.add_argument("--cfg", type=float, default=4.0, help="true CFG scale; <= 1 disables it (default 4)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 40; the embedded "
+                        "model's own setting when no --model is given)")
+    parser.add_argument("--cfg", type=float, default=None, help="true CFG scale; <= 1 disables it (default 4; "
+                        "the embedded model's own setting when no --model is given)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--width", type=int, default=None, help="output width (default ~1024^2 area)")
     parser.add_argument("--height", type=int, default=None, help="output height")
@@ -162,7 +165,9 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         "CPU, bfloat16 on CUDA)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("--compare", action="store_true", help="also write OUTPUT's stem + '_compare' + suffix: "
+                        "the inputs and the result side by side")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT (and the comparison) if it exists")
     return run_edit
 
 
@@ -170,14 +175,18 @@ def run_edit(args: argparse.Namespace) -> int:
     """Validate everything cheap first, then load the model, edit, and write the output atomically."""
     import torch
 
-    from .images import check_output_path, load_image, save_image
+    from .images import check_output_path, load_image, save_image, side_by_side
     from .pipeline import FireRedEditPipeline
     from .progress import tqdm_progress
 
     start = time.perf_counter()
     output = check_output_path(Path(args.output).expanduser(), overwrite=args.overwrite)
+    compare = check_output_path(output.with_name(f"{output.stem}_compare{output.suffix}"),
+                                overwrite=args.overwrite) if args.compare else None
     if not args.instruction.strip():
         raise ValueError("--instruction is empty: describe the edit to make")
+    if args.cfg is not None and not math.isfinite(args.cfg):
+        raise ValueError(f"--cfg must be a finite number, got {args.cfg}")
     for name in ("steps", "width", "height"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -191,7 +200,16 @@ def run_edit(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
 
     log.info("loading %s (%s on %s)", model, dtype, device)
-    pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
+    if model == DEFAULT_MODEL_DIR:
+        from .default import load_default_pipeline, pipe_defaults
+
+        pipe = load_default_pipeline(dtype=dtype, device=device)
+        tuned = pipe_defaults()
+    else:
+        pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
+        tuned = {}
+    args.steps = args.steps if args.steps is not None else int(tuned.get("steps", 40))
+    args.cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 4.0))
     if device.type != "cpu":
         pipe.to(device)  # the condition encoder is loaded on the CPU
     for path, strength in loras:
@@ -204,6 +222,9 @@ def run_edit(args: argparse.Namespace) -> int:
             "seed": args.seed, "width": result.width, "height": result.height,
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
+    if compare is not None:
+        save_image(side_by_side([*refs, result.image]), compare, overwrite=args.overwrite)
+        print(f"wrote {compare} (inputs | result)", flush=True)
     print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {args.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)", flush=True)
     return EXIT_OK
@@ -244,11 +265,13 @@ def resolve_model(values: Sequence[str]) -> Path | list[Path]:
 
 def default_model() -> Path:
     """The embedded default model folder, or a clear error when it is not installed."""
-    if DEFAULT_MODEL_DIR.is_dir() and any(DEFAULT_MODEL_DIR.iterdir()):
-        return DEFAULT_MODEL_DIR
-    raise FileNotFoundError("no --model given and the embedded default model is not installed (firered_core/"
-                            "default/ is missing); pass --model with a diffusers folder or ComfyUI .safetensors "
-                            "files")
+    from .default import DefaultModelMissing, model_dir
+
+    try:
+        return model_dir()
+    except DefaultModelMissing as exc:
+        raise FileNotFoundError(f"no --model given and {exc}; pass --model with a diffusers folder or ComfyUI "
+                                ".safetensors files") from None
 
 
 def _resolve_device(name: str) -> "torch.device":

@@ -162,6 +162,42 @@ class VAEConfig:
         return _to_dict(self, "AutoencoderKLQwenImage")
 
 
+@dataclass(frozen=True)
+class CompactVAEConfig:
+    """The small convolutional VAE of the embedded default (``compact_vae.CompactVAE``), same interface as the
+    Qwen-Image VAE: ``levels`` stride-2 stages (compression ``2**levels``), ``z_dim`` latent channels."""
+
+    base_dim: int = 32
+    z_dim: int = 16
+    levels: int = 2
+    input_channels: int = 3
+    latents_mean: tuple[float, ...] = (0.0,) * 16
+    latents_std: tuple[float, ...] = (1.0,) * 16
+
+    def __post_init__(self) -> None:
+        for name in ("base_dim", "z_dim", "levels", "input_channels"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"CompactVAEConfig.{name} must be positive, got {getattr(self, name)}")
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ConfigError(f"CompactVAEConfig: latents_mean/latents_std need {self.z_dim} entries (z_dim)")
+        if any(not v > 0 for v in self.latents_std):
+            raise ConfigError("CompactVAEConfig.latents_std entries must be positive")
+
+    @property
+    def spatial_compression(self) -> int:
+        return 2 ** self.levels
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "vae config") -> "CompactVAEConfig":
+        return _from_dict(cls, data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self, COMPACT_VAE_CLASS)
+
+
+COMPACT_VAE_CLASS = "FireRedCompactVAE"  # config.json _class_name of a CompactVAE folder
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scheduler
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +256,7 @@ class ModelPreset:
     """A named bundle of component configs."""
 
     transformer: TransformerConfig
-    vae: VAEConfig = field(default_factory=VAEConfig)
+    vae: VAEConfig | CompactVAEConfig = field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -244,14 +280,14 @@ PRESETS: dict[str, ModelPreset] = {
                                       axes_dims_rope=(4, 6, 6)),
         vae=_TINY_VAE,
     ),
-    # The embedded default (firered_core.default): a 6-block MMDiT over a 32-channel, 4x-compressed VAE latent,
-    # conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by train/configs/default_*.yaml.
+    # The embedded default (firered_core.default): a 6-block MMDiT over the 16-channel, 4x-compressed latent of a
+    # small convolutional VAE, conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by
+    # train/configs/default_*.yaml (docs/DEFAULT_MODEL.md says why its VAE is not the Qwen-Image architecture).
     "firered-default": ModelPreset(
-        transformer=TransformerConfig(patch_size=2, in_channels=128, out_channels=32, num_layers=6,
+        transformer=TransformerConfig(patch_size=2, in_channels=64, out_channels=16, num_layers=6,
                                       attention_head_dim=32, num_attention_heads=6, joint_attention_dim=384,
                                       axes_dims_rope=(8, 12, 12)),
-        vae=VAEConfig(base_dim=32, z_dim=32, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(False, True),
-                      latents_mean=(0.0,) * 32, latents_std=(1.0,) * 32),
+        vae=CompactVAEConfig(base_dim=32, z_dim=16, levels=2),
     ),
     # Mid-size, for benchmarks: big enough that matmuls dominate, small enough for a 2-core CPU.
     "bench-mid": ModelPreset(

@@ -31,7 +31,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -209,3 +209,18 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
     return out
+
+
+def side_by_side(images: Sequence[Image.Image], *, height: int = 256, gap: int = 8) -> Image.Image:
+    """The images in a row on white, each scaled to ``height`` pixels (nearest neighbour, so small images stay
+    crisp): the before/after comparison of an edit."""
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    tiles = [im.convert("RGB").resize((max(1, round(im.width * height / im.height)), height), Image.NEAREST)
+             for im in images]
+    row = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) + 1), height + 2 * gap), "white")
+    x = gap
+    for t in tiles:
+        row.paste(t, (x, gap))
+        x += t.width + gap
+    return row

@@ -160,3 +160,18 @@ def test_config_rejects_impossible_probabilities() -> None:
         SIAConfig(text_drop_prob=1.5)
     with pytest.raises(ValueError, match="min_sources"):
         SIAConfig(min_sources=-1)
+
+
+def test_cn_prob_sets_the_share_of_chinese_instructions() -> None:
+    from firered_train.data.record import EditRecord, ImageRef
+    from firered_train.data.sia import SIAConfig, choose_instruction
+
+    ref = ImageRef(width=8, height=8, data=b"x", name="t")
+    record = EditRecord(id="s", sources=(ref,), target=ref, instruction="make it red", instruction_cn="把它变成红色")
+    picks = [choose_instruction(record, SIAConfig(text_drop_prob=0.0, cn_prob=0.2), e) for e in range(2000)]
+    share = picks.count("把它变成红色") / len(picks)
+    assert 0.17 < share < 0.23
+    assert {choose_instruction(record, SIAConfig(text_drop_prob=0.0, cn_prob=0.0), e) for e in range(50)} == {
+        "make it red"}
+    with pytest.raises(ValueError, match="cn_prob"):
+        SIAConfig(cn_prob=1.5)

@@ -44,6 +44,7 @@ from torch import nn
 from firered_core.config import ConfigError, SchedulerConfig, get_preset
 from firered_core.lora import add_trainable_lora
 from firered_core.transformer import FireRedTransformer
+from firered_core.compact_vae import create_vae
 from firered_core.vae import FireRedVAE
 
 from .config import LoRAConfig, ModelConfig
@@ -146,7 +147,7 @@ def build_components(cfg: ModelConfig, *, seed: int, load_encoder: bool = True,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             transformer = FireRedTransformer(preset.transformer, device=device, dtype=dtype)
-            vae = FireRedVAE(preset.vae, device=device, dtype=dtype)
+            vae = create_vae(preset.vae, device=device, dtype=dtype)
         scheduler, source = preset.scheduler, f"random init of preset {cfg.preset!r} (seed {seed})"
         if cfg.vae_weights is not None:
             vae = load_trained_vae(cfg.vae_weights, dtype=dtype, device=device)

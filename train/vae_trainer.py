@@ -29,7 +29,7 @@ import torch
 
 from firered_core.config import get_preset
 from firered_core.loading import save_component_folder
-from firered_core.vae import FireRedVAE
+from firered_core.compact_vae import create_vae
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -91,7 +91,7 @@ class VAETrainer:
         self.train_images = [images[i] for i in order[n_val:]]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.vae = FireRedVAE(get_preset(cfg.model.preset).vae)
+            self.vae = create_vae(get_preset(cfg.model.preset).vae)
         self.vae.train()
         self.optimizer = build_optimizer(self.vae.parameters(), cfg.optim, torch.device("cpu"))
         self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)

@@ -38,7 +38,7 @@ def is_available() -> bool:
 
 
 def pipe_defaults() -> dict[str, Any]:
-    """The sampling settings the default model was tuned for (steps, true-CFG scale, output size)."""
+    """The settings the default model was tuned for: ``steps``, ``true_cfg_scale``, ``area`` (output pixels)."""
     import json
 
     path = model_dir() / "defaults.json"
@@ -46,9 +46,17 @@ def pipe_defaults() -> dict[str, Any]:
 
 
 def load_default_pipeline(dtype: Any = None, device: Any = None) -> Any:
-    """A ``FireRedEditPipeline`` over the embedded default (float32 on the CPU unless told otherwise)."""
+    """A ``FireRedEditPipeline`` over the embedded default (float32 on the CPU unless told otherwise).
+
+    The pipeline's output and reference areas are set to the resolution the model was trained at
+    (``defaults.json`` ``area``), so inputs of any size are resized to it rather than run at 1 MP.
+    """
     import torch
 
     from ..pipeline import FireRedEditPipeline
 
-    return FireRedEditPipeline.from_pretrained(model_dir(), dtype=dtype or torch.float32, device=device)
+    pipe = FireRedEditPipeline.from_pretrained(model_dir(), dtype=dtype or torch.float32, device=device)
+    area = int(pipe_defaults().get("area", 0))
+    if area:
+        pipe.output_area = pipe.reference_area = area
+    return pipe

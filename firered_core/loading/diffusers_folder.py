@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
+from ..config import COMPACT_VAE_CLASS, CompactVAEConfig, ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
@@ -109,8 +109,12 @@ def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32
 
 def load_vae_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                  ops: SimpleNamespace = DEFAULT_OPS) -> FireRedVAE:
-    """``folder/vae`` as a ``FireRedVAE``."""
-    config = _config(_component_dir(Path(folder), "vae") / "config.json", VAEConfig, "AutoencoderKLQwenImage")
+    """``folder/vae`` as a ``FireRedVAE`` (or a ``CompactVAE`` when its config names that class)."""
+    path = _component_dir(Path(folder), "vae") / "config.json"
+    if read_json(path).get("_class_name") == COMPACT_VAE_CLASS:
+        config = _config(path, CompactVAEConfig, COMPACT_VAE_CLASS)
+    else:
+        config = _config(path, VAEConfig, "AutoencoderKLQwenImage")
     with component_source(folder, "vae") as source:
         return build_vae(config, source, source_name=source.name, dtype=dtype, device=device, ops=ops)
 
@@ -124,15 +128,36 @@ def load_scheduler_config(folder: PathLike) -> SchedulerConfig:
     return _config(path, SchedulerConfig, "FlowMatchEulerDiscreteScheduler")
 
 
+ENCODER_MARKER = "firered_encoder.json"  # text_encoder/ of a folder whose encoder installs as a package
+
+
 def load_condition_encoder(folder: PathLike, dtype: torch.dtype = torch.float32) -> Any:
     """The Qwen2.5-VL condition encoder of a diffusers folder (text_encoder/, tokenizer/, processor/).
 
     ``firered_core.encoder`` owns that format; it is imported here, lazily, because it is large and not needed
     for the transformer/VAE-only uses of this package.
     """
+    marker = Path(folder) / "text_encoder" / ENCODER_MARKER
+    if marker.is_file():
+        return _packaged_encoder(marker, dtype)
     from ..encoder.qwen_vl import QwenVLConditionEncoder
 
     return QwenVLConditionEncoder.from_pretrained_dir(Path(folder), dtype=dtype)
+
+
+def _packaged_encoder(marker: Path, dtype: torch.dtype) -> Any:
+    """A condition encoder named by ``text_encoder/firered_encoder.json`` instead of stored in the folder.
+
+    Small models (the embedded default) use a pretrained text encoder that installs as a Python package; the
+    folder then records which one, e.g. ``{"kind": "minilm-package", "max_length": 64}``.
+    """
+    spec = read_json(marker)
+    kind = spec.get("kind")
+    if kind != "minilm-package":
+        raise WeightFileError(f"{marker}: unknown condition encoder kind {kind!r} (known: 'minilm-package')")
+    from ..encoder.minilm import MiniLMConditionEncoder
+
+    return MiniLMConditionEncoder.from_package(max_length=int(spec.get("max_length", 128)), dtype=dtype)
 
 
 def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,

@@ -45,10 +45,13 @@ class SIAConfig:
     min_sources: int = 1  # never drop below this many sources (an edit should stay an edit)
     shuffle_prob: float = 0.5  # chance that a step's kept sources are permuted
     text_drop_prob: float = 0.05  # chance that a sample's instruction becomes "" (null embedding); FireRed: 5%
+    # Chance of the Chinese instruction when a sample has both; None picks either with equal chance.
+    cn_prob: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("image_drop_prob", "shuffle_prob", "text_drop_prob"):
+        for name in ("image_drop_prob", "shuffle_prob", "text_drop_prob") + (("cn_prob",) if self.cn_prob is not None
+                                                                             else ()):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SIAConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.min_sources < 0:
@@ -112,5 +115,7 @@ def choose_instruction(record: EditRecord, config: SIAConfig, epoch: int) -> str
     rng = _rng(config.seed, "sia-text", record.id, epoch)
     if rng.random() < config.text_drop_prob:
         return ""
+    if config.cn_prob is not None and record.instruction and record.instruction_cn:
+        return record.instruction_cn if rng.random() < config.cn_prob else record.instruction
     options = [t for t in (record.instruction, record.instruction_cn) if t]
     return options[rng.randrange(len(options))] if options else ""

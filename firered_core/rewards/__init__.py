@@ -1,0 +1,61 @@
+"""Rewards that score edited images: one implementation for the RL stage and the ComfyUI nodes.
+
+- ``ocr_layout``: the layout-aware OCR reward (is the requested text there, where the old text was, at the old
+  size?), over ``ocr_reader`` (RapidOCR, extra ``ocr``), ``text_match`` (edit distances) and ``text_boxes``
+  (geometry); ``quoted_text`` reads the requested text out of an instruction; ``overlay`` draws what was found.
+- ``identity``: face detection and identity embedding (dlib, extra ``face``); ``identity_edit`` ranks identity-
+  preserving edits (identity kept, edit made); ``region_blend`` keeps a face from the source by latent blending.
+
+Importing this package loads neither OCR nor face models nor their libraries; a missing extra is reported by the
+first call that needs it (``MissingExtraError``).
+
+    from firered_core.rewards import ocr_layout_reward, parse_text_edit
+    request = parse_text_edit('Change "OPEN" to "CLOSED"')         # TextEditRequest(new='CLOSED', old='OPEN')
+    score = ocr_layout_reward(source, candidate, request.new, old_text=request.old)
+    score.reward, score.text, score.position, score.size
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MissingExtraError": "extras",
+    "parse_text_edit": "quoted_text",
+    "quoted_strings": "quoted_text",
+    "TextEditRequest": "quoted_text",
+    "text_accuracy": "text_match",
+    "TextBox": "text_boxes",
+    "RapidOcrReader": "ocr_reader",
+    "default_reader": "ocr_reader",
+    "LayoutRewardConfig": "ocr_layout",
+    "LayoutScore": "ocr_layout",
+    "SourceText": "ocr_layout",
+    "locate_source_text": "ocr_layout",
+    "score_candidate": "ocr_layout",
+    "ocr_layout_reward": "ocr_layout",
+    "draw_layout_overlay": "overlay",
+    "Face": "identity",
+    "IdentityScore": "identity",
+    "DlibFaceEmbedder": "identity",
+    "default_embedder": "identity",
+    "identity_similarity": "identity",
+    "IdentityEditConfig": "identity_edit",
+    "IdentityEditScore": "identity_edit",
+    "face_mask": "identity_edit",
+    "edit_strength": "identity_edit",
+    "score_identity_edit": "identity_edit",
+    "blend_latents": "region_blend",
+    "encode_source": "region_blend",
+    "keep_region": "region_blend",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'firered_core.rewards' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,0 +1,221 @@
+"""Everything the FireRed nodes take from ComfyUI, in one place, each with a fallback for running without it.
+
+The nodes are plain classes that unit tests call directly, with no ComfyUI installed. Every ComfyUI module is
+therefore imported here, lazily, at the moment it is needed:
+
+==================================  =================================================  ==============================
+need                                inside ComfyUI                                      without ComfyUI
+==================================  =================================================  ==============================
+model files by name                 ``folder_paths`` (``diffusion_models``, ...)         absolute paths only
+progress                            ``comfy.utils.ProgressBar``                         none
+interruption                        ``comfy.model_management``'s interrupt flag        none
+memory: load, offload, free         ``comfy.model_patcher.ModelPatcher`` +              the model stays on the CPU
+                                    ``comfy.model_management.load_models_gpu``
+default compute dtype               bfloat16 where ComfyUI says the device has it       float32
+==================================  =================================================  ==============================
+
+Model names are checked before any path is built: a name with a ``..`` part or an absolute path inside ComfyUI
+is refused (the front end only ever offers names from the model folders), so a graph cannot make the plugin read
+files elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path, PurePath
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+from .common import FireRedNodeError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".sft")  # pickled formats are refused by the core, so they are not offered
+
+
+def comfy_module(name: str) -> ModuleType | None:
+    """The ComfyUI module ``name`` (e.g. ``"folder_paths"``, ``"comfy.utils"``), or None outside ComfyUI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def in_comfyui() -> bool:
+    return comfy_module("folder_paths") is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model files
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def model_files(kind: str) -> list[str]:
+    """Names of the weight files in ComfyUI's model folder ``kind`` (``loras``, ``vae``...); [] outside ComfyUI."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return []
+    return sorted(n for n in folder_paths.get_filename_list(kind) if n.lower().endswith(WEIGHT_SUFFIXES))
+
+
+def diffusers_folders() -> list[str]:
+    """Folders with a ``model_index.json`` under ComfyUI's ``models/diffusers``, relative, '/'-separated."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        return []
+    found = set()
+    for base in folder_paths.get_folder_paths("diffusers"):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            if "model_index.json" in files:
+                found.add(PurePath(os.path.relpath(root, base)).as_posix())
+                dirs.clear()  # a model folder's own subfolders (transformer/, vae/...) are not models
+    return sorted(found)
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` as a non-empty string without path tricks (``..`` parts, NUL bytes)."""
+    if not isinstance(name, str) or not name.strip():
+        raise FireRedNodeError(f"{what}: no file chosen")
+    if "\x00" in name:
+        raise FireRedNodeError(f"{what}: {name!r} contains a NUL byte")
+    if ".." in name.replace("\\", "/").split("/"):
+        raise FireRedNodeError(f"{what}: {name!r} is refused: names may not contain '..' parts")
+    return name
+
+
+def resolve_model_file(kind: str, name: Any, what: str) -> Path:
+    """The file chosen as ``name`` in ComfyUI's ``kind`` folder (outside ComfyUI: an absolute path)."""
+    name = check_name(name, what)
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        path = Path(name)
+        if not path.is_absolute():
+            raise FireRedNodeError(f"{what}: {name!r} is not an absolute path; outside ComfyUI model files cannot "
+                                   f"be looked up in its '{kind}' folder")
+    else:
+        if os.path.isabs(name):
+            raise FireRedNodeError(f"{what}: {name!r} is an absolute path; choose a file from ComfyUI's '{kind}' "
+                                   "model folder")
+        full = folder_paths.get_full_path(kind, name)
+        if full is None:
+            searched = ", ".join(folder_paths.get_folder_paths(kind)) or "no folders"
+            raise FireRedNodeError(f"{what}: {name!r} was not found in ComfyUI's '{kind}' folders ({searched})")
+        path = Path(full)
+    if not path.is_file():
+        raise FireRedNodeError(f"{what}: model file {str(path)!r} does not exist")
+    return path
+
+
+def resolve_diffusers_folder(name: Any, what: str) -> Path:
+    """The diffusers folder ``name`` (relative to ``models/diffusers``; outside ComfyUI an absolute path)."""
+    name = check_name(name, what)
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is None:
+        candidates = [Path(name)] if Path(name).is_absolute() else []
+    elif os.path.isabs(name):
+        raise FireRedNodeError(f"{what}: {name!r} is an absolute path; choose a folder from models/diffusers")
+    else:
+        candidates = [Path(base) / name for base in folder_paths.get_folder_paths("diffusers")]
+    for folder in candidates:
+        if (folder / "model_index.json").is_file():
+            return folder
+    raise FireRedNodeError(f"{what}: no diffusers model folder (with model_index.json) named {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress and interruption
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def progress_bar(total: int) -> Callable[[int], None] | None:
+    """``update(done)`` drawing ComfyUI's progress bar for ``total`` units, or None outside ComfyUI."""
+    utils = comfy_module("comfy.utils")
+    if utils is None:
+        return None
+    bar = utils.ProgressBar(total)
+    return lambda done: bar.update_absolute(done, total)
+
+
+def cancel_hook() -> Callable[[], bool] | None:
+    """A ``firered_core.progress.CancelFn`` that raises ComfyUI's own interrupt exception when the user stops.
+
+    Raising ComfyUI's exception (rather than returning True, which makes the core raise ``Cancelled``) lets
+    ComfyUI report the run as interrupted, not failed. Outside ComfyUI there is nothing to poll: None.
+    """
+    management = comfy_module("comfy.model_management")
+    if management is None:
+        return None
+
+    def poll() -> bool:
+        management.throw_exception_if_processing_interrupted()
+        return False
+
+    return poll
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices and memory
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def devices() -> tuple["torch.device", "torch.device"]:
+    """(device to compute on, device to keep weights on when idle): ComfyUI's choice, else CPU for both."""
+    import torch
+
+    management = comfy_module("comfy.model_management")
+    if management is None:
+        cpu = torch.device("cpu")
+        return cpu, cpu
+    return management.get_torch_device(), management.unet_offload_device()
+
+
+def default_dtype() -> "torch.dtype":
+    """bfloat16 where ComfyUI says the compute device handles it well, else float32.
+
+    float16 is never chosen: this model family overflows in it (ComfyUI runs it in bf16 or fp32 only).
+    """
+    import torch
+
+    management = comfy_module("comfy.model_management")
+    if management is None:
+        return torch.float32
+    load_device, _ = devices()
+    if load_device.type != "cpu" and management.should_use_bf16(load_device):
+        return torch.bfloat16
+    return torch.float32
+
+
+def manage(module: "torch.nn.Module") -> Any | None:
+    """A ComfyUI ``ModelPatcher`` over ``module`` so ComfyUI can load, offload and free it; None outside."""
+    patcher = comfy_module("comfy.model_patcher")
+    if patcher is None:
+        return None
+    load_device, offload_device = devices()
+    return patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+
+def weights_changed(patcher: Any | None) -> None:
+    """Tell ComfyUI that modules were added to or removed from the managed model (LoRA adapters), so its memory
+    estimate is recomputed: ``ModelPatcher`` caches the size it measured first."""
+    if patcher is not None and hasattr(patcher, "size"):
+        patcher.size = 0
+
+
+def load_for_use(patcher: Any | None) -> None:
+    """Ask ComfyUI to put ``patcher``'s model on the compute device, freeing its other models as needed.
+
+    The model is loaded whole (``force_full_load``): the FireRed modules cast weights at compute time but do not
+    implement ComfyUI's per-module low-VRAM patching, so a partial load is not offered.
+    """
+    if patcher is None:
+        return
+    management = comfy_module("comfy.model_management")
+    if management is not None:
+        management.load_models_gpu([patcher], force_full_load=True)

@@ -1,0 +1,65 @@
+"""FireRed Edit: an instruction and 0-3 reference images in, the edited IMAGE and its LATENT out."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import edit_runner
+from .common import CATEGORY, require_instruction
+from .model_handle import SOCKET, FireRedModel
+
+log = logging.getLogger(__name__)
+
+
+def sampling_inputs() -> dict[str, tuple]:
+    """Inputs every FireRed edit node shares (defaults: the released model's settings)."""
+    return {
+        "negative_prompt": ("STRING", {"multiline": True, "default": " ",
+                                       "tooltip": "used by true CFG; empty turns true CFG off"}),
+        "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
+        "true_cfg_scale": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                     "tooltip": "true classifier-free guidance; <= 1 turns it off"}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SEED, "control_after_generate": True,
+                         "tooltip": "edit i of a batch uses seed + i"}),
+        "width": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SIDE, "step": 16,
+                          "tooltip": "0 = automatic: about 1 MP at the last image's aspect"}),
+        "height": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SIDE, "step": 16,
+                           "tooltip": "0 = automatic"}),
+    }
+
+
+class FireRedEdit:
+    DESCRIPTION = ("Edits up to three images following an instruction (none: generates from the text). Refer to "
+                   "the images as Picture 1, 2, 3 in the order of the connected inputs. An input with a batch of "
+                   "B images makes B edits (seed + i for edit i); single images are shared by every edit.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("image", "latent")
+    OUTPUT_TOOLTIPS = ("the edited images", "their latents (raw VAE latents, ComfyUI's layout)")
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "model": (SOCKET,),
+                "instruction": ("STRING", {"multiline": True, "default": "",
+                                           "tooltip": "what to change, e.g. 'make the sky purple'"}),
+                **sampling_inputs(),
+            },
+            "optional": {f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
+        }
+
+    def edit(self, model: FireRedModel, instruction: str, negative_prompt: str, steps: int, true_cfg_scale: float,
+             seed: int, width: int, height: int, image1: Any = None, image2: Any = None,
+             image3: Any = None) -> tuple[Any, dict]:
+        instruction = require_instruction(instruction)
+        settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height)
+        batches = edit_runner.reference_batches([("image1", image1), ("image2", image2), ("image3", image3)])
+        results = edit_runner.run_edits(model, batches, instruction, settings)
+        return edit_runner.to_outputs(results, model.loaded.pipeline)
+
+
+NODE_CLASSES = {"FireRedEdit": FireRedEdit}
+DISPLAY_NAMES = {"FireRedEdit": "FireRed Edit"}

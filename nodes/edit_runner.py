@@ -1,0 +1,124 @@
+"""Running edits for the nodes: the batch rule, seeds, ComfyUI progress and interruption, IMAGE/LATENT outputs.
+
+Batch rule (what a ComfyUI user expects from a node with several IMAGE inputs): the connected image inputs are the
+references, numbered in input order (``Picture 1`` is the first connected one). Each input holds 1 or B images;
+the node makes B edits, edit ``i`` taking item ``i`` of every input with B images and the single image of every
+input with 1 (broadcast). Any other mix of batch sizes is an error. Edit ``i`` uses seed ``seed + i`` (wrapping
+at 2**64), so a batch of B equals B single runs with consecutive seeds. Without images the node makes one
+text-to-image edit.
+
+Outputs: IMAGE ``[B, H, W, 3]`` in [0, 1]; LATENT ``{"samples": [B, C, 1, H/8, W/8]}`` holding the VAE's raw
+(not normalised) latents in ComfyUI's layout for this model family (its Wan-2.1 latent format is 5-D), so core
+ComfyUI's VAE Decode with the same VAE turns them into the same picture.
+
+Other node modules use ``EditSettings`` and ``run_edits`` to make N candidates of one edit (pass the same
+references N times).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from . import comfy_bridge
+from .common import FireRedNodeError, node_errors, pils_to_tensor, tensor_to_pils
+from .model_handle import FireRedModel
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from firered_core.pipeline import EditResult, FireRedEditPipeline
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**64 - 1
+MAX_SIDE = 8192
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """The sampling inputs every edit node shares, validated once."""
+
+    negative_prompt: str | None
+    steps: int
+    true_cfg_scale: float
+    seed: int
+    width: int | None  # None = automatic (about 1 MP at the last reference's aspect)
+    height: int | None
+
+    @classmethod
+    def from_inputs(cls, negative_prompt: Any, steps: Any, true_cfg_scale: Any, seed: Any, width: Any = 0,
+                    height: Any = 0) -> "EditSettings":
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
+        steps = _integer(steps, "steps", 1, 1000)
+        if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
+                or not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
+            raise FireRedNodeError(f"true_cfg_scale must be a finite number >= 0, got {true_cfg_scale!r}")
+        seed = _integer(seed, "seed", 0, MAX_SEED)
+        sides = [_integer(v, name, 0, MAX_SIDE) or None for v, name in ((width, "width"), (height, "height"))]
+        # an empty negative prompt disables true CFG in the reference; " " is the released default
+        negative = negative_prompt if negative_prompt else None
+        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1])
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FireRedNodeError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def reference_batches(images: Sequence[tuple[str, "torch.Tensor | None"]]) -> list[list["Image.Image"]]:
+    """Per edit, its reference images, from ``(input name, IMAGE or None)`` pairs (see the batch rule above)."""
+    connected = [(name, tensor_to_pils(image, name)) for name, image in images if image is not None]
+    if not connected:
+        return [[]]
+    sizes = {name: len(pils) for name, pils in connected}
+    batch = max(sizes.values())
+    bad = [f"{name} has {n}" for name, n in sizes.items() if n not in (1, batch)]
+    if bad:
+        raise FireRedNodeError(f"image batches must have the same size or 1 (broadcast); the largest is {batch} but "
+                               + ", ".join(bad))
+    return [[pils[i if len(pils) > 1 else 0] for _, pils in connected] for i in range(batch)]
+
+
+def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], instruction: str,
+              settings: EditSettings, what: str = "FireRed Edit") -> list["EditResult"]:
+    """One edit per entry of ``batches`` (edit ``i`` with seed ``settings.seed + i``), with ComfyUI's progress bar
+    across all of them and its interrupt button polled between steps."""
+    if not isinstance(model, FireRedModel):
+        raise FireRedNodeError(f"model: expected a FIRERED_MODEL from FireRed Model Loader, got "
+                               f"{type(model).__name__}")
+    total = settings.steps * len(batches)
+    update = comfy_bridge.progress_bar(total)
+    cancel = comfy_bridge.cancel_hook()
+    with node_errors(what):
+        pipeline = model.prepare()
+    results = []
+    for i, refs in enumerate(batches):
+        offset = i * settings.steps
+
+        def progress(step: int, _total: int, _preview: object, offset: int = offset) -> None:
+            if update is not None:
+                update(offset + step)
+
+        with node_errors(what):
+            results.append(pipeline.edit(
+                list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
+                true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
+                height=settings.height, progress=progress, cancel=cancel))
+    return results
+
+
+def to_outputs(results: Sequence["EditResult"], pipeline: "FireRedEditPipeline") -> tuple["torch.Tensor", dict]:
+    """(IMAGE ``[B, H, W, 3]``, LATENT ``{"samples": [B, C, 1, h, w]}`` with raw VAE latents)."""
+    import torch
+
+    image = pils_to_tensor([r.image for r in results])
+    normalised = torch.cat([r.latents.float() for r in results])  # [B, C, h, w]
+    raw = pipeline.vae.denormalize(normalised)  # per-channel stats only: fine on the CPU
+    return image, {"samples": raw.cpu()[:, :, None]}  # [B, C, h, w] -> [B, C, 1, h, w]
+

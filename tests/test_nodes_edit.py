@@ -1,0 +1,121 @@
+"""FireRed Edit, called directly on a tiny model: outputs, the batch rule, seeds, progress, interruption, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodes.common import FireRedNodeError
+from nodes.edit import FireRedEdit
+from tests.node_fixtures import FakeComfy, Interrupted, image_tensor, tiny_model
+
+SETTINGS = dict(negative_prompt=" ", steps=2, true_cfg_scale=4.0, seed=5, width=32, height=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def _edit(model, **overrides):
+    args = {"instruction": "make it blue", **SETTINGS, **overrides}
+    return FireRedEdit().edit(model, **args)
+
+
+def test_outputs_image_and_raw_latent(model) -> None:
+    image, latent = _edit(model, image1=image_tensor(1, 40, 56))
+    assert image.shape == (1, 32, 32, 3) and image.dtype == torch.float32
+    assert 0 <= image.min() and image.max() <= 1
+    samples = latent["samples"]
+    # tiny VAE: 4 channels, 4x compression; ComfyUI's 5-D layout with one frame
+    assert samples.shape == (1, 4, 1, 8, 8)
+    vae = model.loaded.pipeline.vae
+    assert not torch.allclose(samples[:, :, 0], vae.normalize(samples[:, :, 0]))  # raw, not normalised
+
+
+def test_no_images_generates_from_text(model) -> None:
+    image, _ = _edit(model)
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_automatic_size_follows_the_last_image(model) -> None:
+    # output_area of the tiny pipeline is 64*64: a 2:1 image gives about 96x48 (multiples of 32 -> 96x32/96x64)
+    image, _ = _edit(model, width=0, height=0, image1=image_tensor(1, 32, 32), image2=image_tensor(1, 32, 64))
+    assert image.shape[2] > image.shape[1]
+
+
+def test_batch_of_b_equals_b_single_runs_with_consecutive_seeds(model) -> None:
+    batch = image_tensor(2, 32, 32, seed=3)
+    shared = image_tensor(1, 32, 32, seed=4)
+    images, latent = _edit(model, image1=batch, image2=shared)
+    assert images.shape[0] == 2 and latent["samples"].shape[0] == 2
+    for i in range(2):
+        single, _ = _edit(model, image1=batch[i:i + 1], image2=shared, seed=SETTINGS["seed"] + i)
+        assert torch.equal(single[0], images[i])
+    assert not torch.equal(images[0], images[1])
+
+
+def test_seed_changes_the_result(model) -> None:
+    a, _ = _edit(model, seed=1)
+    b, _ = _edit(model, seed=2)
+    assert not torch.equal(a, b)
+
+
+def test_mismatched_batches_are_refused(model) -> None:
+    with pytest.raises(FireRedNodeError, match="image2 has 2"):
+        _edit(model, image1=image_tensor(3, 32, 32), image2=image_tensor(2, 32, 32))
+
+
+@pytest.mark.parametrize("bad", [torch.rand(32, 32, 3), torch.rand(1, 32, 32, 2), torch.rand(1, 3, 32, 32)])
+def test_wrong_image_shapes_are_node_errors(model, bad) -> None:
+    with pytest.raises(FireRedNodeError, match="image1"):
+        _edit(model, image1=bad)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("instruction", "  ", "instruction is empty"),
+    ("steps", 0, "steps"),
+    ("steps", 2.5, "steps"),
+    ("true_cfg_scale", float("nan"), "true_cfg_scale"),
+    ("true_cfg_scale", -1.0, "true_cfg_scale"),
+    ("seed", -1, "seed"),
+    ("seed", 2**64, "seed"),
+    ("width", -16, "width"),
+    ("height", 10**6, "height"),
+    ("width", 4, "too small"),  # the tiny model's unit is 8 px
+    ("negative_prompt", 3, "negative_prompt"),
+])
+def test_bad_settings_are_node_errors(model, field: str, value, message: str) -> None:
+    with pytest.raises(FireRedNodeError, match=message):
+        _edit(model, **{field: value})
+
+
+def test_not_a_model_is_a_node_error() -> None:
+    with pytest.raises(FireRedNodeError, match="FIRERED_MODEL"):
+        _edit("not a model")
+
+
+def test_empty_negative_prompt_turns_true_cfg_off(model) -> None:
+    encoder = model.loaded.pipeline.encoder
+    encoder.calls.clear()
+    _edit(model, negative_prompt="")
+    assert [c[0] for c in encoder.calls] == ["make it blue"]
+
+
+def test_progress_interruption_and_model_management(model, monkeypatch, tmp_path) -> None:
+    from nodes.model_handle import FireRedModel, LoadedFireRed
+
+    with FakeComfy.installed(monkeypatch, tmp_path) as comfy:
+        managed = FireRedModel(LoadedFireRed.wrap(model.loaded.pipeline, "tiny"))
+        assert managed.loaded.patcher is not None
+        _edit(managed, image1=image_tensor(2, 32, 32), steps=3)
+        assert comfy.progress == [(i, 6) for i in range(1, 7)]  # one bar across both edits
+        (models, full), = comfy.loaded
+        assert models == [managed.loaded.patcher] and full
+        # the patcher holds every weight: transformer and VAE (the stub encoder has none)
+        bundle = managed.loaded.patcher.model
+        assert bundle.transformer is model.loaded.pipeline.transformer and bundle.vae is model.loaded.pipeline.vae
+
+        comfy.polls, comfy.interrupt_after_polls = 0, 2
+        with pytest.raises(Interrupted):  # ComfyUI's own exception, so it reports "interrupted"
+            _edit(managed, steps=3)

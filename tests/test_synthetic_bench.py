@@ -1,0 +1,68 @@
+"""``firered bench synthetic``: grading, summary, table and report, with oracle 'models' of known quality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from firered_train.synthetic import TASK_OPS
+from firered_train.synthetic.bench import format_table, run_benchmark, summarise
+from firered_train.synthetic.bench_report import write_report
+
+
+@pytest.fixture(scope="module")
+def graded() -> dict[str, tuple]:
+    perfect = run_benchmark(lambda s, i: s.target, 2)
+    unedited = run_benchmark(lambda s, i: s.sources[0] if s.sources else Image.new("RGB", s.target.size), 2)
+    return {"perfect": perfect, "unedited": unedited}
+
+
+def test_the_exact_target_passes_everything_and_the_source_nothing(graded: dict[str, tuple]) -> None:
+    perfect = summarise(graded["perfect"][0])
+    assert set(perfect["categories"]) == set(TASK_OPS)
+    assert all(f["n"] == 2 and f["success"] == 1.0 for f in perfect["categories"].values())
+    assert perfect["overall"]["success"] == 1.0 and perfect["overall"]["closer_than_source"] == 1.0
+    unedited = summarise(graded["unedited"][0])
+    assert unedited["overall"]["success"] == 0.0
+    assert unedited["overall"]["closer_than_source"] == 0.0  # equal is not closer
+    assert unedited["categories"]["t2i"]["closer_than_source"] is None  # no source to compare with
+
+
+def test_table_ends_with_the_overall_line(graded: dict[str, tuple]) -> None:
+    table = format_table(summarise(graded["perfect"][0]))
+    assert table.splitlines()[-1] == "overall 100.0%"
+    assert "color" in table and "closer to target than source: 100.0%" in table
+
+
+def test_report_folder_is_complete_and_never_silently_replaced(tmp_path: Path, graded: dict[str, tuple]) -> None:
+    results, images = graded["unedited"]
+    summary = summarise(results)
+    out = write_report(tmp_path / "report", summary, results, images)
+    names = sorted(p.name for p in out.iterdir())
+    assert "report.html" in names and "results.json" in names
+    assert {f"grid_{t}.png" for t in TASK_OPS} <= set(names)
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["samples"]) == 2 * len(TASK_OPS) and data["summary"]["overall"]["success"] == 0.0
+    assert "overall 0.0%" in (out / "report.html").read_text()
+    with pytest.raises(FileExistsError):
+        write_report(tmp_path / "report", summary, results, images)
+    write_report(tmp_path / "report", summary, results, images, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
+
+
+def test_bench_command_refuses_bad_arguments(tmp_path: Path) -> None:
+    from firered_train.synthetic.bench import register_bench
+
+    parser = argparse.ArgumentParser()
+    run = register_bench(parser)
+    with pytest.raises(ValueError, match="per-category"):
+        run(parser.parse_args(["synthetic", "--per-category", "0", "--out", str(tmp_path / "r")]))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run(parser.parse_args(["synthetic", "--out", str(tmp_path / "r")]))
+    assert (tmp_path / "r" / "keep.txt").read_text() == "mine"

