@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CompactVAEConfig, VAEConfig
+from .latent_norm import LatentNormalization
 from .progress import CancelFn, ProgressFn, check_cancel
 
 __all__ = ["CompactVAE", "create_vae"]
@@ -80,7 +81,7 @@ class _Decoder(nn.Module):
         return self.conv_out(h)
 
 
-class CompactVAE(nn.Module):
+class CompactVAE(LatentNormalization, nn.Module):
     """A small deterministic convolutional autoencoder behind the ``FireRedVAE`` interface."""
 
     def __init__(self, config: CompactVAEConfig, *, device: torch.device | str | None = None,
@@ -99,22 +100,6 @@ class CompactVAE(nn.Module):
     @property
     def z_dim(self) -> int:
         return self.config.z_dim
-
-    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, self.z_dim, 1, 1)
-        mean = torch.tensor(self.config.latents_mean).view(shape).to(z.device, z.dtype)
-        std = torch.tensor(self.config.latents_std).view(shape).to(z.device, z.dtype)
-        return mean, std
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_latents(z, "normalize")
-        mean, std = self._stats(z)
-        return (z - mean) / std
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_latents(z, "denormalize")
-        mean, std = self._stats(z)
-        return z * std + mean
 
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] in [-1, 1] -> latents [B, z_dim, H/f, W/f], not normalised."""

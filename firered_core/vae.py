@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from .config import VAEConfig
+from .latent_norm import LatentNormalization
 from .ops import DEFAULT_OPS
 from .progress import CancelFn, ProgressFn, check_cancel
 from .vae_blocks import VAEDecoder, VAEEncoder, causal_conv, make_causal_conv
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 __all__ = ["FireRedVAE"]
 
 
-class FireRedVAE(nn.Module):
+class FireRedVAE(LatentNormalization, nn.Module):
     """Qwen-Image VAE (Wan-2.1 style causal 3D conv autoencoder) evaluated on single images."""
 
     # decode outputs above this many pixels are tiled automatically when no ``tile`` is given (None: never)
@@ -84,25 +85,7 @@ class FireRedVAE(nn.Module):
     # Latent normalisation
     # -----------------------------------------------------------------------------------------------------------
 
-    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (mean, std) as [1, C, 1, 1] in ``z``'s dtype and device (rounded there, as the reference)."""
-        shape = (1, self.z_dim, 1, 1)
-        mean = torch.tensor(self.config.latents_mean).view(shape).to(z.device, z.dtype)
-        std = torch.tensor(self.config.latents_std).view(shape).to(z.device, z.dtype)
-        return mean, std
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw posterior latents -> the project's normalised latents, ``(z - mean) / std``."""
-        self._check_latents(z, "normalize")
-        mean, std = self._stats(z)
-        return (z - mean) / std
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        """Normalised latents -> raw latents for the decoder."""
-        self._check_latents(z, "denormalize")
-        mean, std = self._stats(z)
-        # the reference divides by the reciprocal std rather than multiplying; keep its rounding
-        return z / (1.0 / std) + mean
+    # normalize / denormalize / _stats come from LatentNormalization (latent_norm.py)
 
     # -----------------------------------------------------------------------------------------------------------
     # Encode

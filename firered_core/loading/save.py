@@ -45,7 +45,8 @@ from .safetensors_io import TORCH_TO_SAFETENSORS, WeightFileError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["save_component_folder", "save_diffusers_folder", "save_comfy_transformer", "save_comfy_vae", "write_safetensors"]
+__all__ = ["swap_into_place", "save_component_folder", "save_diffusers_folder", "save_comfy_transformer",
+           "save_comfy_vae", "write_safetensors"]
 
 PathLike = str | os.PathLike
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -177,7 +178,7 @@ def _model_index() -> dict[str, object]:
             "text_encoder": [None, None], "tokenizer": [None, None], "processor": [None, None]}
 
 
-def _swap_into_place(tmp: Path, folder: Path) -> None:
+def swap_into_place(tmp: Path, folder: Path) -> None:
     """Move the finished ``tmp`` to ``folder``; an existing ``folder`` is removed only after the swap."""
     old = None
     if folder.exists():
@@ -197,7 +198,7 @@ def save_component_folder(model: nn.Module, folder: PathLike, *, overwrite: bool
     staging.mkdir()
     try:
         _write_component(staging / "component", model, None)
-        _swap_into_place(staging / "component", folder)
+        swap_into_place(staging / "component", folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("saved %s folder %s", type(model).__name__, folder)
@@ -219,7 +220,7 @@ def save_diffusers_folder(transformer: nn.Module, vae: nn.Module, scheduler_conf
         (tmp / "scheduler" / "scheduler_config.json").write_text(
             json.dumps({**scheduler_config.to_dict(), "_diffusers_version": DIFFUSERS_VERSION}, indent=2) + "\n",
             encoding="utf-8")
-        _swap_into_place(tmp, folder)
+        swap_into_place(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

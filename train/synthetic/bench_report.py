@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw
 
+from firered_core.loading.save import swap_into_place
+
 __all__ = ["write_report"]
 
 _PASS, _FAIL, _GAP = (40, 170, 60), (210, 40, 40), (255, 255, 255)
@@ -90,13 +92,7 @@ def write_report(out: Path, summary: dict[str, Any], results: Sequence[Any],
         (staging / "results.json").write_text(json.dumps({"summary": summary,
                                                           "samples": [asdict(r) for r in results]},
                                                          indent=1, default=str) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-            out.rename(old)
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
+        swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -1,0 +1,80 @@
+"""``firered export-default``: the embedded default's folder assembled from a transformer and a VAE run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from firered_core.compact_vae import CompactVAE
+from firered_core.config import get_preset
+from firered_core.loading import save_component_folder
+from firered_core.loading.save import write_safetensors
+from firered_core.pipeline import FireRedEditPipeline
+from firered_core.transformer import FireRedTransformer
+from firered_train.default_export import export_default
+
+DEFAULTS = {"steps": 2, "true_cfg_scale": 3.0, "area": 4096}
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    preset = get_preset("firered-default")
+    transformer = FireRedTransformer(preset.transformer)
+    state = transformer.state_dict()
+    write_safetensors(root / "transformer.safetensors", state)
+    ckpt = root / "checkpoints" / "step-000010"  # a training checkpoint: EMA weights under ema.shadow.*
+    ckpt.mkdir(parents=True)
+    write_safetensors(ckpt / "ema.safetensors", {**{f"ema.shadow.{k}": v * 0.5 for k, v in state.items()},
+                                                 "ema.n_updates": torch.tensor(3)})
+    write_safetensors(ckpt / "model.safetensors", state)
+    save_component_folder(CompactVAE(preset.vae), root / "vae_run" / "vae")
+    return {"root": root, "transformer": root / "transformer.safetensors", "ckpt": ckpt, "vae": root / "vae_run"}
+
+
+def test_export_loads_as_a_pipeline_that_edits(parts: dict[str, Path], tmp_path: Path) -> None:
+    out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
+    assert sorted(p.name for p in out.iterdir()) == ["defaults.json", "model_index.json", "scheduler", "text_encoder",
+                                                    "transformer", "vae"]
+    assert json.loads((out / "text_encoder" / "firered_encoder.json").read_text())["kind"] == "minilm-package"
+    assert json.loads((out / "defaults.json").read_text()) == DEFAULTS
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert size < 25e6  # bf16 transformer + float32 VAE fit the 25 MB budget
+    pipe = FireRedEditPipeline.from_pretrained(out)
+    assert isinstance(pipe.vae, CompactVAE) and type(pipe.encoder).__name__ == "MiniLMConditionEncoder"
+    w = pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    assert w.dtype == torch.float32  # stored bf16, computed in float32
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    result = pipe.edit([image], "make the background blue", steps=2, true_cfg_scale=3.0, seed=0, width=64, height=64)
+    assert result.image.size == (64, 64)
+
+
+def test_a_checkpoint_folder_exports_its_ema_weights(parts: dict[str, Path], tmp_path: Path) -> None:
+    out = export_default(parts["ckpt"], parts["vae"], tmp_path / "model", defaults=DEFAULTS,
+                         storage_dtype=torch.float32)
+    pipe = FireRedEditPipeline.from_pretrained(out)
+    from firered_core.loading import open_weights
+
+    with open_weights(parts["transformer"]) as src:
+        raw = src.get("proj_out.weight")
+    torch.testing.assert_close(pipe.transformer.proj_out.weight, raw * 0.5)
+
+
+def test_export_never_replaces_silently_and_names_missing_inputs(parts: dict[str, Path], tmp_path: Path) -> None:
+    out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_default(parts["transformer"], parts["vae"], out, defaults=DEFAULTS)
+    assert (out / "mine.txt").read_text() == "keep"
+    export_default(parts["transformer"], parts["vae"], out, defaults=DEFAULTS, overwrite=True)
+    assert not (out / "mine.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(FileNotFoundError, match="--transformer"):
+        export_default(tmp_path / "nope.safetensors", parts["vae"], tmp_path / "m2", defaults=DEFAULTS)
+    with pytest.raises(FileNotFoundError, match="vae_weights"):
+        export_default(parts["transformer"], tmp_path / "novae", tmp_path / "m3", defaults=DEFAULTS)
