@@ -286,3 +286,7 @@ def _resolve_device(name: str) -> "torch.device":
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name!r}: CUDA is not available on this machine")
     return device
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,10 +17,13 @@ skipped, so one broken node family never takes the others (or ComfyUI's start-up
 ``reference_rewrite.py``    "Picture N" / "图N" rewritten for the composites
 ``vlm_hook.py``             optional crops from an OpenAI-compatible vision-language model
 ``package_finder.py``       firered_core / firered_train importable from a plain clone
+``train_lora_data.py``      training pairs from a folder or from IMAGE batches + instructions
+``train_lora_files.py``     the LoRA's checked name, its run folder (checkpoints, resume), atomic publishing
+``train_lora_run.py``       the trainer config from the node's values, the in-process run, loss curve and preview
 ==========================  ====================================================================================
 
 The node classes themselves live in ``loaders.py``, ``lora_loader.py``, ``edit.py``, ``multi_image.py``,
-``text_edit.py`` and ``identity_edit.py``.
+``text_edit.py``, ``identity_edit.py`` and ``train_lora.py``.
 
 Importing does no work: the node modules import torch, firered_core and ComfyUI lazily, inside the functions
 that run when a node executes. The package is only ever imported relatively, as a subpackage of the plugin
@@ -37,7 +40,8 @@ from . import package_finder
 
 log = logging.getLogger(__name__)
 
-NODE_MODULES: tuple[str, ...] = ("loaders", "lora_loader", "edit", "multi_image", "text_edit", "identity_edit")
+NODE_MODULES: tuple[str, ...] = ("loaders", "lora_loader", "edit", "multi_image", "text_edit", "identity_edit",
+                                  "train_lora")
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -9,6 +9,10 @@ need                                inside ComfyUI                              
 model files by name                 ``folder_paths`` (``diffusion_models``, ...)         absolute paths only
 progress                            ``comfy.utils.ProgressBar``                         none
 interruption                        ``comfy.model_management``'s interrupt flag        none
+progress text on a node             ``PromptServer.instance.send_progress_text``         a DEBUG log line
+where trained LoRAs go              ``models/loras`` (first folder), runs under         ``$FIRERED_LORA_DIR``
+                                    ``output/firered_lora_runs``                        (absolute), runs in its
+                                                                                        ``.firered_lora_runs``
 memory: load, offload, free         ``comfy.model_patcher.ModelPatcher`` +              the model stays on the CPU
                                     ``comfy.model_management.load_models_gpu``
 default compute dtype               bfloat16 where ComfyUI says the device has it       float32
@@ -32,6 +36,7 @@ from .common import FireRedNodeError
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +163,67 @@ def cancel_hook() -> Callable[[], bool] | None:
         return False
 
     return poll
+
+
+PREVIEW_SIZE = 512  # px, longest side of a preview image (ComfyUI's --preview-size default)
+
+
+def progress_with_preview(total: int) -> Callable[[int, "Image.Image | None"], None] | None:
+    """``update(done, preview)`` for ComfyUI's progress bar, ``preview`` a PIL image shown on the node (or None);
+    None outside ComfyUI."""
+    utils = comfy_module("comfy.utils")
+    if utils is None:
+        return None
+    bar = utils.ProgressBar(total)
+
+    def update(done: int, preview: "Image.Image | None" = None) -> None:
+        bar.update_absolute(done, total, None if preview is None else ("JPEG", preview, PREVIEW_SIZE))
+
+    return update
+
+
+def progress_text(text: str, node_id: str | None) -> None:
+    """Show ``text`` on node ``node_id`` in ComfyUI's front end (``send_progress_text``); a DEBUG line elsewhere."""
+    server = comfy_module("server") if in_comfyui() and node_id is not None else None
+    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+    send = getattr(instance, "send_progress_text", None)
+    if send is None:
+        log.debug("progress: %s", text)
+        return
+    send(text, node_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Where training writes
+# ---------------------------------------------------------------------------------------------------------------
+
+LORA_DIR_ENV = "FIRERED_LORA_DIR"
+RUNS_FOLDER = "firered_lora_runs"
+
+
+def lora_output_folder() -> Path:
+    """The folder trained LoRAs are written to: ComfyUI's first ``loras`` folder, else ``$FIRERED_LORA_DIR``."""
+    folder_paths = comfy_module("folder_paths")
+    if folder_paths is not None:
+        folders = folder_paths.get_folder_paths("loras")
+        if not folders:
+            raise FireRedNodeError("ComfyUI has no 'loras' model folder to write the trained LoRA to")
+        return Path(folders[0])
+    configured = os.environ.get(LORA_DIR_ENV, "")
+    if not configured or not os.path.isabs(configured):
+        raise FireRedNodeError(f"outside ComfyUI, set the environment variable {LORA_DIR_ENV} to the absolute path "
+                               f"of the folder trained LoRAs go to (now {configured!r})")
+    return Path(configured)
+
+
+def lora_runs_folder() -> Path:
+    """Where training runs keep checkpoints and logs: ComfyUI's output folder (its temp folder is emptied at
+    every start, and a run must survive a restart to be resumed), else a hidden folder beside the LoRAs."""
+    folder_paths = comfy_module("folder_paths")
+    output = getattr(folder_paths, "get_output_directory", None)
+    if output is not None:
+        return Path(output()) / RUNS_FOLDER
+    return lora_output_folder() / f".{RUNS_FOLDER}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from firered_train.data import EditRecord, ImageRef, SkipLog
-from firered_train.data.readers import iter_tar_samples, tar_index, write_tar_shards
+from firered_train.data.readers import iter_tar_samples, shard_index, tar_index, write_tar_shards
 from firered_train.records import read_records
 
 
@@ -90,7 +90,7 @@ def test_a_damaged_index_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFix
     shards = _corpus(tmp_path)
     expected = read_records("webdataset", str(tmp_path))
     tar_index.index_path(shards[0]).write_text('{"format": "firered-tar-ind', encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.tar_index"):
+    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
         assert read_records("webdataset", str(tmp_path)) == expected
     assert "unreadable" in caplog.text
     assert json.loads(tar_index.index_path(shards[0]).read_text(encoding="utf-8"))["version"] == 1
@@ -103,8 +103,8 @@ def test_an_unwritable_folder_still_reads_lazily(tmp_path: Path, monkeypatch: py
     def refuse(*_: object) -> None:
         raise PermissionError("read-only")
 
-    monkeypatch.setattr(tar_index, "_write", refuse)
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.tar_index"):
+    monkeypatch.setattr(shard_index, "write_index", refuse)
+    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
         records = read_records("webdataset", str(tmp_path))
     assert len(records) == 7 and records[0].target.data is None
     assert "cannot write the index" in caplog.text and not tar_index.index_path(shards[0]).exists()

@@ -39,12 +39,21 @@ FSDP (a 20B full fine-tune does not fit one GPU with AdamW). Pass accelerate a c
       fsdp_use_orig_params: true                               # FSDP1 with LoRA needs it (FSDP2: always)
       fsdp_cpu_ram_efficient_loading: false
 
-or build the same plugin in code with ``fsdp_plugin()``. accelerate shards only CUDA processes: on a machine
-without CUDA an FSDP launch runs DDP over gloo (with a warning). HSDP (FireRed's later stages) is
+or build the same plugin in code with ``fsdp_plugin()``. HSDP (FireRed's later stages) is
 ``fsdp_sharding_strategy: HYBRID_SHARD`` with FSDP1. Gradient checkpointing stays the model's own switch
 (``model.gradient_checkpointing``); do not also set accelerate's ``fsdp_activation_checkpointing``.
 
-Public API: ``make_accelerator``, ``process_state``, ``fsdp_plugin``, ``sample_generator``, ``step_seed``.
+FSDP without CUDA. accelerate shards only accelerator processes (on CPU it joins them as ``MULTI_CPU`` and would
+run DDP) and torch's FSDP1 refuses the CPU, but torch's FSDP2 shards CPU parameters over gloo. So on CPU processes
+an FSDP launch (``cpu_fsdp``) makes the trainer shard the transformer itself with ``fully_shard`` (``sharding``)::
+
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 -m firered_core train tiny_sft
+
+The launch's ``fsdp_reshard_after_forward`` is honoured (``launch_reshard_after_forward``); wrapping is always one
+unit per ``DualStreamBlock``; FSDP1 settings, CPU offload and mixed-precision policies do not apply there.
+
+Public API: ``make_accelerator``, ``process_state``, ``fsdp_plugin``, ``fsdp_requested``, ``cpu_fsdp``,
+``launch_reshard_after_forward``, ``sample_generator``, ``step_seed``.
 """
 
 from __future__ import annotations
@@ -58,7 +67,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_accelerator", "process_state", "fsdp_plugin", "sample_generator", "step_seed", "BLOCK_CLASS"]
+__all__ = ["make_accelerator", "process_state", "fsdp_plugin", "fsdp_requested", "cpu_fsdp",
+           "launch_reshard_after_forward", "sample_generator", "step_seed", "BLOCK_CLASS"]
 
 BLOCK_CLASS = "DualStreamBlock"  # the transformer's repeated block: the FSDP wrapping unit
 
@@ -80,8 +90,6 @@ def make_accelerator(*, cpu: bool | None = None, fsdp: Any = None) -> Any:
 
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        log.warning("FSDP was requested but accelerate shards only CUDA processes: running DDP over gloo instead")
 
     accelerator = Accelerator(mixed_precision="no", cpu=cpu, fsdp_plugin=fsdp,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -89,7 +97,35 @@ def make_accelerator(*, cpu: bool | None = None, fsdp: Any = None) -> Any:
     log.info("accelerate: %s, %d process(es), this is rank %d, device %s", accelerator.distributed_type,
              accelerator.num_processes, accelerator.process_index, accelerator.device)
     _check_joined(accelerator.num_processes)
+    if cpu and fsdp_requested():
+        if accelerator.num_processes > 1:
+            log.info("FSDP on CPU processes: accelerate shards only accelerator devices, so the trainer shards the "
+                     "transformer itself with torch's fully_shard (FSDP2) over gloo")
+        else:
+            log.info("FSDP was requested for a single process: nothing to shard")
     return accelerator
+
+
+def fsdp_requested() -> bool:
+    """True when the launch asked for FSDP (``accelerate launch --use_fsdp``, a config file with
+    ``distributed_type: FSDP``, or a plugin passed to accelerate: all set ``ACCELERATE_USE_FSDP``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def cpu_fsdp(accelerator: Any) -> bool:
+    """True when FSDP was asked for but accelerate runs several plain CPU processes: the trainer shards itself."""
+    if not fsdp_requested():  # first: a host's single process (in_process.SingleProcess) has no accelerate
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.MULTI_CPU
+
+
+def launch_reshard_after_forward() -> bool:
+    """The launch's ``fsdp_reshard_after_forward`` (FSDP2 true/false, or FSDP1's names): free gathered weights
+    after each block's forward (FULL_SHARD, default) or keep them until backward (SHARD_GRAD_OP)."""
+    value = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+    return value not in ("false", "0", "shard_grad_op", "no_reshard", "2", "3")
 
 
 def process_state() -> Any:

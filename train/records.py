@@ -5,14 +5,14 @@ list of records (metadata only: image files are decoded when a batch needs them)
 
 * ``folder`` and ``jsonl`` are listed directly (the JSONL reader trusts ``*_image_size`` fields when present,
   which makes listing a large manifest cheap).
-* ``webdataset`` shards that are plain ``.tar`` files are listed from their size index
-  (``data.readers.tar_index``: ``<shard>.index.json``, written by the first read, e.g. ``firered cache``): memory
-  holds each sample's id, task, instructions and image sizes and offsets; images are read from the shard when a
-  batch needs them.
-* compressed tar shards (``.tar.gz``) and ``parquet`` shards are read front to back once and their records kept,
-  images included (shards store the encoded bytes). That suits corpora that fit in memory; for larger ones, write
-  plain ``.tar`` shards, cache them (``firered cache``: training then holds only latents on disk) or write a JSONL
-  manifest with image sizes.
+* ``webdataset`` shards that are plain ``.tar`` files and ``parquet`` shards are listed from their size index
+  (``data.readers.tar_index`` / ``parquet_index``: ``<shard>.index.json``, written by the first read, e.g.
+  ``firered cache``): memory holds each sample's id, task, instructions and image sizes and where its images are
+  (byte offsets, or row group and row); images are read from the shard when a batch needs them.
+* compressed tar shards (``.tar.gz``) are read front to back once and their records kept, images included (they
+  have no offsets to point at). That suits corpora that fit in memory; for larger ones, write plain ``.tar``
+  shards, cache them (``firered cache``: training then holds only latents on disk) or write a JSONL manifest with
+  image sizes.
 
 Bad samples are skipped and counted in the ``SkipLog`` by the readers. Every rank lists the same samples in the
 same order, which the bucket sampler needs to give ranks disjoint shards.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .data.readers import (FolderConfig, JsonlConfig, iter_parquet_samples, iter_tar_samples, read_folder, read_jsonl,
+from .data.readers import (FolderConfig, JsonlConfig, iter_tar_samples, parquet_records, read_folder, read_jsonl,
                            tar_records)
 from .data.record import BadSampleError, EditRecord
 from .data.skips import SkipLog
@@ -62,20 +62,23 @@ def read_records(reader: str, path: str, *, default_task: str = "default",
         return read_jsonl(manifests, JsonlConfig(default_task=default_task), skips)
     if reader not in _SHARD_PATTERNS:
         raise ValueError(f"data.reader {reader!r} is not one of folder, jsonl, webdataset, parquet")
-    iterate = iter_tar_samples if reader == "webdataset" else iter_parquet_samples
     records: list[EditRecord] = []
     in_memory = 0
     for shard in _shards(root, reader):
-        if reader == "webdataset" and shard.suffix == ".tar":
-            records.extend(tar_records(shard, skips))  # images stay in the shard until a batch opens them
+        # images stay in the shard until a batch opens them
+        if reader == "parquet":
+            records.extend(parquet_records(shard, skips))
+            continue
+        if shard.suffix == ".tar":
+            records.extend(tar_records(shard, skips))
             continue
         in_memory += 1
         try:
-            for _, record in iterate(shard, 0, skips):
+            for _, record in iter_tar_samples(shard, 0, skips):
                 records.append(record)
         except BadSampleError as exc:  # an unreadable shard counts once; the records read before it stay
             skips.add(exc)
     if in_memory:
-        log.warning("data: %d %s shards held in memory (images included); write plain .tar shards, cache the corpus "
-                    "or use a JSONL manifest when it does not fit", in_memory, reader)
+        log.warning("data: %d compressed tar shards held in memory (images included); write plain .tar shards, "
+                    "cache the corpus or use a JSONL manifest when it does not fit", in_memory)
     return records

@@ -29,7 +29,15 @@ Outputs under ``output_dir``: ``config.yaml`` (the resolved config), ``metrics.j
 
 Distributed: see ``distributed``. Exact resume: see ``trainer_state``.
 
-Public API: ``Trainer``, ``TrainResult``.
+Hosts that run training in their own process (the ComfyUI node, through ``in_process``) pass the model they
+already hold (``Trainer(cfg, components=...)``) and two hooks to ``run``: ``on_step`` hears a ``StepReport``
+after every optimizer step (loss, learning rate, and the sample grid when one was drawn), and ``cancel``
+(``firered_core.progress.CancelFn``) is polled before every step. When it returns true (``Cancelled``) or either
+hook raises (the host's own interrupt exception: ComfyUI's progress bar raises it too), the steps trained since
+the last checkpoint are saved as a checkpoint first, so ``checkpoint.resume: latest`` continues exactly, and
+nothing is exported. The hooks are for single-process runs: every rank would have to agree on a cancel.
+
+Public API: ``Trainer``, ``TrainResult``, ``StepReport``, ``StepCallback``.
 """
 
 from __future__ import annotations
@@ -40,24 +48,27 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from firered_core.config import ConfigError
 from firered_core.images import save_image
+from firered_core.progress import CancelFn, check_cancel
 
 from .batch import NullCondition, TrainBatch, encode_pixel_batch
 from .cache_build import make_cache_spec
 from .config import TrainConfig, save_config
-from .distributed import make_accelerator, step_seed
+from .distributed import cpu_fsdp, fsdp_requested, launch_reshard_after_forward, make_accelerator, step_seed
 from .loader import LoadedStep, StepDataset, make_loader
 from .lora_export import export_run
-from .model import build_components, make_trainable, parse_dtype
+from .model import TrainComponents, build_components, make_trainable, parse_dtype
 from .objectives import EMA, TimestepSampler
 from .observe import MetricsLog, TensorBoardLogger, TimestepLossBins, TrainProgress, read_metrics, save_loss_curve
 from .optim import build_lr_schedule, build_optimizer
 from .pixels import PixelBatch
+from .sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
+                       to_float)
 from .step import seeded_levels, seeded_noise, step_loss
 from .trainer_data import TrainData, build_train_data
 from .trainer_state import RunState, resolve_resume, resume_run_state, save_run_state
@@ -65,7 +76,7 @@ from .trainer_val import Validator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult"]
+__all__ = ["Trainer", "TrainResult", "StepReport", "StepCallback"]
 
 
 @dataclass(frozen=True)
@@ -79,17 +90,34 @@ class TrainResult:
     checkpoint: Path | None
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What ``run(on_step=...)`` hears after each optimizer step."""
+
+    step: int  # optimizer steps done
+    total: int  # schedule.max_steps
+    loss: float  # mean training loss of this step
+    lr: float
+    preview: Any = None  # the validation sample grid (PIL image) drawn after this step, else None
+
+
+StepCallback = Callable[[StepReport], None]
+
+
 class Trainer:
     """One training run of ``cfg`` (see the module docstring)."""
 
-    def __init__(self, cfg: TrainConfig, *, accelerator: Any = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, accelerator: Any = None,
+                 components: TrainComponents | None = None) -> None:
+        """``components``: train a model the caller already holds (``cfg.model`` then only labels it)."""
         self.cfg = cfg
         self.acc = accelerator if accelerator is not None else make_accelerator()
         self.device, self.rank, self.world = self.acc.device, self.acc.process_index, self.acc.num_processes
         self.is_main = bool(self.acc.is_main_process)
         self.out = Path(cfg.output_dir)
         self.data: TrainData = build_train_data(cfg, self.rank, self.world)
-        comps = build_components(cfg.model, seed=cfg.seed, load_encoder=self.data.cache is None, device=self.device)
+        comps = components if components is not None else build_components(
+            cfg.model, seed=cfg.seed, load_encoder=self.data.cache is None, device=self.device)
         self.comps = comps
         self.patch = comps.transformer.config.patch_size
         self._check_token_size()
@@ -98,9 +126,19 @@ class Trainer:
                                                   comps.transformer.config.joint_attention_dim,
                                                   latent_dtype=self.data.cache.spec.latent_dtype))
         params = make_trainable(comps.transformer, cfg.model, cfg.lora, seed=cfg.seed)
-        self.params = params
+        # FSDP: the exports need the whole model on rank 0; its parameter-free copy is taken while it is whole
+        self.skeleton = meta_copy(comps.transformer) if self.is_main and self.world > 1 and fsdp_requested() else None
+        if cpu_fsdp(self.acc):
+            params = shard_transformer(comps.transformer, params, world_size=self.world,
+                                       reshard_after_forward=launch_reshard_after_forward())
         optimizer = build_optimizer(params, cfg.optim, self.device)
-        self.model, self.optimizer = self.acc.prepare(comps.transformer, optimizer)
+        if is_sharded(comps.transformer):  # sharded here already: accelerate would wrap it in DDP
+            self.model, self.optimizer = comps.transformer, self.acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = self.acc.prepare(comps.transformer, optimizer)
+        self.sharded = is_sharded(comps.transformer)
+        # accelerate's FSDP replaces the parameter objects: clip what the optimizer holds
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]] if self.sharded else params
         self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
         trained = {name: p for name, p in comps.transformer.named_parameters() if p.requires_grad}
         self.timesteps = TimestepSampler(cfg.objective.timesteps, comps.scheduler)
@@ -109,7 +147,8 @@ class Trainer:
                      else NullCondition(encoder=comps.encoder))
         self.state = RunState(step=0, sampler=self.data.sampler, skips=self.data.skips,
                               bins=TimestepLossBins(cfg.logging.loss_bins))
-        self.validator = Validator(self, self.data) if self.is_main else None
+        # a sharded forward pass needs every rank: they all validate, in step, and the main process reports
+        self.validator = Validator(self, self.data) if self.is_main or self.sharded else None
         self._last_loss = float("nan")
 
     # -----------------------------------------------------------------------------------------------------------
@@ -159,7 +198,10 @@ class Trainer:
         s = seeded_levels(self.timesteps, batch, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
                           world_size=self.world)
         noise = seeded_noise(batch, self.cfg.seed, self.patch)
-        ctx = contextlib.nullcontext() if sync else self.acc.no_sync(self.model)
+        if sync:
+            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        else:
+            ctx = gradient_sync(self.model, False) if self.sharded else self.acc.no_sync(self.model)
         with ctx:  # no_sync: gradients of early micro-steps stay local until the last one all-reduces
             with self.autocast():
                 out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch)
@@ -179,7 +221,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.state.step + 1)
-        return float(norm)
+        return to_float(norm)
 
     # -----------------------------------------------------------------------------------------------------------
     # the run
@@ -194,37 +236,68 @@ class Trainer:
         metrics.rewind(self.state.step)  # a resumed run trains those steps again
         return metrics, TensorBoardLogger(self.out / "tensorboard", enabled=self.cfg.logging.tensorboard)
 
-    def run(self) -> TrainResult:
-        """Train from the start, or from ``checkpoint.resume``, to ``schedule.max_steps``."""
+    def run(self, *, on_step: StepCallback | None = None, cancel: CancelFn | None = None) -> TrainResult:
+        """Train from the start, or from ``checkpoint.resume``, to ``schedule.max_steps``.
+
+        ``on_step`` and ``cancel``: see the module docstring.
+        """
         self._resume()
-        cfg, start = self.cfg, self.state.step
         metrics, tb = self._prepare_outputs()
+        try:
+            val_losses, checkpoint = self._loop(metrics, tb, on_step, cancel)
+        except BaseException:
+            self._close(metrics, tb)
+            raise
+        exported = self._finish(metrics, tb)
+        return TrainResult(steps=self.state.step, final_loss=self._last_loss, val_losses=val_losses,
+                           exported=exported, checkpoint=checkpoint)
+
+    def _loop(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None, on_step: StepCallback | None,
+              cancel: CancelFn | None) -> tuple[list[tuple[int, float]], Path | None]:
+        cfg, start = self.cfg, self.state.step
         batches = self._batches(start)
         window: list[float] = []
         val_losses: list[tuple[int, float]] = []
         checkpoint: Path | None = None
+        saved = start  # the step the newest checkpoint holds
         if cfg.logging.validation_every and start == 0:
             self._validate(metrics, tb, 0, val_losses)  # the untrained baseline of the held-out curve
         started = time.perf_counter()
         with TrainProgress(cfg.schedule.max_steps, start_step=start, enabled=self.is_main and
                            cfg.logging.progress_bar, desc=cfg.stage) as bar:
             while self.state.step < cfg.schedule.max_steps:
+                if cancel is not None:
+                    self._hook(saved, check_cancel, cancel, f"training before step {self.state.step + 1}")
                 loss, norm = self._train_step(batches)
                 step, last = self.state.step, self.state.step == cfg.schedule.max_steps
+                lr = self.lr_schedule.get_last_lr()[0]
                 window.append(loss)
-                bar.update(step, loss=loss, lr=self.lr_schedule.get_last_lr()[0])
+                bar.update(step, loss=loss, lr=lr)
                 if step % cfg.logging.every_steps == 0 or last:
                     self._log(metrics, tb, step, window, norm)
                     window = []
                 if step % cfg.checkpoint.every_steps == 0 or last:
-                    checkpoint = self._checkpoint()
+                    checkpoint, saved = self._checkpoint(), step
+                grid = None
                 if cfg.logging.validation_every and (step % cfg.logging.validation_every == 0 or last):
-                    self._validate(metrics, tb, step, val_losses)
+                    grid = self._validate(metrics, tb, step, val_losses)
+                if on_step is not None:
+                    self._hook(saved, on_step, StepReport(step=step, total=cfg.schedule.max_steps, loss=loss, lr=lr,
+                                                          preview=grid))
         log.info("trained %d steps in %.1f s (%d skipped samples)", cfg.schedule.max_steps - start,
                  time.perf_counter() - started, self.state.skips.total)
-        exported = self._finish(metrics, tb)
-        return TrainResult(steps=self.state.step, final_loss=self._last_loss, val_losses=val_losses,
-                           exported=exported, checkpoint=checkpoint)
+        return val_losses, checkpoint
+
+    def _hook(self, saved: int, call: Callable[..., Any], *args: Any) -> None:
+        """``call(*args)``, a host hook between steps; if it stops the run, the steps trained since ``saved`` are
+        checkpointed first."""
+        try:
+            call(*args)
+        except BaseException:
+            if self.state.step > saved:
+                log.info("stopping at step %d: saving a checkpoint to resume from", self.state.step)
+                self._checkpoint()
+            raise
 
     def _batches(self, start: int) -> Iterator[LoadedStep]:
         """The loaded micro-batches of the remaining steps, in order."""
@@ -264,20 +337,23 @@ class Trainer:
         log.info("step %d: loss %.5f, lr %.3g, grad norm %.3g", step, values["loss"], values["lr"], grad_norm)
 
     def _checkpoint(self) -> Path | None:
-        path = None
-        if self.is_main:
-            path = save_run_state(self.cfg.checkpoint_dir, self.state, transformer=self.transformer,
-                                  lora=self.cfg.is_lora, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
-                                  ema=self.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
-                                  keep_last=self.cfg.checkpoint.keep_last)
+        # every rank: a sharded model is gathered by all of them; only the main process writes
+        path = save_run_state(self.cfg.checkpoint_dir, self.state, transformer=self.transformer,
+                              lora=self.cfg.is_lora, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
+                              ema=self.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
+                              keep_last=self.cfg.checkpoint.keep_last, is_main=self.is_main)
         self.acc.wait_for_everyone()
         return path
 
     def _validate(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None, step: int,
-                  val_losses: list[tuple[int, float]]) -> None:
-        """Held-out loss and sample grid on the main process; the other ranks wait."""
+                  val_losses: list[tuple[int, float]]) -> Any:
+        """Held-out loss and sample grid on the main process (sharded: computed by every rank in step); the other
+        ranks wait. Returns the grid or None."""
+        grid = None
         if self.validator is not None:
             value, grid = self.validator.run(step)
+            if not self.is_main:
+                value, grid = None, None
             if grid is not None:
                 (self.out / "samples").mkdir(parents=True, exist_ok=True)
                 save_image(grid, self.out / "samples" / f"step-{step:06d}.png", overwrite=True)
@@ -290,15 +366,15 @@ class Trainer:
                 if tb is not None:
                     tb.scalars(step, {"val_loss": value})
         self.acc.wait_for_everyone()
+        return grid
 
     def _finish(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None) -> list[Path]:
         exported: list[Path] = []
+        transformer, ema_state = self._whole_weights()
         if self.is_main:
             info = {"stage": self.cfg.stage, "step": self.state.step, "source": self.comps.source}
-            exported = export_run(self.transformer, self.out, lora=self.cfg.is_lora,
-                                  save_format=self.cfg.lora.save_format,
-                                  ema_state=None if self.ema is None else dict(self.ema.shadow),
-                                  info=info)
+            exported = export_run(transformer, self.out, lora=self.cfg.is_lora, save_format=self.cfg.lora.save_format,
+                                  ema_state=ema_state, info=info)
             if metrics is not None:
                 metrics.close()
                 if self.cfg.logging.loss_curve:
@@ -307,6 +383,28 @@ class Trainer:
                 tb.close()
         self.acc.wait_for_everyone()
         return exported
+
+    def _whole_weights(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+        """The transformer and EMA shadow to export; sharded ones are gathered (every rank) onto the main process."""
+        ema = None if self.ema is None else dict(self.ema.shadow)
+        if not self.sharded:
+            return self.transformer, ema
+        local, total = shard_numel(self.transformer)
+        log.info("fsdp shard rank=%d local=%d total=%d after %d steps", self.rank, local, total, self.state.step)
+        state = gather_full(self.transformer.state_dict(), keep=self.is_main)
+        ema = gather_full(ema, keep=self.is_main)
+        if not self.is_main:
+            return self.transformer, None
+        assert self.skeleton is not None  # made on the main process of every FSDP launch
+        return materialize(self.skeleton, state), ema
+
+    @staticmethod
+    def _close(metrics: MetricsLog | None, tb: TensorBoardLogger | None) -> None:
+        """Release the run's log files when it stops early (an error or a cancel)."""
+        if metrics is not None:
+            metrics.close()
+        if tb is not None:
+            tb.close()
 
     def _loss_curve(self) -> None:
         records = read_metrics(self.out / "metrics.jsonl")

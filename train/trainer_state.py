@@ -6,6 +6,12 @@ the optimizer, the LR schedule, the EMA, the bucket sampler as it was before mic
 loss-by-noise-level window and the global RNG states. Only rank 0 writes (the state of every rank is identical:
 the weights after the all-reduce, and the sampler state by construction); every rank reads.
 
+Sharded runs (FSDP, ``sharding``): every rank calls ``save_run_state``, each sharded tensor (weights, Adam moments,
+EMA shadow) is gathered whole and rank 0 writes exactly what an unsharded run writes; on resume every rank cuts
+its own slices out of the full tensors. So one format serves 1 process, DDP and FSDP: the weights and optimizer
+state of any checkpoint load into a run of any world size and strategy. Resuming a run still needs its world size:
+the bucket sampler's data position is kept per rank share and refuses another (its fingerprint says so).
+
 Why a resumed run ends bitwise equal to an uninterrupted one: everything random in a step is a function of
 (seed, step, sample) -- noise, timesteps, the global RNG reseeded per micro-step for LoRA dropout -- or of the
 sampler state (batches, SIA); the optimizer and schedule states are restored exactly; and the same shapes in the
@@ -25,7 +31,8 @@ from typing import Any
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .model import load_trainable_state_dict, trainable_state_dict
+from .model import load_trainable_state_dict
+from .sharding import gather_full, is_sharded, local_like, local_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +49,33 @@ class RunState:
     bins: Any  # TimestepLossBins of the current logging window
 
 
-def _model_state(transformer: nn.Module, lora: bool) -> tuple[dict[str, Any], str]:
-    if lora:
-        return trainable_state_dict(transformer), "adapter"
-    return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}, "full"
+def _model_state(transformer: nn.Module, lora: bool, keep: bool) -> tuple[dict[str, Any] | None, str]:
+    if lora:  # the adapters only: the frozen base is the run's input
+        state = {name: p.detach() for name, p in transformer.named_parameters() if p.requires_grad}
+    else:
+        state = {k: v.detach() for k, v in transformer.state_dict().items()}
+    return gather_full(state, keep=keep), "adapter" if lora else "full"
 
 
 def save_run_state(root: str | os.PathLike, state: RunState, *, transformer: nn.Module, lora: bool,
                    optimizer: Any, lr_schedule: Any, ema: Any, grad_accumulation: int,
-                   keep_last: int | None) -> Path:
-    """Write the checkpoint of ``state.step`` (call on rank 0 only)."""
-    model_state, kind = _model_state(transformer, lora)
+                   keep_last: int | None, is_main: bool = True) -> Path | None:
+    """Write the checkpoint of ``state.step`` on the main process; returns its path there, None elsewhere.
+
+    Call it on every rank: a sharded model's tensors are gathered by all ranks together (unsharded runs return
+    at once on the other ranks).
+    """
+    if not (is_main or is_sharded(transformer)):
+        return None
+    model_state, kind = _model_state(transformer, lora, is_main)
+    optimizer_state = gather_full(optimizer.state_dict(), keep=is_main)
+    ema_state = gather_full(ema.state_dict(), keep=is_main) if ema is not None else None
+    if not is_main:
+        return None
     return save_checkpoint(
-        root, state.step, model_state=model_state, model_kind=kind, optimizer=optimizer, lr_scheduler=lr_schedule,
-        ema=ema, sampler_state=state.sampler.state_dict(next_step=state.step * grad_accumulation),
+        root, state.step, model_state=model_state, model_kind=kind, optimizer=optimizer_state,
+        lr_scheduler=lr_schedule, ema=ema_state,
+        sampler_state=state.sampler.state_dict(next_step=state.step * grad_accumulation),
         data_state={"skips": state.skips.state_dict(), "bins": state.bins.state_dict()},
         extra={"grad_accumulation": grad_accumulation}, keep_last=keep_last, replace=True)
 
@@ -74,15 +94,26 @@ def resolve_resume(resume: str, checkpoint_dir: Path) -> Path | None:
         raise FileNotFoundError(f"checkpoint.resume: {exc}") from exc
 
 
+def _section(value: Any, name: str, path: Path) -> Any:
+    if value is None:
+        raise CheckpointError(f"{path}: holds no {name} state to restore")
+    return value
+
+
 def resume_run_state(path: Path, state: RunState, *, transformer: nn.Module, lora: bool, optimizer: Any,
                      lr_schedule: Any, ema: Any, grad_accumulation: int, rank: int, is_main: bool) -> None:
-    """Restore everything ``save_run_state`` wrote into the live objects; sets ``state.step``."""
-    ckpt = load_checkpoint(path, optimizer=optimizer, lr_scheduler=lr_schedule, ema=ema, restore_rng=True,
-                           rank=rank, clean=is_main)
+    """Restore everything ``save_run_state`` wrote into the live objects (sharded or not); sets ``state.step``."""
+    ckpt = load_checkpoint(path, lr_scheduler=lr_schedule, restore_rng=True, rank=rank, clean=is_main)
+    live = {name: p for name, p in transformer.named_parameters()} if lora else transformer.state_dict()
+    model_state = local_like(ckpt.model_state, live)
     if lora:
-        load_trainable_state_dict(transformer, ckpt.model_state)
+        load_trainable_state_dict(transformer, model_state)
     else:
-        transformer.load_state_dict(ckpt.model_state, strict=True)
+        transformer.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(local_optimizer_state(_section(ckpt.optimizer, "optimizer", path), optimizer))
+    if ema is not None:
+        saved = _section(ckpt.ema, "ema", path)
+        ema.load_state_dict({**saved, "shadow": local_like(saved["shadow"], ema.shadow)})
     saved_accum = int(ckpt.extra.get("grad_accumulation", grad_accumulation))
     if saved_accum != grad_accumulation:
         raise CheckpointError(f"{path}: saved with schedule.grad_accumulation={saved_accum}, this run uses "

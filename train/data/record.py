@@ -5,7 +5,8 @@ alignment, caching, the trainer) sees only records. A record is metadata plus a 
 
 - ``ImageRef`` holds an image's width and height (read from the file header, so building a record never decodes
   pixels) and either a file path (folders, JSONL manifests), a byte range of a file (a member of an indexed,
-  uncompressed tar shard: ``readers.tar_index``) or the encoded bytes (other shards). ``ImageRef.open()`` reads
+  uncompressed tar shard: ``readers.tar_index``), a ``ByteLocator`` that reads it out of a file (a cell of an
+  indexed parquet shard: ``readers.parquet_index``) or the encoded bytes (other shards). ``ImageRef.open()`` reads
   and decodes it to an upright RGB ``PIL.Image`` when the pixels are finally needed.
 - ``EditRecord`` has 0..N sources (0 = text-to-image; FireRed trains with up to 3, but nothing here fixes N), one
   target, the instruction in English and/or Chinese, optional inverse instructions (FireRed's "describe the
@@ -22,6 +23,7 @@ import enum
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from PIL import Image, ImageOps
 
@@ -59,6 +61,16 @@ def _image_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
+class ByteLocator(Protocol):
+    """Where an image's encoded bytes sit inside a file that is not a plain byte range (a parquet cell).
+
+    Implementations are small frozen dataclasses (compared, hashed and pickled to DataLoader workers with the
+    record); ``read`` raises ``BadSampleError`` when the bytes cannot be had.
+    """
+
+    def read(self, path: Path, sample_id: str, name: str) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """An image reachable by path (whole file or a byte range of it) or as encoded bytes, with its upright size
@@ -69,9 +81,11 @@ class ImageRef:
     path: Path | None = None
     data: bytes | None = field(default=None, repr=False)
     name: str = ""  # how logs name it: the path, or "shard.tar:key.tgt.png"
-    # With ``path``: the image is the ``length`` bytes at ``offset`` of that file (None: the whole file).
+    # With ``path``: the image is the ``length`` bytes at ``offset`` of that file (None: the whole file), or what
+    # ``locator`` reads out of it.
     offset: int = 0
     length: int | None = None
+    locator: ByteLocator | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.data is None):
@@ -81,6 +95,13 @@ class ImageRef:
         if self.length is not None and (self.path is None or self.offset < 0 or self.length <= 0):
             raise ValueError(f"ImageRef {self.name!r}: a byte range needs a path, offset >= 0 and length > 0, got "
                              f"offset {self.offset}, length {self.length}")
+        if self.locator is not None and (self.path is None or self.length is not None):
+            raise ValueError(f"ImageRef {self.name!r}: a locator needs a path and no byte range")
+
+    @property
+    def is_whole_file(self) -> bool:
+        """True when the image is the whole file at ``path`` (an image file, not a part of a shard)."""
+        return self.path is not None and self.length is None and self.locator is None
 
     @classmethod
     def probe(cls, source: Path | bytes, sample_id: str, name: str = "") -> ImageRef:
@@ -107,6 +128,8 @@ class ImageRef:
         assert self.path is not None  # __post_init__: exactly one of path and data
         if not self.path.is_file():
             raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
+        if self.locator is not None:
+            return self.locator.read(self.path, sample_id, self.name)
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read(-1 if self.length is None else self.length)
@@ -117,7 +140,7 @@ class ImageRef:
 
     def open(self, sample_id: str = "") -> Image.Image:
         """Decode to an upright RGB image; a missing, truncated or corrupt file raises ``BadSampleError``."""
-        if self.path is not None and self.length is None:
+        if self.path is not None and self.is_whole_file:
             if not self.path.is_file():
                 raise BadSampleError(SkipReason.MISSING_FILE, sample_id, f"no such file: {self.name}")
             source: Path | io.BytesIO = self.path

@@ -135,7 +135,7 @@ def iter_tar_samples(path: Path, start: int, skips: SkipLog) -> Iterator[tuple[i
 def _image_bytes(ref: ImageRef) -> tuple[bytes, str]:
     """Encoded bytes of an image and the extension they should be stored under."""
     data = ref.read_bytes()
-    if ref.path is not None and ref.length is None and ref.path.suffix:
+    if ref.path is not None and ref.is_whole_file and ref.path.suffix:
         return data, ref.path.suffix.lower().lstrip(".")
     with Image.open(io.BytesIO(data)) as img:
         fmt = (img.format or "png").lower()
