@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Set up the environment if needed, then edit the shipped example image with the embedded default model.
-# The embedded default model (a small FireRed-architecture model trained by this project) is not shipped yet;
-# until it is, this script says so and exits with status 2. Pass --model PATH to use real weights instead:
-#   bash scripts/demo.sh --model path/to/FireRed-Image-Edit-1.1
+# The README's first command: set up the environment if needed, then edit the shipped example image with the
+# embedded default model (a small FireRed-architecture model trained by this project, firered_core/default/),
+# offline, on the CPU. Writes outputs/demo/result.png and outputs/demo/result_compare.png (before | after); an
+# existing result is never replaced: the next free name (result-2.png, ...) is used instead.
+#   bash scripts/demo.sh                                  # the example edit
+#   bash scripts/demo.sh IMAGE "INSTRUCTION"              # your own image and instruction
+#   bash scripts/demo.sh IMAGE "INSTRUCTION" --seed 3     # any further 'firered edit' options
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-example=examples/input.png
-if [ ! -f "$example" ] || [ ! -d firered_core/default ]; then
-    echo "demo: the embedded default model and example image are not shipped yet (issue 4);" \
-         "run 'firered edit IMAGE --instruction TEXT -o OUT.png --model PATH' with real weights" >&2
-    exit 2
-fi
-exec .venv/bin/firered edit "$example" --instruction "${FIRERED_DEMO_INSTRUCTION:-make the circle blue}" \
-    -o outputs/demo.png "$@"
+FIRERED_EXTRAS=${FIRERED_EXTRAS:-test} bash scripts/setup.sh
+image=${1:-examples/input.png}
+instruction=${2:-$(cat examples/instruction.txt)}
+shift $(( $# < 2 ? $# : 2 ))
+mkdir -p outputs/demo
+out=outputs/demo/result.png
+n=1
+while [ -e "$out" ] || [ -e "${out%.png}_compare.png" ]; do
+    n=$((n + 1))
+    out=outputs/demo/result-$n.png
+done
+exec .venv/bin/firered edit "$image" --instruction "$instruction" -o "$out" --compare "$@"
