@@ -81,7 +81,10 @@ def test_missing_required_arguments(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_missing_model_without_default(image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import firered_core.default as default
+
     monkeypatch.setattr(cli, "DEFAULT_MODEL_DIR", tmp_path / "no-default")
+    monkeypatch.setattr(default, "MODEL_DIR", tmp_path / "no-default")
     code, _, err = _run(["edit", str(image), "--instruction", "x", "-o", str(tmp_path / "o.png")], capsys)
     assert code == 2
     _assert_one_line_error(err, "no --model given", "embedded default model is not installed")
