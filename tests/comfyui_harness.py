@@ -46,6 +46,7 @@ COMFY_ROOT = REPO / ".cache" / "comfyui"
 COMFY_DIR = COMFY_ROOT / "ComfyUI"
 COMFY_PYTHON = COMFY_ROOT / "venv" / "bin" / "python"
 REQUIRE_ENV = "FIRERED_REQUIRE_COMFYUI"
+START_TIMEOUT_ENV = "FIRERED_COMFYUI_START_TIMEOUT"
 PLUGIN_LINK_NAME = "ComfyUI-FireRed"
 # model folders the tests put files into (ComfyUI creates none of them under --base-directory by itself)
 MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae")
@@ -165,12 +166,13 @@ class ComfyServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
     def request(self, path: str, data: Any = None, timeout: float = 30) -> Any:
-        """GET ``path`` (or POST ``data`` as JSON) and decode the JSON answer."""
+        """GET ``path`` (or POST ``data`` as JSON) and decode the JSON answer (None for an empty one)."""
         body = None if data is None else json.dumps(data).encode("utf-8")
         req = urllib.request.Request(self.url + path, data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read().decode("utf-8"))
+                text = resp.read().decode("utf-8")
+                return json.loads(text) if text.strip() else None  # e.g. POST /interrupt answers with no body
         except urllib.error.HTTPError as e:
             raise AssertionError(f"{'POST' if body else 'GET'} {path}: HTTP {e.code}: "
                                  f"{e.read().decode('utf-8', 'replace')[:4000]}") from None
@@ -234,8 +236,14 @@ def _wait_ready(server: ComfyServer, timeout: float) -> None:
 
 
 def start_server(base_dir: Path, *, plugin: Path = REPO, extra_args: Sequence[str] = (),
-                 timeout: float = 180) -> ComfyServer:
-    """Start ``main.py --cpu`` on a free port of 127.0.0.1 with ``base_dir`` as its base directory; wait until ready."""
+                 timeout: float | None = None) -> ComfyServer:
+    """Start ``main.py --cpu`` on a free port of 127.0.0.1 with ``base_dir`` as its base directory; wait until ready.
+
+    ``timeout`` defaults to ``FIRERED_COMFYUI_START_TIMEOUT`` seconds, else 180 (it starts in ~8 s on an idle
+    2-core machine; raise it on a machine busy with other jobs).
+    """
+    if timeout is None:
+        timeout = float(os.environ.get(START_TIMEOUT_ENV, "180"))
     require_comfyui()
     make_base_dir(base_dir, plugin)
     port = free_port()
