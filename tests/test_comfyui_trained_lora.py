@@ -52,12 +52,13 @@ from firered_core.loading import (
 from firered_core.lora import apply_lora, merge_lora
 from firered_core.vae import FireRedVAE
 
-from .comfyui_harness import make_base_dir, require_comfyui, run_in_comfyui
+from .comfyui_harness import make_base_dir, require_comfyui, run_in_comfyui, start_server
 from .test_comfyui_lora import (
     _API_SNIPPET,
     CONFIG,
     LOAD_PROBLEMS,
     MODEL_NAME,
+    RANK,
     NOT_LOADED,
     TOL,
     _random_transformer,
@@ -189,3 +190,95 @@ def test_trained_lora_loads_in_comfyui_like_merge_lora(trained: dict) -> None:
     assert fmt["patched"] == fmt["merged"] == ADAPTERS, fmt
     assert not fmt["unmatched"]
     assert fmt["max_abs_diff"] <= TOL, fmt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The same, for the file the FireRed Train LoRA node writes (issue 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+NODE_LORA = "node trained"  # a name with a space, as people type them; the node adds .safetensors
+NODE_STEPS = 3
+NODE_LR = 1e-2  # large enough that every trained layer moves far beyond TOL in three steps
+
+
+@pytest.fixture(scope="module")
+def node_trained(trained: dict, tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> dict:
+    """FireRed Train LoRA, called as ComfyUI calls it, on the one-block base file: the LoRA lands in the base
+    directory's models/loras, where the server's LoraLoaderModelOnly lists it."""
+    from firered_core.pipeline import FireRedEditPipeline
+    from nodes.model_handle import FireRedModel, LoadedFireRed
+    from nodes.train_lora import FireRedTrainLoRA
+
+    from firered_core.config import get_preset
+
+    base = trained["model"].parents[2]
+    loras = base / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    pairs = make_pairs(tmp_path_factory.mktemp("node-pairs"), N_PAIRS, seed=3)
+    monkeypatch = pytest.MonkeyPatch()
+    request.addfinalizer(monkeypatch.undo)
+    monkeypatch.setenv("FIRERED_LORA_DIR", str(loras))  # outside ComfyUI the node writes here
+    started = time.monotonic()
+    with torch.inference_mode():  # as ComfyUI runs the loader node
+        pipeline = FireRedEditPipeline(load_transformer_file(trained["model"], dtype=torch.float32),
+                                       load_vae_file(trained["model"].parents[1] / "vae" /
+                                                     "firered-small-vae.safetensors"),
+                                       tiny_qwen_vl_encoder(CONFIG.joint_attention_dim, SEED),
+                                       get_preset("firered-1.0").scheduler)
+        pipeline.reference_area = pipeline.output_area = 64 * 64
+        model = FireRedModel(LoadedFireRed.wrap(pipeline, label="one-block"))
+        path, curve, preview = FireRedTrainLoRA().train(
+            model, data_folder=str(pairs), instructions="", steps=NODE_STEPS, learning_rate=NODE_LR, rank=RANK,
+            alpha=2.0, resolution=64, batch_size=2, seed=SEED, lora_name=NODE_LORA, resume=False, overwrite=False,
+            preview_steps=1, checkpoint_every=100, unique_id="1")
+    elapsed = time.monotonic() - started
+    del model, pipeline
+    gc.collect()
+    log.info("Train LoRA node on the one-block model: %.1f s for %d steps (incl. the encoder's init)", elapsed,
+             NODE_STEPS)
+    return {"lora": Path(path), "curve": curve, "preview": preview}
+
+
+def test_lora_from_the_train_lora_node_loads_in_core_lora_loader_model_only(trained: dict,
+                                                                              node_trained: dict) -> None:
+    """The real server: UNETLoader -> core LoraLoaderModelOnly (the node's file) -> ModelSave; no "lora key not
+    loaded", every trained layer patched, and the saved weights equal firered_core's merge of the same file."""
+    from .test_comfyui_lora import _graph
+
+    lora = node_trained["lora"]
+    assert lora.name == f"{NODE_LORA}.safetensors" and lora.parent.name == "loras"
+    layers = _adapted_layers(lora)
+    assert len(layers) == ADAPTERS, sorted(layers)
+    base = trained["model"].parents[2]
+    with start_server(base) as server:
+        info = server.get_json("/object_info")
+        assert lora.name in info["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
+        entry = server.wait_for(server.queue(_graph(lora.name)))
+        server_log = server.log
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    not_loaded = [line for line in server_log.splitlines() if any(m in line for m in NOT_LOADED)]
+    assert not not_loaded, not_loaded[:5]
+    saved = sorted((base / "output" / "diffusion_models").glob("merged*.safetensors"))
+    assert saved, "ModelSave wrote nothing"
+    reference = load_transformer_file(trained["model"], dtype=torch.float32)
+    base_weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    report = merge_lora(reference, lora)
+    assert report.unmatched == [] and report.applied == ADAPTERS
+    ours = reference.state_dict()
+    prefix = "model.diffusion_model."
+    worst, changed, smallest = 0.0, set(), float("inf")
+    with open_weights(saved[-1]) as src:
+        for key in src.keys():
+            name = key[len(prefix):]
+            if key.startswith(prefix) and name in ours:
+                got = src.get(key).float()
+                worst = max(worst, (got - ours[name]).abs().max().item())
+                change = (got - base_weights[name]).abs().max().item()
+                if change > 10 * TOL:
+                    changed.add(name.removesuffix(".weight"))
+                    smallest = min(smallest, change)
+    log.info("node LoRA via LoraLoaderModelOnly: %d layers changed (smallest max change %.3g), max |ComfyUI - "
+             "merge_lora| = %.3g", len(changed), smallest, worst)
+    assert worst <= TOL
+    assert changed == set(layers) - set(NO_GRADIENT), sorted(changed ^ (set(layers) - set(NO_GRADIENT)))

@@ -32,6 +32,31 @@ def test_the_exact_target_passes_everything_and_the_source_nothing(graded: dict[
     assert unedited["categories"]["t2i"]["closer_than_source"] is None  # no source to compare with
 
 
+def test_the_ceiling_column_grades_the_given_best_result_with_the_same_checks() -> None:
+    # a "VAE" that returns the source: the ceiling must then fail everything, while the edit itself passes
+    results, _ = run_benchmark(lambda s, i: s.target, 1, tasks=("color", "remove"),
+                               ceiling=lambda s, i: s.sources[0])
+    summary = summarise(results)
+    assert summary["overall"]["success"] == 1.0 and summary["overall"]["ceiling"] == 0.0
+    assert [r.ceiling_passed for r in results] == [False, False]
+    table = format_table(summary)
+    assert "ceiling (exact targets through the VAE, same checks): 0.0%" in table
+    assert summarise(run_benchmark(lambda s, i: s.target, 1, tasks=("color",))[0])["overall"]["ceiling"] is None
+
+
+def test_vae_round_trip_keeps_size_and_mode() -> None:
+    import torch
+
+    from firered_core.compact_vae import create_vae
+    from firered_core.config import get_preset
+    from firered_train.synthetic.bench import vae_round_trip
+
+    torch.manual_seed(0)
+    vae = create_vae(get_preset("firered-default").vae)
+    out = vae_round_trip(vae, Image.new("RGB", (64, 48), (200, 30, 30)))
+    assert out.size == (64, 48) and out.mode == "RGB"
+
+
 def test_table_ends_with_the_overall_line(graded: dict[str, tuple]) -> None:
     table = format_table(summarise(graded["perfect"][0]))
     assert table.splitlines()[-1] == "overall 100.0%"

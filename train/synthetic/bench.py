@@ -12,7 +12,12 @@ and a last line ``overall NN.N%`` (successes over all graded samples). Written t
 "Closer to the target than the source" compares PSNR(result, target) with PSNR(Picture 1, target); text-to-
 image samples have no source and are left out of that share.
 
-Public API: ``BenchSample``, ``run_benchmark``, ``summarise``, ``register_bench``, ``run_bench``.
+Each sample is also graded with its exact target sent through the model's VAE (encode, decode): the "ceiling"
+column, what a perfect transformer would score with this VAE, i.e. how much of the checks' budget the VAE alone
+spends.
+
+Public API: ``BenchSample``, ``run_benchmark``, ``summarise``, ``register_bench``, ``run_bench``,
+``vae_round_trip``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from .metrics import psnr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench"]
+__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench", "vae_round_trip"]
 
 EditFn = Callable[[SyntheticSample, int], Image.Image]  # (sample, seed) -> result image
 
@@ -49,6 +54,7 @@ class BenchSample:
     psnr_to_target: float
     source_psnr_to_target: float | None  # Picture 1 vs target; None for text-to-image
     metrics: dict[str, float] = field(default_factory=dict)
+    ceiling_passed: bool | None = None  # the exact target through the model's VAE, graded by the same check
 
     @property
     def closer_than_source(self) -> bool | None:
@@ -61,10 +67,13 @@ def _finite(db: float) -> float:
     return 100.0 if math.isinf(db) else db
 
 
-def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0,
-                  tasks: Sequence[str] = tuple(TASK_OPS)) -> tuple[list[BenchSample], list[tuple[SyntheticSample,
-                                                                                                  Image.Image]]]:
-    """Grade ``edit`` on ``per_category`` held-out samples of each task; returns verdicts and (sample, result)."""
+def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0, tasks: Sequence[str] = tuple(TASK_OPS),
+                  ceiling: EditFn | None = None) -> tuple[list[BenchSample], list[tuple[SyntheticSample,
+                                                                                         Image.Image]]]:
+    """Grade ``edit`` on ``per_category`` held-out samples of each task; returns verdicts and (sample, result).
+
+    ``ceiling`` (optional) makes the best result a model could give (the target through its VAE); its verdict
+    is recorded per sample as ``ceiling_passed``."""
     from .generator import GeneratorConfig
 
     config = GeneratorConfig(tasks=tuple(tasks))
@@ -76,10 +85,13 @@ def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0,
         result = edit(sample, i)
         verdict = check(list(sample.sources), result, sample.spec, target=sample.target)
         source_db = psnr(sample.sources[0], sample.target) if sample.sources else None
+        best = None
+        if ceiling is not None:
+            best = check(list(sample.sources), ceiling(sample, i), sample.spec, target=sample.target).passed
         results.append(BenchSample(id=sample.id, task=sample.task, op=sample.op, instruction=sample.instruction,
                                    passed=verdict.passed, failures=list(verdict.failures),
                                    psnr_to_target=psnr(result, sample.target), source_psnr_to_target=source_db,
-                                   metrics=dict(verdict.metrics)))
+                                   metrics=dict(verdict.metrics), ceiling_passed=best))
         images.append((sample, result))
         if (i + 1) % 25 == 0 or i + 1 == total:
             log.info("bench: %d/%d graded (%.1f s per edit)", i + 1, total, (time.monotonic() - started) / (i + 1))
@@ -90,7 +102,9 @@ def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
     """Per-category and overall figures (success, mean PSNR to target, closer-than-source share)."""
     def figures(rows: Sequence[BenchSample]) -> dict[str, Any]:
         closer = [r.closer_than_source for r in rows if r.closer_than_source is not None]
+        best = [r.ceiling_passed for r in rows if r.ceiling_passed is not None]
         return {"n": len(rows), "success": sum(r.passed for r in rows) / len(rows) if rows else math.nan,
+                "ceiling": sum(best) / len(best) if best else None,
                 "psnr_to_target": sum(_finite(r.psnr_to_target) for r in rows) / len(rows) if rows else math.nan,
                 "closer_than_source": sum(closer) / len(closer) if closer else None, "n_with_source": len(closer)}
 
@@ -100,12 +114,18 @@ def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
     return {"categories": {task: figures(rows) for task, rows in by_task.items()}, "overall": figures(results)}
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'category':<12} {'n':>4} {'success':>8} {'PSNR->tgt':>10} {'closer':>7}"]
+    lines = [f"{'category':<12} {'n':>4} {'success':>8} {'PSNR->tgt':>10} {'closer':>7} {'ceiling':>8}"]
     for task, f in summary["categories"].items():
-        closer = "-" if f["closer_than_source"] is None else f"{100 * f['closer_than_source']:.0f}%"
-        lines.append(f"{task:<12} {f['n']:>4} {100 * f['success']:>7.1f}% {f['psnr_to_target']:>9.2f}  {closer:>6}")
+        lines.append(f"{task:<12} {f['n']:>4} {100 * f['success']:>7.1f}% {f['psnr_to_target']:>9.2f}  "
+                     f"{_share(f['closer_than_source']):>6} {_share(f.get('ceiling')):>8}")
     o = summary["overall"]
+    if o.get("ceiling") is not None:
+        lines.append(f"ceiling (exact targets through the VAE, same checks): {100 * o['ceiling']:.1f}%")
     lines.append(f"closer to target than source: {100 * (o['closer_than_source'] or 0):.1f}% "
                  f"of {o['n_with_source']} edits with a source")
     lines.append(f"overall {100 * o['success']:.1f}%")
@@ -138,6 +158,18 @@ def _pipeline(model: str | None) -> tuple[Any, dict[str, Any]]:
     return FireRedEditPipeline.from_pretrained(model), {}
 
 
+def vae_round_trip(vae: Any, image: Image.Image) -> Image.Image:
+    """``image`` encoded and decoded by ``vae`` at its own size (no resizing beyond the VAE's)."""
+    import torch
+
+    from firered_core.images import to_pil, to_tensor
+
+    dtype = next(vae.parameters()).dtype
+    with torch.inference_mode():
+        latents = vae.encode(to_tensor(image, *image.size).to(dtype))
+        return to_pil(vae.decode(latents))
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from .bench_report import write_report
 
@@ -155,8 +187,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return pipe.edit(list(sample.sources), sample.instruction, steps=steps, true_cfg_scale=cfg, seed=index,
                          width=size[0], height=size[1]).image
 
+    def through_vae(sample: SyntheticSample, index: int) -> Image.Image:
+        return vae_round_trip(pipe.vae, sample.target)
+
     started = time.monotonic()
-    results, images = run_benchmark(edit, args.per_category, seed=args.seed)
+    results, images = run_benchmark(edit, args.per_category, seed=args.seed, ceiling=through_vae)
     summary = summarise(results)
     summary.update({"model": args.model or "firered-default", "steps": steps, "true_cfg_scale": cfg,
                     "per_category": args.per_category, "seed": args.seed,

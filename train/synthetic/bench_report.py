@@ -52,8 +52,9 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
     rows = []
     for task, f in summary["categories"].items():
         closer = "-" if f["closer_than_source"] is None else f"{100 * f['closer_than_source']:.0f}%"
+        ceiling = "-" if f.get("ceiling") is None else f"{100 * f['ceiling']:.0f}%"
         rows.append(f"<tr><td>{html.escape(task)}</td><td>{f['n']}</td><td>{100 * f['success']:.1f}%</td>"
-                    f"<td>{f['psnr_to_target']:.2f}</td><td>{closer}</td></tr>")
+                    f"<td>{f['psnr_to_target']:.2f}</td><td>{closer}</td><td>{ceiling}</td></tr>")
     overall = summary["overall"]
     sections = []
     for task, name in grids.items():
@@ -70,7 +71,7 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
             f"{summary.get('true_cfg_scale')}, {summary.get('per_category')} samples per category, "
             f"{summary.get('seconds')} s</p>"
             "<table><tr><th>category</th><th>n</th><th>success</th><th>PSNR to target</th>"
-            "<th>closer than source</th></tr>" + "".join(rows) + "</table>" + "".join(sections))
+            "<th>closer than source</th><th>ceiling (target through the VAE)</th></tr>" + "".join(rows) + "</table>" + "".join(sections))
 
 
 def write_report(out: Path, summary: dict[str, Any], results: Sequence[Any],
