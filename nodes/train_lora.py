@@ -4,13 +4,15 @@ preview.
 The pairs come from a folder in the trainer's layout or from two IMAGE batches with instructions
 (``train_lora_data``); the LoRA trains on the FIRERED_MODEL's transformer inside ComfyUI's process with the
 project's trainer (``train_lora_run``), and is written under a checked name, never over an existing file unless
-``overwrite`` is on (``train_lora_files``). ``resume`` continues an interrupted run from its newest checkpoint,
+``overwrite`` is on (``train_lora_files``). Like core ComfyUI's training node it also returns the model with the
+new LoRA on top, so one queued run can train and then edit with the result. ``resume`` continues an interrupted run from its newest checkpoint,
 exactly as if it had not stopped.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from .common import CATEGORY, FireRedNodeError
@@ -28,10 +30,11 @@ class FireRedTrainLoRA:
                    "models/loras/<lora_name>.safetensors, never over an existing file unless overwrite is on. "
                    "Interrupting keeps a checkpoint; resume continues it exactly.")
     CATEGORY = f"{CATEGORY}/training"
-    RETURN_TYPES = ("STRING", "IMAGE", "IMAGE")
-    RETURN_NAMES = ("lora_path", "loss_curve", "preview")
+    RETURN_TYPES = ("STRING", "IMAGE", "IMAGE", SOCKET)
+    RETURN_NAMES = ("lora_path", "loss_curve", "preview", "model")
     OUTPUT_TOOLTIPS = ("the written LoRA file", "training loss (and held-out loss) over steps",
-                       "source | result | target of the first pair, sampled with the trained LoRA")
+                       "source | result | target of the first pair, sampled with the trained LoRA",
+                       "the input model with the trained LoRA on top (strength 1): edit with it in the same run")
     FUNCTION = "train"
     OUTPUT_NODE = True
 
@@ -83,7 +86,7 @@ class FireRedTrainLoRA:
               rank: int, alpha: float, resolution: int, batch_size: int, seed: int, lora_name: str, resume: bool,
               overwrite: bool, source_images: Any = None, target_images: Any = None, lr_schedule: str = "constant",
               warmup_steps: int = 0, checkpoint_every: int = 100, preview_every: int = 0, preview_steps: int = 20,
-              unique_id: str | None = None) -> tuple[str, Any, Any]:
+              unique_id: str | None = None) -> tuple[str, Any, Any, FireRedModel]:
         if not isinstance(model, FireRedModel):
             raise FireRedNodeError(f"model: expected a FIRERED_MODEL from FireRed Model Loader, got "
                                    f"{type(model).__name__}")
@@ -92,7 +95,8 @@ class FireRedTrainLoRA:
                                             preview_steps)
         target = LoraTarget.plan(lora_name, bool(overwrite))
         with training_data(data_folder, source_images, target_images, instructions) as data:
-            return run_training(model, data, target, settings, bool(resume), unique_id)
+            path, curve, preview = run_training(model, data, target, settings, bool(resume), unique_id)
+        return path, curve, preview, model.with_lora(Path(path), 1.0)
 
 
 NODE_CLASSES = {"FireRedTrainLoRA": FireRedTrainLoRA}

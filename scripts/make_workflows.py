@@ -119,15 +119,15 @@ NOTES = {
                        "and the FireRed-Image-Edit model files chosen in FireRed Model Loader: the Lightning LoRA "
                        "is made for the 20B transformer, and the embedded 'firered-default' refuses it (other layer "
                        "shapes). The LoRA loader's report says how many layers it changed.\n\n" + MODEL_NOTE),
-    "train_lora_then_edit": ("Train a LoRA, then edit with it: two runs.\n\n1. Train: select FireRed Train "
-                             "LoRA and the three nodes to its right (Ctrl+drag a box around them), then right-click "
-                             "> Queue Selected Output Nodes. It learns the edit from the source/target pair "
-                             "(connect image batches for more pairs, or set data_folder to a folder of pairs, see "
-                             f"docs/DATA_FORMAT.md) and writes models/loras/{TRAINED_LORA}.safetensors, never over "
-                             "an existing file unless overwrite is on.\n2. Edit: press R (refresh) so the LoRA "
-                             "loader lists the new file, select Save Image and LoRA report, Queue Selected Output "
-                             "Nodes.\n\nNeeds: this plugin only. resolution 64 suits the embedded model (trained at "
-                             "64x64); use 1024 with FireRed-Image-Edit (which wants a GPU to train).\n\n"
+    "train_lora_then_edit": ("Train a LoRA, then edit with it, in one run: press Queue.\n\nFireRed Train LoRA "
+                             "learns the edit from the source/target pair (connect image batches for more pairs, or "
+                             "set data_folder to a folder of pairs, see docs/DATA_FORMAT.md), writes "
+                             f"models/loras/{TRAINED_LORA}.safetensors (never over an existing file unless overwrite "
+                             "is on: pick a new lora_name to train again) and hands FireRed Edit the model with the "
+                             "new LoRA on top. Later, load the file with FireRed LoRA Loader (press R so it lists "
+                             "the new file).\n\nNeeds: this plugin only. resolution 64 suits the embedded model "
+                             "(trained at 64x64); use 1024 with FireRed-Image-Edit (which wants a GPU to train)."
+                             "\n\n"
                              + MODEL_NOTE),
 }
 
@@ -235,19 +235,15 @@ def train_lora_then_edit() -> dict[str, Any]:
         node("loss", "PreviewImage", title="Loss curve", column=3),
         node("preview", "PreviewImage", title="Source | result | target", column=3),
         node("lora_path", "PreviewAny", title="LoRA file written", column=3),
-        node("lora", "FireRedLoraLoader", title="FireRed LoRA Loader (the trained LoRA)", min_width=340, column=4,
-             lora_name=f"{TRAINED_LORA}.safetensors", strength=1.0),
         node("edit", "FireRedEdit", min_width=400, column=4, instruction="Give the picture a warm golden tint",
              **sampling()),
         node("save", "SaveImage", column=5, filename_prefix="FireRed/trained_lora_edit"),
-        node("report", "PreviewAny", title="LoRA report", column=5),
     ], "links": [
         ["loader", "model", "train", "model"], ["source", "IMAGE", "train", "source_images"],
         ["target", "IMAGE", "train", "target_images"], ["train", "loss_curve", "loss", "images"],
         ["train", "preview", "preview", "images"], ["train", "lora_path", "lora_path", "source"],
-        ["loader", "model", "lora", "model"], ["lora", "model", "edit", "model"],
-        ["source", "IMAGE", "edit", "image1"], ["edit", "image", "save", "images"],
-        ["lora", "report", "report", "source"],
+        ["train", "model", "edit", "model"], ["source", "IMAGE", "edit", "image1"],
+        ["edit", "image", "save", "images"],
     ]}
 
 

@@ -8,8 +8,8 @@ to the server's input folder (tests/workflow_inputs.py). Files that cannot exist
 * the Lightning workflow's LoRA (the published 20B Lightning LoRA does not fit the embedded model) is a LoRA on
   every Linear layer of the embedded model, saved by ``firered_core.lora.save_lora`` under the workflow's file
   name; its loader's report must say that every key matched a layer;
-* the train-then-edit workflow runs in its two documented steps: the training node alone, then the edit branch
-  (``partial_execution_targets``, what "Queue Selected Output Nodes" sends), which loads the LoRA just written.
+* the train-then-edit workflow runs in one queued run: FireRed Train LoRA writes the LoRA and hands FireRed Edit
+  the model with it on top.
 
 To keep CI's CPU time small the graphs run with fewer steps and candidates (``FASTER``, ``TRAIN_FASTER``; empty
 them to run the files exactly as shipped). Also: an interrupt (POST /interrupt) during FireRed Train LoRA stops it
@@ -161,26 +161,23 @@ def test_workflow_runs(server: ComfyServer, name: str) -> None:
         assert any("every key matched a layer" in t for t in texts.values()), texts
 
 
-def test_train_then_edit_workflow_runs_in_its_two_steps(server: ComfyServer) -> None:
+def test_train_then_edit_workflow_trains_and_edits_in_one_run(server: ComfyServer) -> None:
     if "FireRedTrainLoRA" not in NODE_CLASS_MAPPINGS:
         pytest.skip("FireRedTrainLoRA is not part of the plugin yet")
     workflow = _load(WORKFLOWS_DIR / "train_lora_then_edit.json")
     api = _faster(to_api(workflow, server.object_info))  # type: ignore[attr-defined]
     (train_id,) = node_ids(workflow, "FireRedTrainLoRA")
+    (edit_id,) = node_ids(workflow, "FireRedEdit")
+    assert api[edit_id]["inputs"]["model"] == [train_id, 3]  # the edit runs on Train LoRA's model output
     lora_file = server.base_dir / "models" / "loras" / f"{TRAINED_LORA}.safetensors"
     lora_file.unlink(missing_ok=True)
-    # step 1: the training node and the previews it feeds; step 2: the edit branch (Save Image + LoRA report)
-    step1 = [train_id, *_downstream(workflow, train_id)]
-    trained = _run(server, api, targets=step1)
+    entry = _run(server, api)
     assert lora_file.is_file() and lora_file.stat().st_size > 0
-    previews = [i for i in step1 if i in node_ids(workflow, "PreviewImage")]
-    assert len(previews) == 2 and all(trained["outputs"].get(i, {}).get("images") for i in previews), trained
-    assert any(t.endswith(lora_file.name) for t in _text_outputs(trained, workflow).values()), trained["outputs"]
-    step2 = [*node_ids(workflow, "SaveImage"), *[i for i in node_ids(workflow, "PreviewAny") if i not in step1]]
-    edited = _run(server, api, targets=step2)
-    assert _check_saved_images(server, edited, workflow) >= 1
-    reports = [t for t in _text_outputs(edited, workflow).values() if t]
-    assert any("every key matched a layer" in t for t in reports), reports
+    previews = node_ids(workflow, "PreviewImage")
+    assert len(previews) == 2 and all(entry["outputs"].get(i, {}).get("images") for i in previews), entry
+    assert any(t.endswith(lora_file.name) for t in _text_outputs(entry, workflow).values()), entry["outputs"]
+    assert _check_saved_images(server, entry, workflow) >= 1
+    assert f"FireRed Train LoRA: {TRAINED_LORA}" in server.log  # trained in this run, not taken from a cache
 
 
 def test_interrupt_stops_training_within_one_step(server: ComfyServer) -> None:

@@ -89,7 +89,7 @@ def model() -> Any:
         return tiny_model()
 
 
-def train(model: Any, pairs: Path | None, **inputs: Any) -> tuple[str, torch.Tensor, torch.Tensor]:
+def train(model: Any, pairs: Path | None, **inputs: Any) -> tuple[str, torch.Tensor, torch.Tensor, Any]:
     values: dict[str, Any] = dict(
         data_folder=str(pairs) if pairs is not None else "", instructions="", steps=3, learning_rate=1e-3, rank=4,
         alpha=4.0, resolution=64, batch_size=2, seed=0, lora_name="tiny", resume=False, overwrite=False,
@@ -118,7 +118,7 @@ def test_trains_a_lora_that_loads_with_every_key_matched(comfy: Comfy, model: An
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "accelerate", None)  # ComfyUI does not ship it: training must not need it
     before = snapshot(model)
-    path, curve, preview = train(model, pairs, lora_name="colour swap")
+    path, curve, preview, with_lora = train(model, pairs, lora_name="colour swap")
 
     assert Path(path) == comfy.loras / "colour swap.safetensors"
     assert [p.name for p in comfy.loras.iterdir()] == ["colour swap.safetensors"]  # no temporary file left
@@ -138,6 +138,15 @@ def test_trains_a_lora_that_loads_with_every_key_matched(comfy: Comfy, model: An
     with torch.inference_mode():
         stacked, report = FireRedLoraLoader().load_lora(model, "colour swap.safetensors", 1.0)
     assert "every key matched" in report and f"{ADAPTED_LAYERS} layers changed" in report
+    # the model output: the input view plus the new LoRA at strength 1, the same as loading the file
+    assert with_lora.loaded is model.loaded and model.loras == ()
+    assert [(spec.path, spec.strength) for spec in with_lora.loras] == [(path, 1.0)]
+    with torch.inference_mode():
+        with_lora.prepare()
+        assert list(list_loras(transformer).values()) == [1.0]
+        assert with_lora.lora_report(with_lora.loras[0]).unmatched == []
+        model.prepare()  # the input view runs without it again
+    assert list_loras(transformer) == {}
     fresh = FireRedTransformer(TINY.transformer)
     core_report = apply_lora(fresh, path)
     assert core_report.unmatched == [] and core_report.applied == ADAPTED_LAYERS
@@ -155,7 +164,7 @@ def test_trains_on_image_inputs_and_overwrites_only_when_asked(comfy: Comfy, mod
     sources, targets = image_tensor(2, 64, 64, seed=1), image_tensor(2, 64, 64, seed=2)
     inputs = dict(source_images=sources, target_images=targets, instructions="make it brighter\nmake it darker",
                   steps=2, lora_name="from_images")
-    path, _, _ = train(model, None, **inputs)
+    path, _, _, _ = train(model, None, **inputs)
     first = tensors(path)
     assert set(Path(tempfile.gettempdir()).glob("firered-lora-pairs-*")) == temp_before  # pairs folder removed
 
@@ -163,7 +172,7 @@ def test_trains_on_image_inputs_and_overwrites_only_when_asked(comfy: Comfy, mod
         train(model, None, **inputs)
     assert tensors(path).keys() == first.keys() and all(torch.equal(tensors(path)[k], first[k]) for k in first)
 
-    path, _, _ = train(model, None, **{**inputs, "overwrite": True, "seed": 5, "instructions": "make it blue"})
+    path, _, _, _ = train(model, None, **{**inputs, "overwrite": True, "seed": 5, "instructions": "make it blue"})
     second = tensors(path)
     assert any(not torch.equal(second[k], first[k]) for k in first), "overwrite left the old LoRA"
 
@@ -209,7 +218,7 @@ def test_a_run_stopped_before_its_first_step_leaves_nothing(comfy: Comfy, model:
 
 @pytest.mark.slow
 def test_resume_after_an_interrupt_equals_an_uninterrupted_run(comfy: Comfy, model: Any, pairs: Path) -> None:
-    straight, _, _ = train(model, pairs, steps=4, lora_name="straight")
+    straight, _, _, _ = train(model, pairs, steps=4, lora_name="straight")
 
     comfy.fake.interrupt_after_polls = comfy.fake.polls + 2
     with pytest.raises(Interrupted):
@@ -221,7 +230,7 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(comfy: Comfy, mod
         train(model, pairs, steps=4, lora_name="resumed")
     with pytest.raises(FireRedNodeError, match="already at step 2"):
         train(model, pairs, steps=1, lora_name="resumed", resume=True)
-    resumed, curve, _ = train(model, pairs, steps=4, lora_name="resumed", resume=True)
+    resumed, curve, _, _ = train(model, pairs, steps=4, lora_name="resumed", resume=True)
 
     a, b = tensors(straight), tensors(resumed)
     assert a.keys() == b.keys() and len(a) == 3 * ADAPTED_LAYERS
@@ -230,7 +239,7 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(comfy: Comfy, mod
 
     # a stop during the last step's progress report leaves a finished checkpoint: resuming at it only exports
     Path(resumed).unlink()
-    again, _, preview = train(model, pairs, steps=4, lora_name="resumed", resume=True)
+    again, _, preview, _ = train(model, pairs, steps=4, lora_name="resumed", resume=True)
     assert all(torch.equal(a[k], v) for k, v in tensors(again).items())
     assert preview.shape[2] >= 3 * 64  # the run's last sample grid
 
