@@ -52,7 +52,7 @@ from firered_core.loading import (
 from firered_core.lora import apply_lora, merge_lora
 from firered_core.vae import FireRedVAE
 
-from .comfyui_harness import make_base_dir, require_comfyui, run_in_comfyui, start_server
+from .comfyui_harness import make_base_dir, require_comfyui, run_in_comfyui
 from .test_comfyui_lora import (
     _API_SNIPPET,
     CONFIG,
@@ -244,23 +244,13 @@ def test_lora_from_the_train_lora_node_loads_in_core_lora_loader_model_only(trai
                                                                               node_trained: dict) -> None:
     """The real server: UNETLoader -> core LoraLoaderModelOnly (the node's file) -> ModelSave; no "lora key not
     loaded", every trained layer patched, and the saved weights equal firered_core's merge of the same file."""
-    from .test_comfyui_lora import _graph
+    from .test_comfyui_lora import run_lora_graph
 
     lora = node_trained["lora"]
     assert lora.name == f"{NODE_LORA}.safetensors" and lora.parent.name == "loras"
     layers = _adapted_layers(lora)
     assert len(layers) == ADAPTERS, sorted(layers)
-    base = trained["model"].parents[2]
-    with start_server(base) as server:
-        info = server.get_json("/object_info")
-        assert lora.name in info["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
-        entry = server.wait_for(server.queue(_graph(lora.name)))
-        server_log = server.log
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    not_loaded = [line for line in server_log.splitlines() if any(m in line for m in NOT_LOADED)]
-    assert not not_loaded, not_loaded[:5]
-    saved = sorted((base / "output" / "diffusion_models").glob("merged*.safetensors"))
-    assert saved, "ModelSave wrote nothing"
+    saved = run_lora_graph(trained["model"].parents[2], lora.name)
     reference = load_transformer_file(trained["model"], dtype=torch.float32)
     base_weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
     report = merge_lora(reference, lora)
@@ -268,7 +258,7 @@ def test_lora_from_the_train_lora_node_loads_in_core_lora_loader_model_only(trai
     ours = reference.state_dict()
     prefix = "model.diffusion_model."
     worst, changed, smallest = 0.0, set(), float("inf")
-    with open_weights(saved[-1]) as src:
+    with open_weights(saved) as src:
         for key in src.keys():
             name = key[len(prefix):]
             if key.startswith(prefix) and name in ours:

@@ -131,3 +131,31 @@ def test_bad_vae_section_names_the_key(tmp_path: Path) -> None:
                                       f"--output_dir={tmp_path / 'run'}", "--vae.crop=48", "--vae.val_images=0"])
     with pytest.raises(ValueError, match="vae.crop"):
         VAETrainer(cfg).batch(0)
+
+
+def test_decoder_only_run_keeps_the_latents_exactly(tmp_path: Path) -> None:
+    """vae.train_parts: decoder continues an exported VAE with its encoder frozen: the latents (and the statistics
+    they are normalised with) stay bitwise the same, so a transformer trained on them stays valid."""
+    VAETrainer(_vae_cfg(tmp_path, steps=3)).run()
+    base = load_trained_vae(str(tmp_path / "run" / "export"))
+    cfg = _vae_cfg(tmp_path, steps=4, extra=(f"--model.vae_weights={tmp_path / 'run' / 'export'}",
+                                            "--vae.train_parts=decoder", f"--output_dir={tmp_path / 'decoder'}"))
+    trainer = VAETrainer(cfg)
+    names = {n for n, p in trainer.vae.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith("decoder.") for n in names)
+    assert sum(p.numel() for p in trainer.trainable) < sum(p.numel() for p in trainer.vae.parameters())
+    result = trainer.run()
+    tuned = load_trained_vae(str(tmp_path / "decoder" / "export"))
+    assert tuned.config == base.config  # same latents_mean / latents_std
+    x = trainer.batch(0)
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(x), base.encode(x))
+        assert not torch.equal(tuned.decode_raw(tuned.encode_raw(x)), base.decode_raw(base.encode_raw(x)))
+    assert result.steps == 4
+
+
+def test_decoder_only_needs_a_vae_to_start_from(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="vae.train_parts"):
+        load_config("default_vae", ["--vae.train_parts=encoder"])
+    with pytest.raises(Exception, match="needs model.vae_weights"):
+        VAETrainer(_vae_cfg(tmp_path, steps=1, extra=("--vae.train_parts=decoder",)))

@@ -32,9 +32,10 @@ from firered_core.loading import save_component_folder
 from firered_core.compact_vae import create_vae
 
 from .checkpoint import latest_checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data.record import BadSampleError, ImageRef
 from .data.skips import SkipLog
+from .model import load_trained_vae
 from .optim import build_lr_schedule, build_optimizer
 from .pixels import image_to_tensor
 from .records import read_records
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VAETrainer", "VAETrainResult"]
 
+_DECODER_PARTS = ("decoder.", "post_quant_conv.")  # CompactVAE and the Qwen-Image VAE: what decodes latents
 _MAX_REPLACEMENTS = 100  # consecutive undecodable images before the run gives up (the data is broken, not a file)
 
 
@@ -89,15 +91,45 @@ class VAETrainer:
         n_val = min(self.vcfg.val_images, len(images) // 10)
         self.val_images = [images[i] for i in order[:n_val]]
         self.train_images = [images[i] for i in order[n_val:]]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.vae = create_vae(get_preset(cfg.model.preset).vae)
+        self.vae = self._initial_vae()
         self.vae.train()
-        self.optimizer = build_optimizer(self.vae.parameters(), cfg.optim, torch.device("cpu"))
+        self.trainable = self._trainable()
+        self.optimizer = build_optimizer(self.trainable, cfg.optim, torch.device("cpu"))
         self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
         log.info("VAE run: %d training and %d held-back images, %.2fM parameters, %dx compression",
                  len(self.train_images), len(self.val_images), sum(p.numel() for p in self.vae.parameters()) / 1e6,
                  self.vae.spatial_compression)
+
+    def _initial_vae(self) -> torch.nn.Module:
+        """The preset's VAE, seeded, or the one in ``model.vae_weights`` (a VAE run's export) to continue from."""
+        if self.cfg.model.vae_weights is None:
+            if self.vcfg.train_parts != "all":
+                raise ConfigError(f"vae.train_parts: {self.vcfg.train_parts} needs model.vae_weights (the VAE whose "
+                                  "encoder stays frozen); a random encoder would never learn")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                return create_vae(get_preset(self.cfg.model.preset).vae)
+        vae = load_trained_vae(self.cfg.model.vae_weights)
+        log.info("VAE run starts from %s", self.cfg.model.vae_weights)
+        return vae
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        """The parameters ``vae.train_parts`` names; the rest are frozen (and kept out of the optimizer)."""
+        if self.vcfg.train_parts == "all":
+            return list(self.vae.parameters())
+        params = []
+        for name, p in self.vae.named_parameters():
+            p.requires_grad_(name.startswith(_DECODER_PARTS))
+            if p.requires_grad:
+                params.append(p)
+        if not params:
+            raise ConfigError(f"vae.train_parts: decoder: {type(self.vae).__name__} has no parameters under "
+                              f"{', '.join(_DECODER_PARTS)}")
+        return params
+
+    @property
+    def frozen_encoder(self) -> bool:
+        return self.vcfg.train_parts == "decoder"
 
     # -- data ----------------------------------------------------------------------------------------------------
 
@@ -135,6 +167,10 @@ class VAETrainer:
     # -- steps ---------------------------------------------------------------------------------------------------
 
     def _reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.frozen_encoder:
+            with torch.no_grad():
+                mu = self.vae.encode_raw(x)
+            return self.vae._decode_tile(mu), mu
         mu = self.vae.encode_raw(x)
         return self.vae._decode_tile(mu), mu  # unclamped, so the loss has a gradient everywhere
 
@@ -184,7 +220,7 @@ class VAETrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.vae.parameters(), cfg.optim.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
             self.optimizer.step()
             self.lr_schedule.step()
             step += 1
@@ -215,7 +251,10 @@ class VAETrainer:
         return tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
 
     def export(self, val_psnr: float | None) -> list[Path]:
-        mean, std = self.latent_stats()
+        if self.frozen_encoder:  # the latents did not change: keep the statistics they were normalised with
+            mean, std = tuple(self.vae.config.latents_mean), tuple(self.vae.config.latents_std)
+        else:
+            mean, std = self.latent_stats()
         self.vae.config = dataclasses.replace(self.vae.config, latents_mean=mean, latents_std=std)
         folder = save_component_folder(self.vae, self.out / "export" / "vae", overwrite=True)
         report = {"steps": self.cfg.schedule.max_steps, "val_psnr_db": val_psnr, "val_images": len(self.val_images),

@@ -5,7 +5,8 @@ FireRed reuses Qwen-Image's pretrained VAE; a project that trains a small model 
 autoencoder on every image of the data (sources and targets): L1 + MSE reconstruction of the posterior mean,
 with a small L2 pull on the latents instead of a KL term (sampling never happens in this project: ``encode``
 returns the mode). The other sections keep their meaning: ``optim`` (lr, betas, clipping, warm-up, schedule),
-``schedule.max_steps``, ``checkpoint`` (every, keep last, resume), ``logging.every_steps``, ``seed``.
+``schedule.max_steps``, ``checkpoint`` (every, keep last, resume), ``logging.every_steps``, ``seed``; with
+``model.vae_weights`` set the run starts from that VAE instead of the preset's random init.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 from .coerce import field_error
 
-__all__ = ["VAETrainConfig"]
+__all__ = ["VAETrainConfig", "TRAIN_PARTS"]
+
+TRAIN_PARTS = ("all", "decoder")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class VAETrainConfig:
     latent_l2: float = 1e-4  # keeps the posterior means small (the role the KL term plays in a real VAE)
     stats_images: int = 512  # images encoded at export to compute the per-channel latents_mean / latents_std
     val_images: int = 64  # held-back images whose reconstruction PSNR is logged (and written at the end)
+    # What trains: "all" (encoder and decoder), or "decoder" with the encoder frozen - for a VAE started from
+    # ``model.vae_weights``: its latents stay exactly as they were, so a transformer trained on them (and a latent
+    # cache made with them) stays valid while the decoder sharpens.
+    train_parts: str = "all"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "stats_images"):
@@ -44,5 +51,7 @@ class VAETrainConfig:
         for name in ("l1_weight", "mse_weight", "latent_l2"):
             if not getattr(self, name) >= 0:
                 raise field_error(name, f"must be >= 0, got {getattr(self, name)!r}")
+        if self.train_parts not in TRAIN_PARTS:
+            raise field_error("train_parts", f"must be one of {', '.join(TRAIN_PARTS)}, got {self.train_parts!r}")
         if self.l1_weight == 0 and self.mse_weight == 0:
             raise field_error("l1_weight", "l1_weight and mse_weight are both 0: nothing to train")
