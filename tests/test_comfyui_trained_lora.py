@@ -228,7 +228,7 @@ def node_trained(trained: dict, tmp_path_factory: pytest.TempPathFactory,
                                        get_preset("firered-1.0").scheduler)
         pipeline.reference_area = pipeline.output_area = 64 * 64
         model = FireRedModel(LoadedFireRed.wrap(pipeline, label="one-block"))
-        path, curve, preview = FireRedTrainLoRA().train(
+        path, curve, preview, _ = FireRedTrainLoRA().train(
             model, data_folder=str(pairs), instructions="", steps=NODE_STEPS, learning_rate=NODE_LR, rank=RANK,
             alpha=2.0, resolution=64, batch_size=2, seed=SEED, lora_name=NODE_LORA, resume=False, overwrite=False,
             preview_steps=1, checkpoint_every=100, unique_id="1")
