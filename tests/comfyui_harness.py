@@ -14,6 +14,9 @@ project's venv, so everything that imports ``comfy`` runs in a subprocess. A sni
 first on ``sys.path``, ComfyUI's command line parsed as if ``main.py --cpu`` had started it, ``INPUTS`` (the
 JSON-able dict passed in) and ``emit(obj)``, which hands one JSON-able result back.
 
+Every such process imports ``tests/netguard/sitecustomize.py`` first: a connection or name lookup beyond the
+loopback interface is refused and logged (``network_attempts`` finds the lines).
+
 The server gets a fresh ``--base-directory`` (models, custom_nodes, input, output, temp, user), whose
 ``custom_nodes/ComfyUI-FireRed`` is a symlink to this checkout, a free port on 127.0.0.1, and a log file; it is
 stopped by its PID (SIGTERM, then SIGKILL).
@@ -75,10 +78,20 @@ def require_comfyui() -> None:
     pytest.skip(reason)
 
 
+NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"
+NETGUARD_MARKER = "FIRERED-NETGUARD blocked"  # tests/netguard/sitecustomize.py's MARKER
+
+
 def _env() -> dict[str, str]:
+    """ComfyUI's environment: offline flags, and the network guard (tests/netguard) imported at start-up."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(NETGUARD_DIR))
     return env
+
+
+def network_attempts(text: str) -> list[str]:
+    """The guard's lines in a log: every network access a ComfyUI process tried (and was refused)."""
+    return [line for line in text.splitlines() if line.startswith(NETGUARD_MARKER)]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ import pytest
 
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-from .comfyui_harness import PLUGIN_LINK_NAME, REPO, require_comfyui, run_in_comfyui, start_server
+from .comfyui_harness import (
+    PLUGIN_LINK_NAME,
+    REPO,
+    network_attempts,
+    require_comfyui,
+    run_in_comfyui,
+    start_server,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +55,36 @@ def _declared(cls: type) -> dict[str, dict[str, str]]:
 def test_plugin_registers_nodes_at_all() -> None:
     assert len(NODE_CLASS_MAPPINGS) >= 6, sorted(NODE_CLASS_MAPPINGS)
     assert all(node_id.startswith("FireRed") for node_id in NODE_CLASS_MAPPINGS)
+
+
+def test_network_guard_is_active_in_comfyuis_processes() -> None:
+    """The guard the server runs under (tests/netguard) really refuses the network, and lets loopback through;
+    so an empty ``network_attempts`` in a server log means nothing tried to go out."""
+    result = run_in_comfyui("""
+import socket
+out = {}
+for name, call in (("connect", lambda: socket.create_connection(("192.0.2.1", 80), timeout=1)),
+                   ("lookup", lambda: socket.getaddrinfo("huggingface.co", 443))):
+    try:
+        call()
+        out[name] = "went through"
+    except OSError as exc:
+        out[name] = str(exc)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+client = socket.create_connection(server.getsockname(), timeout=5)
+out["loopback"] = "ok"
+client.close(); server.close()
+emit(out)
+""")
+    assert "blocked in the FireRed tests" in result["connect"] and "192.0.2.1" in result["connect"], result
+    assert "blocked in the FireRed tests" in result["lookup"] and "huggingface.co" in result["lookup"], result
+    assert result["loopback"] == "ok"
+
+
+def test_server_start_and_plugin_import_use_no_network(served: dict[str, Any]) -> None:
+    assert network_attempts(served["log"]) == []
 
 
 def test_server_log_shows_a_clean_plugin_import(served: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ import pytest
 from firered_core.default import is_available as default_model_shipped
 from nodes import NODE_CLASS_MAPPINGS
 
-from .comfyui_harness import REPO, ComfyServer, make_base_dir, require_comfyui, start_server
+from .comfyui_harness import REPO, ComfyServer, make_base_dir, network_attempts, require_comfyui, start_server
 from .comfyui_ws import EventStream
 from .workflow_convert import node_ids, to_api
 from .workflow_inputs import LIGHTNING_LORA, TRAINED_LORA, write_example_inputs
@@ -214,3 +214,9 @@ def test_interrupt_stops_training_within_one_step(server: ComfyServer) -> None:
     assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"])
     assert not (server.base_dir / "models" / "loras" / "interrupted_lora.safetensors").exists()
     log.info("training interrupted at step %d; stopped %.1f s later", at_interrupt, stopped_at - interrupted_at)
+
+
+def test_no_network_was_used_by_any_run(server: ComfyServer) -> None:
+    """Last in this module: every workflow above ran under the network guard (tests/netguard) without one
+    attempt to leave the machine - server start, plugin import, model loads, training, OCR and face models."""
+    assert network_attempts(server.log) == [], network_attempts(server.log)[:5]
