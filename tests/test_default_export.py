@@ -78,3 +78,43 @@ def test_export_never_replaces_silently_and_names_missing_inputs(parts: dict[str
         export_default(tmp_path / "nope.safetensors", parts["vae"], tmp_path / "m2", defaults=DEFAULTS)
     with pytest.raises(FileNotFoundError, match="vae_weights"):
         export_default(parts["transformer"], tmp_path / "novae", tmp_path / "m3", defaults=DEFAULTS)
+
+
+def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts: dict[str, Path],
+                                                                           tmp_path: Path) -> None:
+    """defaults.json travels with the folder: the CLI's and the benchmark's --model and the node's folder loader
+    use its area (a 64x64 model fed 1 MP references would be slow and wrong), and its steps / CFG."""
+    import subprocess
+    import sys
+
+    from firered_core.default import apply_defaults, pipe_defaults
+    from firered_train.synthetic.bench import _pipeline
+
+    out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
+    assert pipe_defaults(out) == DEFAULTS and pipe_defaults(tmp_path) == {}
+    pipe, tuned = _pipeline(str(out))
+    assert (pipe.output_area, pipe.reference_area, tuned) == (4096, 4096, DEFAULTS)
+    bare = FireRedEditPipeline.from_pretrained(out)
+    assert bare.reference_area != 4096  # the class's own default: the file is what changes it
+    with pytest.raises(ValueError, match="area must be >= 0"):
+        apply_defaults(bare, {"area": -1})
+
+    source = tmp_path / "in.png"
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(source)
+    proc = subprocess.run([sys.executable, "-m", "firered_core.cli", "edit", str(source), "--instruction",
+                           "make it blue", "--model", str(out), "-o", str(tmp_path / "out.png")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = pipe.output_size([Image.open(source)])
+    unset_w, unset_h = bare.output_size([Image.open(source)])
+    assert expected[0] * expected[1] <= 2 * DEFAULTS["area"] < unset_w * unset_h
+    assert Image.open(tmp_path / "out.png").size == expected  # about 4096 px, not the class's 1 MP
+    assert f"{DEFAULTS['steps']} steps" in proc.stdout
+
+
+def test_the_node_folder_loader_uses_the_folders_area(parts: dict[str, Path], tmp_path: Path) -> None:
+    from nodes.model_sources import Precision, _load_folder
+
+    out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
+    pipe = _load_folder(out, None, None, Precision.parse("float32"))
+    assert (pipe.output_area, pipe.reference_area) == (4096, 4096)

@@ -40,26 +40,39 @@ def is_available() -> bool:
     return (MODEL_DIR / "transformer").is_dir()
 
 
-def pipe_defaults() -> dict[str, Any]:
-    """The settings the default model was tuned for: ``steps``, ``true_cfg_scale``, ``area`` (output pixels)."""
+def pipe_defaults(folder: str | Path | None = None) -> dict[str, Any]:
+    """The settings a model folder was tuned for (its ``defaults.json``, written by ``firered export-default``):
+    ``steps``, ``true_cfg_scale``, ``area`` (output pixels). ``folder`` None: the embedded default. A folder
+    without the file (any other diffusers folder) gives ``{}``."""
     import json
 
-    path = model_dir() / "defaults.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    base = model_dir() if folder is None else Path(folder)
+    path = base / "defaults.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def apply_defaults(pipe: Any, tuned: dict[str, Any]) -> Any:
+    """Set ``pipe``'s output and reference areas to ``tuned["area"]`` (the resolution the model was trained at),
+    so inputs of any size are resized to it rather than run at 1 MP; no ``area``: unchanged. Returns ``pipe``."""
+    area = int(tuned.get("area", 0) or 0)
+    if area < 0:
+        raise ValueError(f"defaults.json: area must be >= 0 pixels, got {area}")
+    if area:
+        pipe.output_area = pipe.reference_area = area
+    return pipe
 
 
 def load_default_pipeline(dtype: Any = None, device: Any = None) -> Any:
-    """A ``FireRedEditPipeline`` over the embedded default (float32 on the CPU unless told otherwise).
-
-    The pipeline's output and reference areas are set to the resolution the model was trained at
-    (``defaults.json`` ``area``), so inputs of any size are resized to it rather than run at 1 MP.
-    """
+    """A ``FireRedEditPipeline`` over the embedded default (float32 on the CPU unless told otherwise), with the
+    areas of its ``defaults.json`` applied (``apply_defaults``)."""
     import torch
 
     from ..pipeline import FireRedEditPipeline
 
     pipe = FireRedEditPipeline.from_pretrained(model_dir(), dtype=dtype or torch.float32, device=device)
-    area = int(pipe_defaults().get("area", 0))
-    if area:
-        pipe.output_area = pipe.reference_area = area
-    return pipe
+    return apply_defaults(pipe, pipe_defaults())

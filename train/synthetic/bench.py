@@ -150,12 +150,13 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
 
 
 def _pipeline(model: str | None) -> tuple[Any, dict[str, Any]]:
-    from firered_core.default import load_default_pipeline, pipe_defaults
+    from firered_core.default import apply_defaults, load_default_pipeline, pipe_defaults
     from firered_core.pipeline import FireRedEditPipeline
 
     if model is None:
         return load_default_pipeline(), pipe_defaults()
-    return FireRedEditPipeline.from_pretrained(model), {}
+    tuned = pipe_defaults(model) if Path(model).is_dir() else {}  # the folder's own steps, CFG and trained area
+    return apply_defaults(FireRedEditPipeline.from_pretrained(model), tuned), tuned
 
 
 def vae_round_trip(vae: Any, image: Image.Image) -> Image.Image:
