@@ -68,14 +68,19 @@ def missing_reason() -> str | None:
     return None
 
 
-def require_comfyui() -> None:
-    """Skip the calling test when ComfyUI is not set up; fail instead when ``FIRERED_REQUIRE_COMFYUI`` is set."""
-    reason = missing_reason()
+def skip_or_fail(reason: str | None) -> None:
+    """Skip the calling test for ``reason`` (nothing when None); fail instead when ``FIRERED_REQUIRE_COMFYUI`` is
+    set, so missing test tools never pass silently in CI."""
     if reason is None:
         return
     if os.environ.get(REQUIRE_ENV, "").strip() not in ("", "0"):
         pytest.fail(f"{reason} ({REQUIRE_ENV} is set, so this is an error, not a skip)")
     pytest.skip(reason)
+
+
+def require_comfyui() -> None:
+    """Skip the calling test when ComfyUI is not set up; fail instead when ``FIRERED_REQUIRE_COMFYUI`` is set."""
+    skip_or_fail(missing_reason())
 
 
 NETGUARD_DIR = Path(__file__).resolve().parent / "netguard"

@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import pytest
 
-from .comfyui_harness import REPO, REQUIRE_ENV
+from .comfyui_harness import REPO, skip_or_fail
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +48,7 @@ def missing_reason() -> str | None:
 
 def require_frontend() -> None:
     """Skip when Chromium/playwright-core are absent; fail instead when ``FIRERED_REQUIRE_COMFYUI`` is set."""
-    reason = missing_reason()
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_ENV, "").strip() not in ("", "0"):
-        pytest.fail(f"{reason} ({REQUIRE_ENV} is set, so this is an error, not a skip)")
-    pytest.skip(reason)
+    skip_or_fail(missing_reason())
 
 
 class FrontendError(AssertionError):

@@ -11,7 +11,6 @@ floating-point sums differs.
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import subprocess
 from collections import defaultdict
@@ -20,25 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from firered_core.loading import open_weights
 from firered_train.config import ModelConfig
 from firered_train.model import build_components
 
-from tests.train_fixtures import cli, cli_env, make_pairs, tiny_overrides
+from tests.train_fixtures import cli, cli_env, free_port, make_pairs, read_tensors, tiny_overrides
 
 STEPS = 6
 SHAPES = re.compile(r"batch-shapes rank=(\d+) micro=(\d+) batch=(\d+) target=(\(.*?\)) sources=(\[.*?\])")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with open_weights(path) as src:
-        return {k: src.get(k) for k in src.keys()}
 
 
 @pytest.mark.slow
@@ -52,7 +39,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     subprocess.run(cli("train", "tiny_sft", *base, f"--output_dir={tmp_path / 'one'}",
                        "--data.sampler.token_budget=512"), check=True, env=env, timeout=300)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
               "-m", "firered_train.cli", "-vv", "train", "tiny_sft", *base, f"--output_dir={tmp_path / 'two'}",
               "--data.sampler.token_budget=256"]
     done = subprocess.run(launch, env=env, timeout=600, capture_output=True, text=True)
@@ -67,7 +54,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
         assert ranks[0] == ranks[1], f"step {micro}: rank 0 got {ranks[0]}, rank 1 got {ranks[1]}"
     assert len({r[0][1] for r in by_step.values()}) == 2, "both aspect buckets should have been drawn"
 
-    one, two = _tensors(tmp_path / "one" / "transformer.safetensors"), _tensors(tmp_path / "two" /
+    one, two = read_tensors(tmp_path / "one" / "transformer.safetensors"), read_tensors(tmp_path / "two" /
                                                                                 "transformer.safetensors")
     init = build_components(ModelConfig(preset="tiny"), seed=0, load_encoder=False).transformer.state_dict()
     assert one.keys() == two.keys() == init.keys()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,27 +19,15 @@ from typing import Any
 import pytest
 import torch
 
-from firered_core.loading import open_weights
 from firered_train.config import LoRAConfig, ModelConfig
 from firered_train.model import build_components, make_trainable
 from firered_train.sharding import materialize, meta_copy
 
-from tests.train_fixtures import cli, cli_env, make_pairs, tiny_overrides
+from tests.train_fixtures import cli, cli_env, free_port, make_pairs, read_tensors, tiny_overrides
 
 STEPS, EVERY = 6, 3
 SHARD = re.compile(r"fsdp shard rank=(\d+) local=(\d+) total=(\d+)( after \d+ steps)?")
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "ema.safetensors")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    with open_weights(path) as src:
-        return {k: src.get(k) for k in src.keys()}
 
 
 def _worst(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
@@ -56,7 +43,7 @@ def _val_losses(run: Path) -> dict[int, float]:
 def _fsdp(env: dict[str, str], args: list[str]) -> str:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "firered_train.cli", "-v", "train", "tiny_sft", *args]
+              "--main_process_port", str(free_port()), "-m", "firered_train.cli", "-v", "train", "tiny_sft", *args]
     done = subprocess.run(launch, env=env, timeout=900, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
@@ -97,14 +84,14 @@ def test_each_rank_holds_half_of_the_parameters(runs: dict[str, Any]) -> None:
 def test_two_fsdp_processes_match_one_process(runs: dict[str, Any]) -> None:
     root: Path = runs["root"]
     init = build_components(ModelConfig(preset="tiny"), seed=0, load_encoder=False).transformer.state_dict()
-    one, two = _tensors(root / "one" / "transformer.safetensors"), _tensors(root / "two" / "transformer.safetensors")
+    one, two = read_tensors(root / "one" / "transformer.safetensors"), read_tensors(root / "two" / "transformer.safetensors")
     moved = max(float((one[k] - init[k]).abs().max()) for k in one)
     worst = _worst(one, two)
     assert moved > 1e-3, "training did not change the weights"
     assert worst[0] < 1e-5, f"1 process vs 2 FSDP processes differ by {worst[0]:.3g} in {worst[1]}"
     final = f"checkpoints/step-{STEPS:06d}"
     for name in CHECKPOINT_FILES:  # the same checkpoint format, the same values up to summation order
-        assert _worst(_tensors(root / "one" / final / name), _tensors(root / "two" / final / name))[0] < 1e-5, name
+        assert _worst(read_tensors(root / "one" / final / name), read_tensors(root / "two" / final / name))[0] < 1e-5, name
     meta = [json.loads((root / run / final / "meta.json").read_text())["sections"] for run in ("one", "two")]
     assert meta[0]["optimizer"]["tree"] == meta[1]["optimizer"]["tree"]
     val_one, val_two = _val_losses(root / "one"), _val_losses(root / "two")
@@ -117,12 +104,12 @@ def test_resuming_an_fsdp_checkpoint_is_exact(runs: dict[str, Any]) -> None:
     root: Path = runs["root"]
     final = f"checkpoints/step-{STEPS:06d}"
     for name in CHECKPOINT_FILES:
-        straight, resumed = _tensors(root / "two" / final / name), _tensors(root / "resumed" / final / name)
+        straight, resumed = read_tensors(root / "two" / final / name), read_tensors(root / "resumed" / final / name)
         assert straight.keys() == resumed.keys()
         different = [k for k in straight if not torch.equal(straight[k], resumed[k])]
         assert not different, f"{name}: {len(different)} tensors differ after resuming at step {EVERY}"
-    assert torch.equal(_tensors(root / "two" / "transformer.safetensors")["img_in.weight"],
-                       _tensors(root / "resumed" / "transformer.safetensors")["img_in.weight"])
+    assert torch.equal(read_tensors(root / "two" / "transformer.safetensors")["img_in.weight"],
+                       read_tensors(root / "resumed" / "transformer.safetensors")["img_in.weight"])
 
 
 def test_meta_copy_takes_no_memory_and_materializes_a_lora_model() -> None:

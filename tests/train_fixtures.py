@@ -70,3 +70,20 @@ def cli_env(threads: int = 1) -> dict[str, str]:
 def cli(*args: str) -> list[str]:
     """The command line of ``firered <args>`` through the training commands' own entry module."""
     return [sys.executable, "-m", "firered_train.cli", *args]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for accelerate's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def read_tensors(path: Path) -> dict:
+    """Every tensor of a safetensors file, by key (read without pickle)."""
+    from firered_core.loading import open_weights
+
+    with open_weights(path) as src:
+        return {k: src.get(k) for k in src.keys()}
