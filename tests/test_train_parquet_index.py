@@ -4,34 +4,27 @@ one row group, when opened."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from firered_train.data import BadSampleError, SkipLog
 from firered_train.data.readers import iter_parquet_samples, parquet_index, shard_index
 from firered_train.data.readers.parquet import ParquetCell
 from firered_train.records import read_records
 
+from .shard_index_checks import damaged_index_is_rebuilt, png, second_read_uses_the_index, unwritable_folder_reads_lazily
+
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 
-def _png(width: int, height: int, value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (value, 255 - value, 9)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _rows(n: int, start: int = 0) -> list[dict[str, Any]]:
     return [{"id": f"s{i}", "task": ("add", "t2i")[i % 2], "instruction": f"edit {i}",
-             "instruction_cn": "改" if i % 3 == 0 else None, "target_image": _png(16 + i, 12, i * 20),
-             "source_image": [_png(8 + k, 8 + i, k * 50) for k in range(i % 3)]}
+             "instruction_cn": "改" if i % 3 == 0 else None, "target_image": png(16 + i, 12, i * 20),
+             "source_image": [png(8 + k, 8 + i, k * 50) for k in range(i % 3)]}
             for i in range(start, start + n)]
 
 
@@ -41,8 +34,8 @@ def _corpus(root: Path) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     first = _rows(7) + [{**_rows(1, 7)[0], "target_image": b"garbage"}]
     pq.write_table(pa.Table.from_pylist(first), root / "a.parquet", row_group_size=3)
-    second = [{"id": f"h{i}", "instruction": f"hf {i}", "target_image": {"bytes": _png(20, 10 + i, 3), "path": None},
-               "source_image": _png(6, 6 + i, 7)} for i in range(3)]
+    second = [{"id": f"h{i}", "instruction": f"hf {i}", "target_image": {"bytes": png(20, 10 + i, 3), "path": None},
+               "source_image": png(6, 6 + i, 7)} for i in range(3)]
     pq.write_table(pa.Table.from_pylist(second), root / "b.parquet", row_group_size=2)
     return [root / "a.parquet", root / "b.parquet"]
 
@@ -99,15 +92,7 @@ def test_an_image_read_touches_one_column_of_one_row_group(tmp_path: Path, monke
 def test_a_second_read_uses_the_index_and_counts_the_same_skips(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     _corpus(tmp_path)
-    first_skips, second_skips = SkipLog(), SkipLog()
-    first = read_records("parquet", str(tmp_path), skips=first_skips)
-
-    def no_scan(*_: object) -> None:
-        raise AssertionError("the shard was read again")
-
-    monkeypatch.setattr(parquet_index, "_scan", no_scan)
-    second = read_records("parquet", str(tmp_path), skips=second_skips)
-    assert second == first and second_skips.counts == first_skips.counts == {"undecodable_image": 1}
+    assert second_read_uses_the_index("parquet", tmp_path, parquet_index, monkeypatch) == {"undecodable_image": 1}
 
 
 def test_a_changed_shard_is_indexed_again(tmp_path: Path) -> None:
@@ -124,27 +109,13 @@ def test_a_changed_shard_is_indexed_again(tmp_path: Path) -> None:
 
 def test_a_damaged_index_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shards = _corpus(tmp_path)
-    expected = read_records("parquet", str(tmp_path))
-    shard_index.index_path(shards[1]).write_text('{"format": "firered-parquet-ind', encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
-        assert read_records("parquet", str(tmp_path)) == expected
-    assert "unreadable" in caplog.text
-    assert json.loads(shard_index.index_path(shards[1]).read_text(encoding="utf-8"))["format"] == \
-        "firered-parquet-index"
+    assert damaged_index_is_rebuilt("parquet", tmp_path, shards[1], caplog)["format"] == "firered-parquet-index"
 
 
 def test_an_unwritable_folder_still_reads_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     shards = _corpus(tmp_path)
-
-    def refuse(*_: object) -> None:
-        raise PermissionError("read-only")
-
-    monkeypatch.setattr(shard_index, "write_index", refuse)
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
-        records = read_records("parquet", str(tmp_path))
-    assert len(records) == 10 and records[0].target.data is None
-    assert "cannot write the index" in caplog.text and not shard_index.index_path(shards[0]).exists()
+    assert len(unwritable_folder_reads_lazily("parquet", tmp_path, shards[0], monkeypatch, caplog)) == 10
 
 
 def test_a_row_gone_since_indexing_is_a_bad_sample(tmp_path: Path) -> None:

@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from firered_train.data import EditRecord, ImageRef, SkipLog
-from firered_train.data.readers import iter_tar_samples, shard_index, tar_index, write_tar_shards
+from firered_train.data.readers import iter_tar_samples, tar_index, write_tar_shards
 from firered_train.records import read_records
 
-
-def _png(width: int, height: int, value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (value, 255 - value, 9)).save(buf, format="PNG")
-    return buf.getvalue()
+from .shard_index_checks import damaged_index_is_rebuilt, png, second_read_uses_the_index, unwritable_folder_reads_lazily
 
 
 def _corpus(root: Path, n: int = 7) -> list[Path]:
     records = [EditRecord(id=f"s{i}", task=("add", "t2i")[i % 2], instruction=f"edit {i}",
                           instruction_cn="改" if i % 3 == 0 else "",
-                          target=ImageRef.probe(_png(16 + i, 12, i * 20), f"s{i}"),
-                          sources=tuple(ImageRef.probe(_png(8 + k, 8 + i, k * 50), f"s{i}") for k in range(i % 3)))
+                          target=ImageRef.probe(png(16 + i, 12, i * 20), f"s{i}"),
+                          sources=tuple(ImageRef.probe(png(8 + k, 8 + i, k * 50), f"s{i}") for k in range(i % 3)))
                for i in range(n)]
     shards = write_tar_shards(records, root, samples_per_shard=4)
     with tarfile.open(shards[-1], "a") as tar:  # a broken sample at the end of the last shard
@@ -61,22 +55,14 @@ def test_index_is_written_next_to_each_shard_and_records_match_the_stream(tmp_pa
 def test_a_second_read_uses_the_index_and_counts_the_same_skips(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     _corpus(tmp_path)
-    first_skips, second_skips = SkipLog(), SkipLog()
-    first = read_records("webdataset", str(tmp_path), skips=first_skips)
-
-    def no_scan(*_: object) -> None:
-        raise AssertionError("the shard was read again")
-
-    monkeypatch.setattr(tar_index, "_scan", no_scan)
-    second = read_records("webdataset", str(tmp_path), skips=second_skips)
-    assert second == first and second_skips.counts == first_skips.counts == {"undecodable_image": 1}
+    assert second_read_uses_the_index("webdataset", tmp_path, tar_index, monkeypatch) == {"undecodable_image": 1}
 
 
 def test_a_changed_shard_is_indexed_again(tmp_path: Path) -> None:
     shards = _corpus(tmp_path)
     read_records("webdataset", str(tmp_path))
     with tarfile.open(shards[0], "a") as tar:  # one more good sample
-        for ext, data in (("tgt.png", _png(20, 20, 1)), ("txt", b"added later")):
+        for ext, data in (("tgt.png", png(20, 20, 1)), ("txt", b"added later")):
             info = tarfile.TarInfo(f"new.{ext}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -88,26 +74,13 @@ def test_a_changed_shard_is_indexed_again(tmp_path: Path) -> None:
 
 def test_a_damaged_index_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shards = _corpus(tmp_path)
-    expected = read_records("webdataset", str(tmp_path))
-    tar_index.index_path(shards[0]).write_text('{"format": "firered-tar-ind', encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
-        assert read_records("webdataset", str(tmp_path)) == expected
-    assert "unreadable" in caplog.text
-    assert json.loads(tar_index.index_path(shards[0]).read_text(encoding="utf-8"))["version"] == 1
+    assert damaged_index_is_rebuilt("webdataset", tmp_path, shards[0], caplog)["version"] == 1
 
 
 def test_an_unwritable_folder_still_reads_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     shards = _corpus(tmp_path)
-
-    def refuse(*_: object) -> None:
-        raise PermissionError("read-only")
-
-    monkeypatch.setattr(shard_index, "write_index", refuse)
-    with caplog.at_level(logging.WARNING, logger="firered_train.data.readers.shard_index"):
-        records = read_records("webdataset", str(tmp_path))
-    assert len(records) == 7 and records[0].target.data is None
-    assert "cannot write the index" in caplog.text and not tar_index.index_path(shards[0]).exists()
+    assert len(unwritable_folder_reads_lazily("webdataset", tmp_path, shards[0], monkeypatch, caplog)) == 7
 
 
 def test_compressed_shards_are_still_read_into_memory(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ column, what a perfect transformer would score with this VAE, i.e. how much of t
 spends.
 
 Public API: ``BenchSample``, ``run_benchmark``, ``summarise``, ``register_bench``, ``run_bench``,
-``vae_round_trip``.
+``share``, ``vae_round_trip``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .metrics import psnr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench", "vae_round_trip"]
+__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench", "share", "vae_round_trip"]
 
 EditFn = Callable[[SyntheticSample, int], Image.Image]  # (sample, seed) -> result image
 
@@ -87,7 +87,7 @@ def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0, tasks: Sequ
         source_db = psnr(sample.sources[0], sample.target) if sample.sources else None
         best = None
         if ceiling is not None:
-            best = check(list(sample.sources), ceiling(sample, i), sample.spec, target=sample.target).passed
+            best = check(list(sample.sources), ceiling(sample, i), sample.spec, scores=False).passed
         results.append(BenchSample(id=sample.id, task=sample.task, op=sample.op, instruction=sample.instruction,
                                    passed=verdict.passed, failures=list(verdict.failures),
                                    psnr_to_target=psnr(result, sample.target), source_psnr_to_target=source_db,
@@ -114,7 +114,8 @@ def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
     return {"categories": {task: figures(rows) for task, rows in by_task.items()}, "overall": figures(results)}
 
 
-def _share(value: float | None) -> str:
+def share(value: float | None) -> str:
+    """A fraction as a whole percentage, "-" when there is none (no sample with a source, no ceiling)."""
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
@@ -122,7 +123,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"{'category':<12} {'n':>4} {'success':>8} {'PSNR->tgt':>10} {'closer':>7} {'ceiling':>8}"]
     for task, f in summary["categories"].items():
         lines.append(f"{task:<12} {f['n']:>4} {100 * f['success']:>7.1f}% {f['psnr_to_target']:>9.2f}  "
-                     f"{_share(f['closer_than_source']):>6} {_share(f.get('ceiling')):>8}")
+                     f"{share(f['closer_than_source']):>6} {share(f.get('ceiling')):>8}")
     o = summary["overall"]
     if o.get("ceiling") is not None:
         lines.append(f"ceiling (exact targets through the VAE, same checks): {100 * o['ceiling']:.1f}%")

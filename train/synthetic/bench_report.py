@@ -22,6 +22,8 @@ from PIL import Image, ImageDraw
 
 from firered_core.loading.save import swap_into_place
 
+from .bench import share
+
 __all__ = ["write_report"]
 
 _PASS, _FAIL, _GAP = (40, 170, 60), (210, 40, 40), (255, 255, 255)
@@ -51,10 +53,9 @@ def _grid(rows: Sequence[tuple[Any, Image.Image, bool]], scale: int = 2, max_sou
 def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]) -> str:
     rows = []
     for task, f in summary["categories"].items():
-        closer = "-" if f["closer_than_source"] is None else f"{100 * f['closer_than_source']:.0f}%"
-        ceiling = "-" if f.get("ceiling") is None else f"{100 * f['ceiling']:.0f}%"
         rows.append(f"<tr><td>{html.escape(task)}</td><td>{f['n']}</td><td>{100 * f['success']:.1f}%</td>"
-                    f"<td>{f['psnr_to_target']:.2f}</td><td>{closer}</td><td>{ceiling}</td></tr>")
+                    f"<td>{f['psnr_to_target']:.2f}</td><td>{share(f['closer_than_source'])}</td>"
+                    f"<td>{share(f.get('ceiling'))}</td></tr>")
     overall = summary["overall"]
     sections = []
     for task, name in grids.items():
