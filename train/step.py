@@ -11,12 +11,14 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
 3. the transformer predicts ``v`` for the target tokens only (sources are clean conditioning, never noised);
 4. ``objectives.flow_matching_loss`` compares ``v`` with ``eps - x0`` (per-sample MSE, elements with
    ``|v - target|`` above ``objective.outlier_threshold`` left out, divided as ``objective.denominator`` says);
-   the step's loss is the mean over samples times ``batch.weight`` (0 for a placeholder batch).
+   the step's loss is the mean over samples times ``batch.weight`` (0 for a placeholder batch). With
+   ``objective.changed_token_weight`` > 0, target tokens that differ from Picture 1's (``changed_token_weights``)
+   weigh more (see ``ObjectiveConfig``).
 
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
 Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``seeded_levels``, ``velocity``, ``StepLoss``,
-``step_loss``.
+``step_loss``, ``changed_token_weights``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from .config import ObjectiveConfig
 from .distributed import sample_generator
 from .objectives import TimestepSampler, flow_matching_loss, flow_target, noisy_sample
 
-__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "velocity", "StepLoss", "step_loss"]
+__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "velocity", "StepLoss", "step_loss",
+           "changed_token_weights"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,18 @@ class StepLoss:
     n_masked: torch.Tensor  # [] int64, elements the outlier mask left out (.item() to log)
 
 
+def changed_token_weights(packed: PackedBatch, weight: float, threshold: float) -> torch.Tensor | None:
+    """``[B, N_t]``: ``1 + weight`` where a target token differs from Picture 1's token at the same place (mean
+    absolute difference of its elements above ``threshold``), else 1; None when ``weight`` is 0, there is no
+    source, or Picture 1's token grid is not the target's."""
+    target_shape, *source_shapes = packed.img_shapes
+    if weight == 0 or packed.refs is None or source_shapes[0] != target_shape:
+        return None
+    n = packed.x0.shape[1]
+    changed = (packed.x0.float() - packed.refs[:, :n].float()).abs().mean(-1) > threshold
+    return 1.0 + weight * changed.float()
+
+
 def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
               *, patch: int) -> StepLoss:
     """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller."""
@@ -95,7 +110,8 @@ def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch
     x0 = packed.x0  # [B, N_t, C*p*p]
     s = s.to(x0.device)
     v = velocity(model, noisy_sample(x0, noise, s), packed, batch, s.to(x0.dtype))
+    weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold)
     out = flow_matching_loss(v, flow_target(x0, noise), outlier_threshold=objective.outlier_threshold,
-                             denominator=objective.denominator)
+                             denominator=objective.denominator, token_weight=weights)
     return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(), s=s.detach(),
                     n_masked=out.n_masked)

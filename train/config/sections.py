@@ -208,10 +208,21 @@ class ObjectiveConfig:
     # What a sample's masked MSE is divided by. "kept": the elements the outlier mask kept (a true mean of the
     # remaining errors); "all": every element, a masked one counting as a zero error (the released code).
     denominator: Literal["kept", "all"] = "kept"
+    # Edit-region weighting (this project's, not the report's; 0 = off): a target token whose latent differs from
+    # Picture 1's token at the same place (mean |difference| over its elements above ``changed_token_threshold``,
+    # in normalised latent units) counts ``1 + changed_token_weight`` times in its sample's loss. In an edit most
+    # tokens are copied from the source; this puts more of the gradient on the part that changes. Samples
+    # without a source, or whose Picture 1 has another token grid, are weighted uniformly.
+    changed_token_weight: float = 0.0
+    changed_token_threshold: float = 0.1
 
     def __post_init__(self) -> None:
         if self.outlier_threshold is not None:
             _positive(self, "outlier_threshold")
+        _non_negative(self, "changed_token_weight")
+        _positive(self, "changed_token_threshold")
+        if not math.isfinite(self.changed_token_weight):
+            raise field_error("changed_token_weight", f"must be finite, got {self.changed_token_weight!r}")
         if self.denominator not in ("kept", "all"):
             raise field_error("denominator", f"must be 'kept' or 'all', got {self.denominator!r}")
 

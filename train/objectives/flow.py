@@ -21,6 +21,10 @@ diverging run is noticed rather than silently masked. Masked elements get an exa
 The token mask. ``token_mask [B, N]`` (1 / True = a real target token, 0 = padding) removes padding tokens from both
 the numerator and the denominator, so a sample's loss is the mean over its own tokens only.
 
+Token weights. ``token_weight [B, N]`` (>= 0) multiplies each token's squared errors in the numerator only: a token
+of weight 4 counts like four tokens' errors while the denominator still counts it once, so a sample whose tokens
+all weigh 1 has exactly the unweighted loss (the edit-region weighting of ``firered_train.step``).
+
 Reductions over the batch (after optional per-sample ``weighting [B]``, e.g. an SD3-style loss weighting or a
 DPO/NFT coefficient; FireRed uses none with logit-normal sampling):
 
@@ -128,8 +132,11 @@ def _check_shapes(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Te
 
 
 def _masked_sums(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor | None,
-                 outlier_threshold: float | None) -> _Sums:
+                 outlier_threshold: float | None, token_weight: torch.Tensor | None = None) -> _Sums:
     _check_shapes(pred, target, token_mask)
+    if token_weight is not None and tuple(token_weight.shape) != tuple(pred.shape[:2]):
+        raise ValueError(f"flow loss: token_weight must be [B, N] = {tuple(pred.shape[:2])}, "
+                         f"got {tuple(token_weight.shape)}")
     if outlier_threshold is not None and not outlier_threshold > 0:
         raise ValueError(f"flow loss: outlier_threshold must be > 0 or None, got {outlier_threshold!r}")
     diff = pred.float() - target.float()  # [B, N, D]
@@ -144,7 +151,11 @@ def _masked_sums(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Ten
     # Zero the dropped errors *before* squaring: multiplying a squared inf by 0 would give NaN in the value and
     # in the gradient, where() on the error keeps both exactly 0.
     kept_diff = torch.where(keep, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
-    return _Sums(squared=kept_diff.square().flatten(1).sum(1),
+    squared = kept_diff.square()
+    if token_weight is not None:
+        squared = squared * token_weight.to(device=diff.device, dtype=diff.dtype).reshape(
+            *token_weight.shape, *([1] * (diff.ndim - 2)))
+    return _Sums(squared=squared.flatten(1).sum(1),
                  kept=keep.flatten(1).sum(1), counted=counted.flatten(1).sum(1))
 
 
@@ -174,14 +185,15 @@ def _check_weighting(weighting: torch.Tensor | None, batch: int) -> None:
 def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor, *, token_mask: torch.Tensor | None = None,
                        outlier_threshold: float | None = FIRERED_OUTLIER_THRESHOLD,
                        weighting: torch.Tensor | None = None, reduction: Reduction = "mean",
-                       denominator: Denominator = "all") -> LossOutput:
+                       denominator: Denominator = "all", token_weight: torch.Tensor | None = None) -> LossOutput:
     """The batch loss of ``pred [B, N, D]`` against ``target = eps - x0`` (see the module docstring).
 
     ``token_mask [B, N]``: 1 for target tokens, 0 for padding. ``outlier_threshold``: elements with
     ``|pred - target|`` above it are dropped (None keeps all). ``weighting [B]``: per-sample factors applied before
     the reduction (``per_sample`` stays unweighted). ``reduction``: "mean" | "token_mean" | "sum".
+    ``token_weight [B, N]``: per-token factors on the squared errors (numerator only; ``per_sample`` includes them).
     """
-    sums = _masked_sums(pred, target, token_mask, outlier_threshold)
+    sums = _masked_sums(pred, target, token_mask, outlier_threshold, token_weight)
     per_sample = _per_sample(sums, denominator)
     batch = per_sample.shape[0]
     _check_weighting(weighting, batch)
