@@ -209,7 +209,7 @@ def run_edit(args: argparse.Namespace) -> int:
         from .default import apply_defaults, pipe_defaults
 
         pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
-        tuned = pipe_defaults(model) if isinstance(model, Path) and model.is_dir() else {}  # export-default folder
+        tuned = pipe_defaults(model)  # a folder from firered export-default: its steps, CFG and trained area
         apply_defaults(pipe, tuned)
     args.steps = args.steps if args.steps is not None else int(tuned.get("steps", 40))
     args.cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 4.0))

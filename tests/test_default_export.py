@@ -92,6 +92,8 @@ def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts
 
     out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
     assert pipe_defaults(out) == DEFAULTS and pipe_defaults(tmp_path) == {}
+    # other model sources (a weights file, a list of component files) have no defaults
+    assert pipe_defaults(parts["transformer"]) == {} and pipe_defaults([parts["transformer"], parts["vae"]]) == {}
     pipe, tuned = _pipeline(str(out))
     assert (pipe.output_area, pipe.reference_area, tuned) == (4096, 4096, DEFAULTS)
     bare = FireRedEditPipeline.from_pretrained(out)

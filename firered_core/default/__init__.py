@@ -40,12 +40,15 @@ def is_available() -> bool:
     return (MODEL_DIR / "transformer").is_dir()
 
 
-def pipe_defaults(folder: str | Path | None = None) -> dict[str, Any]:
+def pipe_defaults(folder: Any = None) -> dict[str, Any]:
     """The settings a model folder was tuned for (its ``defaults.json``, written by ``firered export-default``):
-    ``steps``, ``true_cfg_scale``, ``area`` (output pixels). ``folder`` None: the embedded default. A folder
-    without the file (any other diffusers folder) gives ``{}``."""
+    ``steps``, ``true_cfg_scale``, ``area`` (output pixels). ``folder`` None: the embedded default. Any other model
+    source - a folder without the file, a single weights file, a list of files - gives ``{}``."""
     import json
+    import os
 
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        return {}  # a list of component files has no defaults.json
     base = model_dir() if folder is None else Path(folder)
     path = base / "defaults.json"
     if not path.is_file():

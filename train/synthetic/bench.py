@@ -156,7 +156,7 @@ def _pipeline(model: str | None) -> tuple[Any, dict[str, Any]]:
 
     if model is None:
         return load_default_pipeline(), pipe_defaults()
-    tuned = pipe_defaults(model) if Path(model).is_dir() else {}  # the folder's own steps, CFG and trained area
+    tuned = pipe_defaults(model)  # a folder from firered export-default: its steps, CFG and trained area
     return apply_defaults(FireRedEditPipeline.from_pretrained(model), tuned), tuned
 
 
