@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CompactVAEConfig, VAEConfig
+from .config import CompactVAEConfig, PixelVAEConfig, VAEConfig
 from .latent_norm import LatentNormalization
 from .progress import CancelFn, ProgressFn, check_cancel
 
@@ -139,11 +139,15 @@ class CompactVAE(LatentNormalization, nn.Module):
             raise ValueError(f"CompactVAE.{where}: expected latents [B, {self.z_dim}, h, w], got {tuple(z.shape)}")
 
 
-def create_vae(config: VAEConfig | CompactVAEConfig, *, device: torch.device | str | None = None,
+def create_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, *, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None) -> nn.Module:
-    """The VAE module a config describes: ``FireRedVAE`` (Qwen-Image) or ``CompactVAE``."""
+    """The VAE module a config describes: ``FireRedVAE`` (Qwen-Image), ``CompactVAE`` or ``PixelVAE``."""
     if isinstance(config, CompactVAEConfig):
         return CompactVAE(config, device=device, dtype=dtype)
+    if isinstance(config, PixelVAEConfig):
+        from .pixel_vae import PixelVAE
+
+        return PixelVAE(config, device=device, dtype=dtype)
     from .vae import FireRedVAE
 
     return FireRedVAE(config, device=device, dtype=dtype)

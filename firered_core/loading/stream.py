@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from ..config import CompactVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
+from ..config import CompactVAEConfig, PixelVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
@@ -250,15 +250,16 @@ def build_transformer(config: TransformerConfig, source: TensorSource, *, source
     return model.eval()
 
 
-def build_vae(config: VAEConfig | CompactVAEConfig, source: TensorSource, *, source_name: str, key_map: KeyMap | None = None,
-              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-              ops: SimpleNamespace = DEFAULT_OPS, strict: bool = True) -> FireRedVAE:
-    """A ``FireRedVAE`` (or, for a ``CompactVAEConfig``, a ``CompactVAE``) built on meta and filled from ``source``
-    (always in ``dtype``: convolutions are never fp8)."""
-    if isinstance(config, CompactVAEConfig):
-        from ..compact_vae import CompactVAE
+def build_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, source: TensorSource, *, source_name: str,
+              key_map: KeyMap | None = None, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None, ops: SimpleNamespace = DEFAULT_OPS,
+              strict: bool = True) -> FireRedVAE:
+    """A ``FireRedVAE`` (or, for a ``CompactVAEConfig`` / ``PixelVAEConfig``, a ``CompactVAE`` / ``PixelVAE``)
+    built on meta and filled from ``source`` (always in ``dtype``: convolutions are never fp8)."""
+    if isinstance(config, (CompactVAEConfig, PixelVAEConfig)):
+        from ..compact_vae import create_vae
 
-        model = CompactVAE(config, device="meta", dtype=dtype)
+        model = create_vae(config, device="meta", dtype=dtype)
     else:
         model = FireRedVAE(config, ops=ops, device="meta", dtype=dtype)
     load_into(model, source, source_name=source_name, key_map=key_map, dtype=dtype, strict=strict, device=device)

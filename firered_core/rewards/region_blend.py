@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..images import ensure_rgb, to_pil, to_tensor
+from ..placement import compute_dtype, module_device
 
 __all__ = ["blend_latents", "encode_source", "keep_region"]
 
@@ -30,19 +31,11 @@ def blend_latents(edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor
     return m * source + (1 - m) * edited
 
 
-def _compute_dtype(module: torch.nn.Module) -> torch.dtype:
-    # fp8 storage computes in the first wide floating dtype, as the pipeline does
-    for p in module.parameters():
-        if p.is_floating_point() and p.dtype.itemsize > 1:
-            return p.dtype
-    return torch.float32
-
-
 def encode_source(vae: torch.nn.Module, source: Image.Image, width: int, height: int) -> torch.Tensor:
     """``source`` resized to ``width`` x ``height`` and VAE-encoded like a pipeline reference: [1, C, h, w]."""
-    device = next(iter(vae.parameters())).device
+    device = module_device(vae)
     with torch.inference_mode():
-        pixels = to_tensor(ensure_rgb(source, name="source image"), width, height).to(device, _compute_dtype(vae))
+        pixels = to_tensor(ensure_rgb(source, name="source image"), width, height).to(device, compute_dtype(vae))
         return vae.encode(pixels)  # [1, C, height/f, width/f], normalised
 
 

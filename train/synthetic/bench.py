@@ -165,8 +165,9 @@ def vae_round_trip(vae: Any, image: Image.Image) -> Image.Image:
     import torch
 
     from firered_core.images import to_pil, to_tensor
+    from firered_core.placement import compute_dtype
 
-    dtype = next(vae.parameters()).dtype
+    dtype = compute_dtype(vae)
     with torch.inference_mode():
         latents = vae.encode(to_tensor(image, *image.size).to(dtype))
         return to_pil(vae.decode(latents))
