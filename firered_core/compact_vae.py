@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CompactVAEConfig, PixelVAEConfig, VAEConfig
-from .latent_norm import LatentNormalization
-from .progress import CancelFn, ProgressFn, check_cancel
+from .latent_norm import WholeImageVAE
 
 __all__ = ["CompactVAE", "create_vae"]
 
@@ -81,7 +80,7 @@ class _Decoder(nn.Module):
         return self.conv_out(h)
 
 
-class CompactVAE(LatentNormalization, nn.Module):
+class CompactVAE(WholeImageVAE, nn.Module):
     """A small deterministic convolutional autoencoder behind the ``FireRedVAE`` interface."""
 
     def __init__(self, config: CompactVAEConfig, *, device: torch.device | str | None = None,
@@ -106,25 +105,9 @@ class CompactVAE(LatentNormalization, nn.Module):
         self._check_images(images)
         return self.encoder(images)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.encode_raw(images))
-
     def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents -> unclamped images (the training path)."""
         return self.decoder(z)
-
-    def decode_raw(self, z: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
-                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
-        self._check_latents(z, "decode")
-        check_cancel(cancel, "VAE decode")
-        out = self._decode_tile(z).clamp(-1.0, 1.0)
-        if progress is not None:
-            progress(1, 1, None)
-        return out
-
-    def decode(self, latents: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
-               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
-        return self.decode_raw(self.denormalize(latents), progress=progress, cancel=cancel)
 
     def _check_images(self, images: torch.Tensor) -> None:
         f = self.spatial_compression
@@ -133,10 +116,6 @@ class CompactVAE(LatentNormalization, nn.Module):
                              f"{tuple(images.shape)}")
         if images.shape[-2] % f or images.shape[-1] % f:
             raise ValueError(f"CompactVAE.encode: H and W must be multiples of {f}, got {tuple(images.shape[-2:])}")
-
-    def _check_latents(self, z: torch.Tensor, where: str) -> None:
-        if z.ndim != 4 or z.shape[1] != self.z_dim:
-            raise ValueError(f"CompactVAE.{where}: expected latents [B, {self.z_dim}, h, w], got {tuple(z.shape)}")
 
 
 def create_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, *, device: torch.device | str | None = None,

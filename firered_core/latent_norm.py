@@ -1,17 +1,24 @@
-"""Per-channel latent normalisation shared by every VAE of the project (``vae.FireRedVAE``, ``CompactVAE``).
+"""Per-channel latent normalisation shared by every VAE of the project (``vae.FireRedVAE``, ``CompactVAE``,
+``PixelVAE``).
 
 Outside a VAE, latents are always normalised: ``(z - latents_mean) / latents_std`` with the statistics stored in
 the VAE's config. A class using the mixin provides ``config.latents_mean``, ``config.latents_std``, ``z_dim`` and
 ``_check_latents(z, where)``.
 
-Public API: ``LatentNormalization``.
+``WholeImageVAE`` adds, on top of it, the public encode/decode of a VAE that decodes a latent in one piece
+(``CompactVAE``, ``PixelVAE``): the class provides ``encode_raw`` and ``_decode_tile`` (raw latents -> unclamped
+images).
+
+Public API: ``LatentNormalization``, ``WholeImageVAE``.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["LatentNormalization"]
+from .progress import CancelFn, ProgressFn, check_cancel
+
+__all__ = ["LatentNormalization", "WholeImageVAE"]
 
 
 class LatentNormalization:
@@ -36,3 +43,32 @@ class LatentNormalization:
         mean, std = self._stats(z)
         # the reference divides by the reciprocal std rather than multiplying; keep its rounding
         return z / (1.0 / std) + mean
+
+
+class WholeImageVAE(LatentNormalization):
+    """``encode`` / ``decode`` / ``decode_raw`` of a VAE without tiling (tiling options are accepted and ignored)."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [-1, 1] -> normalised latents."""
+        return self.normalize(self.encode_raw(images))  # type: ignore[attr-defined]
+
+    def decode_raw(self, z: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+        """Raw latents -> images clamped to [-1, 1]."""
+        self._check_latents(z, "decode")
+        check_cancel(cancel, "VAE decode")
+        out = self._decode_tile(z).clamp(-1.0, 1.0)  # type: ignore[attr-defined]
+        if progress is not None:
+            progress(1, 1, None)
+        return out
+
+    def decode(self, latents: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+        """Normalised latents -> images clamped to [-1, 1]."""
+        return self.decode_raw(self.denormalize(latents), progress=progress, cancel=cancel)
+
+    def _check_latents(self, z: torch.Tensor, where: str) -> None:
+        z_dim = self.z_dim  # type: ignore[attr-defined]
+        if z.ndim != 4 or z.shape[1] != z_dim:
+            raise ValueError(f"{type(self).__name__}.{where}: expected latents [B, {z_dim}, h, w], got "
+                             f"{tuple(z.shape)}")

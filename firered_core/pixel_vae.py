@@ -26,13 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PixelVAEConfig
-from .latent_norm import LatentNormalization
-from .progress import CancelFn, ProgressFn, check_cancel
+from .latent_norm import WholeImageVAE
 
 __all__ = ["PixelVAE"]
 
 
-class PixelVAE(LatentNormalization, nn.Module):
+class PixelVAE(WholeImageVAE, nn.Module):
     """Space-to-depth encoder and depth-to-space decoder behind the ``FireRedVAE`` interface."""
 
     def __init__(self, config: PixelVAEConfig, *, device: torch.device | str | None = None,
@@ -60,26 +59,6 @@ class PixelVAE(LatentNormalization, nn.Module):
             raise ValueError(f"PixelVAE.encode: H and W must be multiples of {f}, got {tuple(images.shape[-2:])}")
         return F.pixel_unshuffle(images, f)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.encode_raw(images))
-
     def _decode_tile(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents -> unclamped images."""
         return F.pixel_shuffle(z, self.config.factor)
-
-    def decode_raw(self, z: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
-                   progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
-        self._check_latents(z, "decode")
-        check_cancel(cancel, "VAE decode")
-        out = self._decode_tile(z).clamp(-1.0, 1.0)
-        if progress is not None:
-            progress(1, 1, None)
-        return out
-
-    def decode(self, latents: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
-               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
-        return self.decode_raw(self.denormalize(latents), progress=progress, cancel=cancel)
-
-    def _check_latents(self, z: torch.Tensor, where: str) -> None:
-        if z.ndim != 4 or z.shape[1] != self.z_dim:
-            raise ValueError(f"PixelVAE.{where}: expected latents [B, {self.z_dim}, h, w], got {tuple(z.shape)}")
