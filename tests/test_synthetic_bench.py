@@ -11,7 +11,8 @@ from PIL import Image
 
 from firered_train.synthetic import TASK_OPS
 from firered_train.synthetic.bench import format_table, run_benchmark, summarise
-from firered_train.synthetic.bench_report import write_report
+from firered_train.synthetic.bench_report import (TABLE_END, TABLE_START, markdown_table, update_marked_table,
+                                                  write_report)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_report_folder_is_complete_and_never_silently_replaced(tmp_path: Path, g
     data = json.loads((out / "results.json").read_text())
     assert len(data["samples"]) == 2 * len(TASK_OPS) and data["summary"]["overall"]["success"] == 0.0
     assert "overall 0.0%" in (out / "report.html").read_text()
+    assert (out / "table.md").read_text() == markdown_table(summary) + "\n"
     with pytest.raises(FileExistsError):
         write_report(tmp_path / "report", summary, results, images)
     write_report(tmp_path / "report", summary, results, images, overwrite=True)
@@ -91,3 +93,29 @@ def test_bench_command_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="overwrite"):
         run(parser.parse_args(["synthetic", "--out", str(tmp_path / "r")]))
     assert (tmp_path / "r" / "keep.txt").read_text() == "mine"
+    (tmp_path / "doc.md").write_text("no markers here\n")
+    with pytest.raises(ValueError, match="doc.md: no <!-- bench-table:start -->"):
+        run(parser.parse_args(["synthetic", "--out", str(tmp_path / "new"), "--update-tables",
+                               str(tmp_path / "doc.md")]))
+    assert not (tmp_path / "new").exists()  # refused before any benchmarking
+
+
+def test_the_markdown_table_replaces_only_the_marked_block(tmp_path: Path, graded: dict[str, tuple]) -> None:
+    table = markdown_table(summarise(graded["perfect"][0]))
+    rows = table.splitlines()
+    assert rows[0].startswith("| category | n | success") and len(rows) == 2 + len(TASK_OPS) + 1
+    assert "| color | 2 | 100.0% |" in table and rows[-1].startswith("| **overall** | 26 | **100.0%** |")
+    assert "100.0% of 24 edits with a source" in rows[-1]  # text-to-image samples have no source
+    doc = tmp_path / "README.md"
+    doc.write_text(f"# Title\nbefore\n{TABLE_START}\n| old | table |\n{TABLE_END}\nafter\n")
+    update_marked_table(doc, table)
+    assert doc.read_text() == f"# Title\nbefore\n{TABLE_START}\n{table}\n{TABLE_END}\nafter\n"
+    update_marked_table(doc, "| new |")  # again: the markers stay, one block
+    assert doc.read_text() == f"# Title\nbefore\n{TABLE_START}\n| new |\n{TABLE_END}\nafter\n"
+    broken_docs = (f"{TABLE_START}\nno end\n", f"{TABLE_END}\n{TABLE_START}\n", f"{TABLE_START}{TABLE_START}{TABLE_END}")
+    for broken in broken_docs:
+        doc.write_text(broken)
+        with pytest.raises(ValueError, match="exactly one"):
+            update_marked_table(doc, table)
+        assert doc.read_text() == broken  # a document it cannot update is left as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary files left

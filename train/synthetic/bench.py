@@ -6,8 +6,9 @@ the result is graded by the category's programmatic check (``checks.check``: the
 was asked, nothing else changed) and scored with PSNR/SSIM to the target and to the source. Printed: a table per
 category (success rate, mean PSNR to target, share of results closer to the target than the unedited source)
 and a last line ``overall NN.N%`` (successes over all graded samples). Written to ``--out``: ``results.json``
-(every sample's verdict, failures and metrics), ``report.html`` and one ``grid_<category>.png`` per category
-(rows: sources | result | target).
+(every sample's verdict, failures and metrics), ``report.html``, ``table.md`` (the table in Markdown) and one
+``grid_<category>.png`` per category (rows: sources | result | target). ``--update-tables DOC...`` also puts the
+Markdown table between the bench-table markers of those documents (the README, the model card).
 
 "Closer to the target than the source" compares PSNR(result, target) with PSNR(Picture 1, target); text-to-
 image samples have no source and are left out of that share.
@@ -147,6 +148,9 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--seed", type=int, default=0, help="held-out sample seed (default 0)")
     parser.add_argument("--out", default="outputs/bench_synthetic", help="report folder (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    parser.add_argument("--update-tables", nargs="+", default=(), metavar="DOC",
+                        help="after the run, put the Markdown table between the bench-table markers of these "
+                        "documents (e.g. README.md firered_core/default/MODEL_CARD.md)")
     return run_bench
 
 
@@ -174,10 +178,13 @@ def vae_round_trip(vae: Any, image: Image.Image) -> Image.Image:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench_report import write_report
+    from .bench_report import TABLE_START, markdown_table, update_marked_table, write_report
 
     if args.per_category < 1:
         raise ValueError(f"--per-category must be >= 1, got {args.per_category}")
+    for doc in args.update_tables:  # refused before an hour of benchmarking, not after
+        if TABLE_START not in Path(doc).read_text(encoding="utf-8"):
+            raise ValueError(f"--update-tables {doc}: no {TABLE_START} line in it")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the report")
@@ -200,6 +207,9 @@ def run_bench(args: argparse.Namespace) -> int:
                     "per_category": args.per_category, "seed": args.seed,
                     "seconds": round(time.monotonic() - started, 1)})
     write_report(out, summary, results, images, overwrite=args.overwrite)
+    for doc in args.update_tables:
+        update_marked_table(Path(doc), markdown_table(summary))
+        log.info("benchmark table written into %s", doc)
     print(format_table(summary), flush=True)
     print(f"report: {out / 'report.html'}", flush=True)
     return 0

@@ -1,11 +1,15 @@
-"""The synthetic benchmark's report folder: ``report.html``, ``grid_<category>.png`` and ``results.json``.
+"""The synthetic benchmark's report folder: ``report.html``, ``table.md``, ``grid_<category>.png``, ``results.json``.
 
 Each grid has one row per graded sample (at most ``max_rows``): the sources, the model's result (framed green
 when the check passed, red when it failed) and the exact target. The folder is written under a temporary name
 and renamed into place, so a killed run never leaves half a report, and an existing report is replaced only
 when the caller allows it.
 
-Public API: ``write_report``.
+``table.md`` is the per-category table in Markdown. ``update_marked_table`` puts it into a document (the README,
+the model card) between the lines ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``, so the
+published tables are the benchmark's own output, not copies made by hand.
+
+Public API: ``write_report``, ``markdown_table``, ``update_marked_table``, ``TABLE_START``, ``TABLE_END``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from firered_core.loading.save import swap_into_place
 
 from .bench import share
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "markdown_table", "update_marked_table", "TABLE_START", "TABLE_END"]
+
+TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
 _PASS, _FAIL, _GAP = (40, 170, 60), (210, 40, 40), (255, 255, 255)
 
@@ -75,6 +81,35 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
             "<th>closer than source</th><th>ceiling (target through the VAE)</th></tr>" + "".join(rows) + "</table>" + "".join(sections))
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The per-category table (success, PSNR to target, closer than source, VAE ceiling) and the overall row."""
+    lines = ["| category | n | success | mean PSNR to target (dB) | closer to target than source | "
+             "ceiling: target through the VAE |", "|---|---|---|---|---|---|"]
+    for task, f in summary["categories"].items():
+        lines.append(f"| {task} | {f['n']} | {100 * f['success']:.1f}% | {f['psnr_to_target']:.2f} | "
+                     f"{share(f['closer_than_source'])} | {share(f.get('ceiling'))} |")
+    o = summary["overall"]
+    closer = "-" if o["closer_than_source"] is None else f"{100 * o['closer_than_source']:.1f}%"
+    ceiling = "-" if o.get("ceiling") is None else f"{100 * o['ceiling']:.1f}%"
+    lines.append(f"| **overall** | {o['n']} | **{100 * o['success']:.1f}%** | | {closer} of {o['n_with_source']} "
+                 f"edits with a source | {ceiling} |")
+    return "\n".join(lines)
+
+
+def update_marked_table(path: Path, table: str) -> None:
+    """Replace what lies between ``TABLE_START`` and ``TABLE_END`` in ``path`` by ``table`` (atomically)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
+        raise ValueError(f"{path}: needs exactly one {TABLE_START} line before one {TABLE_END} line to put the "
+                         "benchmark table between")
+    head, rest = text.split(TABLE_START)
+    tail = rest.split(TABLE_END)[1]
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}", encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_report(out: Path, summary: dict[str, Any], results: Sequence[Any],
                  images: Sequence[tuple[Any, Image.Image]], *, overwrite: bool = False, max_rows: int = 8) -> Path:
     """Write the report folder ``out`` atomically; returns it."""
@@ -91,6 +126,7 @@ def write_report(out: Path, summary: dict[str, Any], results: Sequence[Any],
             grids[task] = f"grid_{task}.png"
             _grid(rows, max_sources=max(2, max(len(s.sources) for s, _, _ in rows))).save(staging / grids[task])
         (staging / "report.html").write_text(_html(summary, results, grids), encoding="utf-8")
+        (staging / "table.md").write_text(markdown_table(summary) + "\n", encoding="utf-8")
         (staging / "results.json").write_text(json.dumps({"summary": summary,
                                                           "samples": [asdict(r) for r in results]},
                                                          indent=1, default=str) + "\n", encoding="utf-8")
