@@ -241,7 +241,7 @@ def _preset_stats(structure: VAEConfig) -> tuple[tuple[float, ...], tuple[float,
         return all(getattr(a, f) == getattr(structure, f) for f in
                    ("base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample"))
     for preset in PRESETS.values():
-        if same(preset.vae):
+        if isinstance(preset.vae, VAEConfig) and same(preset.vae):  # Qwen-Image VAEs only: others lack the fields
             return preset.vae.latents_mean, preset.vae.latents_std
     return None
 
