@@ -93,11 +93,12 @@ def test_bench_command_refuses_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="overwrite"):
         run(parser.parse_args(["synthetic", "--out", str(tmp_path / "r")]))
     assert (tmp_path / "r" / "keep.txt").read_text() == "mine"
-    (tmp_path / "doc.md").write_text("no markers here\n")
-    with pytest.raises(ValueError, match="doc.md: no <!-- bench-table:start -->"):
-        run(parser.parse_args(["synthetic", "--out", str(tmp_path / "new"), "--update-tables",
-                               str(tmp_path / "doc.md")]))
-    assert not (tmp_path / "new").exists()  # refused before any benchmarking
+    for text in ("no markers here\n", f"{TABLE_START}\nbut no end marker\n"):
+        (tmp_path / "doc.md").write_text(text)
+        with pytest.raises(ValueError, match="doc.md: needs exactly one <!-- bench-table:start -->"):
+            run(parser.parse_args(["synthetic", "--out", str(tmp_path / "new"), "--update-tables",
+                                   str(tmp_path / "doc.md")]))
+        assert not (tmp_path / "new").exists()  # refused before any benchmarking
 
 
 def test_the_markdown_table_replaces_only_the_marked_block(tmp_path: Path, graded: dict[str, tuple]) -> None:
@@ -112,7 +113,8 @@ def test_the_markdown_table_replaces_only_the_marked_block(tmp_path: Path, grade
     assert doc.read_text() == f"# Title\nbefore\n{TABLE_START}\n{table}\n{TABLE_END}\nafter\n"
     update_marked_table(doc, "| new |")  # again: the markers stay, one block
     assert doc.read_text() == f"# Title\nbefore\n{TABLE_START}\n| new |\n{TABLE_END}\nafter\n"
-    broken_docs = (f"{TABLE_START}\nno end\n", f"{TABLE_END}\n{TABLE_START}\n", f"{TABLE_START}{TABLE_START}{TABLE_END}")
+    broken_docs = (f"{TABLE_START}\nno end\n", f"{TABLE_END}\n{TABLE_START}\n",
+                   f"{TABLE_START}{TABLE_START}{TABLE_END}")
     for broken in broken_docs:
         doc.write_text(broken)
         with pytest.raises(ValueError, match="exactly one"):

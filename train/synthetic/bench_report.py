@@ -9,7 +9,8 @@ when the caller allows it.
 the model card) between the lines ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``, so the
 published tables are the benchmark's own output, not copies made by hand.
 
-Public API: ``write_report``, ``markdown_table``, ``update_marked_table``, ``TABLE_START``, ``TABLE_END``.
+Public API: ``write_report``, ``markdown_table``, ``marked_block``, ``update_marked_table``, ``TABLE_START``,
+``TABLE_END``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from firered_core.loading.save import swap_into_place
 
 from .bench import share
 
-__all__ = ["write_report", "markdown_table", "update_marked_table", "TABLE_START", "TABLE_END"]
+__all__ = ["write_report", "markdown_table", "marked_block", "update_marked_table", "TABLE_START", "TABLE_END"]
 
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
@@ -96,15 +97,21 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_marked_table(path: Path, table: str) -> None:
-    """Replace what lies between ``TABLE_START`` and ``TABLE_END`` in ``path`` by ``table`` (atomically)."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
+def marked_block(path: Path) -> tuple[str, str]:
+    """``path``'s text before ``TABLE_START`` and after ``TABLE_END``; ValueError unless it holds one of each, in
+    that order."""
+    text = Path(path).read_text(encoding="utf-8")
     if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
         raise ValueError(f"{path}: needs exactly one {TABLE_START} line before one {TABLE_END} line to put the "
                          "benchmark table between")
     head, rest = text.split(TABLE_START)
-    tail = rest.split(TABLE_END)[1]
+    return head, rest.split(TABLE_END)[1]
+
+
+def update_marked_table(path: Path, table: str) -> None:
+    """Replace what lies between ``TABLE_START`` and ``TABLE_END`` in ``path`` by ``table`` (atomically)."""
+    path = Path(path)
+    head, tail = marked_block(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(f"{head}{TABLE_START}\n{table}\n{TABLE_END}{tail}", encoding="utf-8")
     tmp.replace(path)
