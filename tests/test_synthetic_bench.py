@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from firered_train.synthetic import TASK_OPS
-from firered_train.synthetic.bench import format_table, run_benchmark, summarise
+from firered_train.synthetic.bench import format_table, most_missed, run_benchmark, summarise
 from firered_train.synthetic.bench_report import (TABLE_END, TABLE_START, markdown_table, update_marked_table,
                                                   write_report)
 
@@ -121,3 +121,26 @@ def test_the_markdown_table_replaces_only_the_marked_block(tmp_path: Path, grade
             update_marked_table(doc, table)
         assert doc.read_text() == broken  # a document it cannot update is left as it was
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary files left
+
+
+def test_the_summary_counts_the_checks_each_category_missed(graded: dict[str, tuple]) -> None:
+    perfect = summarise(graded["perfect"][0])
+    assert all(f["missed"] == {} and most_missed(f) == "-" for f in perfect["categories"].values())
+    unedited = summarise(graded["unedited"][0])
+    # an unedited source keeps everything outside the edit (passes) but never shows the asked colour / background
+    assert unedited["categories"]["color"]["missed"] == {"object_color": 2}
+    assert unedited["categories"]["remove"]["missed"] == {"vacated_is_background": 2}
+    assert most_missed(unedited["categories"]["color"]) == "object_color (2/2)"
+    assert sum(unedited["overall"]["missed"].values()) >= 2 * len(TASK_OPS)  # every failed sample missed >= 1 check
+    table = markdown_table(unedited)
+    assert table.splitlines()[0].endswith("| most often missed check |")
+    assert [row for row in table.splitlines() if row.startswith("| color |")][0].endswith("| object_color (2/2) |")
+
+
+def test_a_result_of_the_wrong_size_misses_the_size_check() -> None:
+    from firered_train.synthetic.checks import check
+    from firered_train.synthetic.generator import generate
+
+    sample = next(iter(generate("heldout", 1)))
+    verdict = check(list(sample.sources), sample.target.resize((32, 32)), sample.spec)
+    assert not verdict.passed and verdict.missed == ("size",) and "expected 64x64" in verdict.failures[0]

@@ -5,7 +5,9 @@ seed, so every run grades the same cases), the model edits the sources with the 
 the result is graded by the category's programmatic check (``checks.check``: the edit happened where and how it
 was asked, nothing else changed) and scored with PSNR/SSIM to the target and to the source. Printed: a table per
 category (success rate, mean PSNR to target, share of results closer to the target than the unedited source)
-and a last line ``overall NN.N%`` (successes over all graded samples). Written to ``--out``: ``results.json``
+and a last line ``overall NN.N%`` (successes over all graded samples). The summary also counts, per category,
+how often each check was missed; the report's tables name the one missed most often, so a table says not only
+how often a category fails but mostly why. Written to ``--out``: ``results.json``
 (every sample's verdict, failures and metrics), ``report.html``, ``table.md`` (the table in Markdown) and one
 ``grid_<category>.png`` per category (rows: sources | result | target). ``--update-tables DOC...`` also puts the
 Markdown table between the bench-table markers of those documents (the README, the model card).
@@ -18,7 +20,7 @@ column, what a perfect transformer would score with this VAE, i.e. how much of t
 spends.
 
 Public API: ``BenchSample``, ``run_benchmark``, ``summarise``, ``register_bench``, ``run_bench``,
-``share``, ``vae_round_trip``.
+``share``, ``most_missed``, ``vae_round_trip``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +42,8 @@ from .metrics import psnr
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench", "share", "vae_round_trip"]
+__all__ = ["BenchSample", "run_benchmark", "summarise", "register_bench", "run_bench", "share", "most_missed",
+           "vae_round_trip"]
 
 EditFn = Callable[[SyntheticSample, int], Image.Image]  # (sample, seed) -> result image
 
@@ -56,6 +60,7 @@ class BenchSample:
     source_psnr_to_target: float | None  # Picture 1 vs target; None for text-to-image
     metrics: dict[str, float] = field(default_factory=dict)
     ceiling_passed: bool | None = None  # the exact target through the model's VAE, graded by the same check
+    missed: list[str] = field(default_factory=list)  # names of the failed criteria
 
     @property
     def closer_than_source(self) -> bool | None:
@@ -92,7 +97,8 @@ def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0, tasks: Sequ
         results.append(BenchSample(id=sample.id, task=sample.task, op=sample.op, instruction=sample.instruction,
                                    passed=verdict.passed, failures=list(verdict.failures),
                                    psnr_to_target=psnr(result, sample.target), source_psnr_to_target=source_db,
-                                   metrics=dict(verdict.metrics), ceiling_passed=best))
+                                   metrics=dict(verdict.metrics), ceiling_passed=best,
+                                   missed=list(verdict.missed)))
         images.append((sample, result))
         if (i + 1) % 25 == 0 or i + 1 == total:
             log.info("bench: %d/%d graded (%.1f s per edit)", i + 1, total, (time.monotonic() - started) / (i + 1))
@@ -100,11 +106,14 @@ def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0, tasks: Sequ
 
 
 def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
-    """Per-category and overall figures (success, mean PSNR to target, closer-than-source share)."""
+    """Per-category and overall figures (success, mean PSNR to target, closer-than-source share, and how often
+    each check was missed: ``missed``, criterion -> count, most frequent first)."""
     def figures(rows: Sequence[BenchSample]) -> dict[str, Any]:
         closer = [r.closer_than_source for r in rows if r.closer_than_source is not None]
         best = [r.ceiling_passed for r in rows if r.ceiling_passed is not None]
+        missed = Counter(name for r in rows for name in r.missed)
         return {"n": len(rows), "success": sum(r.passed for r in rows) / len(rows) if rows else math.nan,
+                "missed": dict(sorted(missed.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "ceiling": sum(best) / len(best) if best else None,
                 "psnr_to_target": sum(_finite(r.psnr_to_target) for r in rows) / len(rows) if rows else math.nan,
                 "closer_than_source": sum(closer) / len(closer) if closer else None, "n_with_source": len(closer)}
@@ -113,6 +122,15 @@ def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
     for r in results:
         by_task.setdefault(r.task, []).append(r)
     return {"categories": {task: figures(rows) for task, rows in by_task.items()}, "overall": figures(results)}
+
+
+def most_missed(figures: dict[str, Any]) -> str:
+    """The check a category's results missed most often, as "name (count/n)"; "-" when none was missed."""
+    missed = figures.get("missed") or {}
+    if not missed:
+        return "-"
+    name, count = next(iter(missed.items()))
+    return f"{name} ({count}/{figures['n']})"
 
 
 def share(value: float | None) -> str:

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from firered_core.loading.save import swap_into_place
 
-from .bench import share
+from .bench import most_missed, share
 
 __all__ = ["write_report", "markdown_table", "marked_block", "update_marked_table", "TABLE_START", "TABLE_END"]
 
@@ -62,7 +62,7 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
     for task, f in summary["categories"].items():
         rows.append(f"<tr><td>{html.escape(task)}</td><td>{f['n']}</td><td>{100 * f['success']:.1f}%</td>"
                     f"<td>{f['psnr_to_target']:.2f}</td><td>{share(f['closer_than_source'])}</td>"
-                    f"<td>{share(f.get('ceiling'))}</td></tr>")
+                    f"<td>{share(f.get('ceiling'))}</td><td>{html.escape(most_missed(f))}</td></tr>")
     overall = summary["overall"]
     sections = []
     for task, name in grids.items():
@@ -79,21 +79,23 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
             f"{summary.get('true_cfg_scale')}, {summary.get('per_category')} samples per category, "
             f"{summary.get('seconds')} s</p>"
             "<table><tr><th>category</th><th>n</th><th>success</th><th>PSNR to target</th>"
-            "<th>closer than source</th><th>ceiling (target through the VAE)</th></tr>" + "".join(rows) + "</table>" + "".join(sections))
+            "<th>closer than source</th><th>ceiling (target through the VAE)</th><th>most often missed check</th>"
+            "</tr>" + "".join(rows) + "</table>" + "".join(sections))
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """The per-category table (success, PSNR to target, closer than source, VAE ceiling) and the overall row."""
+    """The per-category table (success, PSNR to target, closer than source, VAE ceiling, the check missed most
+    often) and the overall row."""
     lines = ["| category | n | success | mean PSNR to target (dB) | closer to target than source | "
-             "ceiling: target through the VAE |", "|---|---|---|---|---|---|"]
+             "ceiling: target through the VAE | most often missed check |", "|---|---|---|---|---|---|---|"]
     for task, f in summary["categories"].items():
         lines.append(f"| {task} | {f['n']} | {100 * f['success']:.1f}% | {f['psnr_to_target']:.2f} | "
-                     f"{share(f['closer_than_source'])} | {share(f.get('ceiling'))} |")
+                     f"{share(f['closer_than_source'])} | {share(f.get('ceiling'))} | {most_missed(f)} |")
     o = summary["overall"]
     closer = "-" if o["closer_than_source"] is None else f"{100 * o['closer_than_source']:.1f}%"
     ceiling = "-" if o.get("ceiling") is None else f"{100 * o['ceiling']:.1f}%"
     lines.append(f"| **overall** | {o['n']} | **{100 * o['success']:.1f}%** | | {closer} of {o['n_with_source']} "
-                 f"edits with a source | {ceiling} |")
+                 f"edits with a source | {ceiling} | |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,8 @@ output, or the exact target as a sanity check) without looking at the target:
 | denoise, deblur, brighten | close (PSNR) to the clean scene and clearly closer to it than the degraded source |
 
 Every result also gets PSNR and SSIM to the source (Picture 1) and, when the target is passed, to the target;
-these are reported, not part of the verdict. Thresholds are in ``CheckThresholds``.
+these are reported, not part of the verdict. Thresholds are in ``CheckThresholds``. A verdict lists each failed
+criterion twice: as a line with the measured value (``failures``) and by name (``missed``), for counting.
 
 Public API: ``check``, ``CheckResult``, ``CheckThresholds``.
 """
@@ -62,6 +63,7 @@ class CheckResult:
     op: str
     failures: tuple[str, ...] = ()  # one line per failed criterion, with the measured value
     metrics: dict[str, float] = field(default_factory=dict)
+    missed: tuple[str, ...] = ()  # the names of the failed criteria ("size" for a result of the wrong size)
 
 
 class _Judge:
@@ -71,12 +73,14 @@ class _Judge:
         self.spec, self.sources, self.result, self.t = spec, sources, result, t
         self.size = int(spec["size"])
         self.failures: list[str] = []
+        self.missed: list[str] = []
         self.values: dict[str, float] = {}
 
     def need(self, name: str, value: float, bar: float) -> None:
         self.values[name] = value
         if not value >= bar:  # written so that NaN fails
             self.failures.append(f"{name}={value:.3f} < {bar:.3f}")
+            self.missed.append(name)
 
     def unchanged_outside(self) -> None:
         mask = C.outside(self.spec["regions"], self.size)
@@ -217,7 +221,8 @@ def check(sources: Sequence[ImageLike], result: ImageLike, spec: dict[str, Any],
     tgt = to_array(target) if target is not None else None
     size = int(spec["size"])
     if res.shape != (size, size, 3) or any(s.shape != (size, size, 3) for s in src):
-        return CheckResult(False, task, op, (f"result is {res.shape[1]}x{res.shape[0]}, expected {size}x{size}",))
+        return CheckResult(False, task, op, (f"result is {res.shape[1]}x{res.shape[0]}, expected {size}x{size}",),
+                           missed=("size",))
     if op not in _BY_OP:
         raise ValueError(f"no success check for op {op!r}")
     judge = _Judge(spec, src, res, thresholds)
@@ -225,4 +230,4 @@ def check(sources: Sequence[ImageLike], result: ImageLike, spec: dict[str, Any],
     metrics = dict(judge.values)
     if scores:
         metrics.update(_scores(res, src, tgt if tgt is not None and tgt.shape == res.shape else None))
-    return CheckResult(not judge.failures, task, op, tuple(judge.failures), metrics)
+    return CheckResult(not judge.failures, task, op, tuple(judge.failures), metrics, tuple(judge.missed))
