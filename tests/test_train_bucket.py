@@ -164,6 +164,21 @@ def test_task_weights_choose_the_task_and_unlisted_tasks_are_left_out() -> None:
         BucketBatchSampler(corpus(), BucketSamplerConfig(source_count_weights={1: 1}, task_weights={"t2i": 1}))
 
 
+def test_step_mix_is_the_share_of_steps_the_weights_give(caplog: pytest.LogCaptureFixture) -> None:
+    config = BucketSamplerConfig(source_count_weights={0: 1, 1: 3, 2: 0, 3: 0}, max_area=512 * 512)
+    with caplog.at_level("INFO", logger="firered_train.data.bucket_sampler"):
+        sampler = BucketBatchSampler(corpus(), config)
+    # one task per source count in this corpus: t2i with 0 sources, edit with 1
+    assert sampler.step_mix() == {(0, "t2i"): 0.25, (1, "edit"): 0.75}
+    assert "0/t2i 25.0%, 1/edit 75.0%" in caplog.text
+    drawn = collections.Counter(sampler.buckets[sampler.draw_bucket(s)].key.task for s in range(4000))
+    assert abs(drawn["edit"] / 4000 - 0.75) < 0.03
+    # a task_weights mapping lists the tasks it trains: the others get no step (and the mix says so)
+    weighted = BucketBatchSampler(corpus(), BucketSamplerConfig(source_count_weights={2: 1, 3: 1},
+                                                                task_weights={"compose": 3.0}, max_area=512 * 512))
+    assert weighted.step_mix() == {(2, "compose"): 0.5, (3, "compose"): 0.5}
+
+
 def test_token_budget_sets_the_batch_size() -> None:
     budget = 10000
     sampler = BucketBatchSampler(corpus(), BucketSamplerConfig(token_budget=budget, max_area=512 * 512))

@@ -11,7 +11,8 @@ and under DDP/FSDP every rank must run the same shapes in a step. The sampler gu
    source images from ``source_count_weights``; the task from ``task_weights`` among the tasks that have buckets
    with that many sources (``None``: proportional to their sample counts); and the bucket among that task's
    buckets with that count, proportional to their sizes. So every rank picks the same bucket and therefore the
-   same shapes and batch size, and the mix follows the weights exactly in expectation.
+   same shapes and batch size, and the mix follows the weights exactly in expectation (``step_mix()``; logged
+   when the sampler is built).
 3. Rank shards. Each bucket is a shuffled list (RNG seeded by (seed, bucket, bucket epoch), the same on every rank)
    cut to a multiple of ``world_size``; rank r owns the elements ``r::world_size``. Ranks never share a sample.
    Each visit of a bucket hands out the next ``batch`` samples of the rank's share; when fewer than ``batch`` are
@@ -119,6 +120,8 @@ class BucketBatchSampler:
         self._cursors = [0] * len(self.buckets)
         self._undo: collections.deque[tuple[int, int, int, int]] = collections.deque(maxlen=config.history)
         self._shard_cache: dict[int, tuple[int, np.ndarray]] = {}
+        log.info("bucket sampler: expected share of the steps by (sources, task): %s",
+                 ", ".join(f"{n}/{task} {100 * p:.1f}%" for (n, task), p in self.step_mix().items()))
 
     # ---------------------------------------------------------------- construction
     def _make_buckets(self, samples: Sequence[HasSizes]) -> list[_Bucket]:
@@ -177,6 +180,19 @@ class BucketBatchSampler:
                 sorted((cfg.task_weights or {}).items()), cfg.token_budget, cfg.max_area, cfg.multiple,
                 [[list(b.key.as_tuple()), len(b.members), int(b.members.sum()), b.batch_size] for b in self.buckets]]
         return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
+
+    def step_mix(self) -> dict[tuple[int, str], float]:
+        """(source count, task) -> the share of steps drawn from it in expectation: the mix the weights give, so
+        a config's effect (e.g. a task left out because a ``task_weights`` mapping does not list it) is visible
+        before training."""
+        counts = sorted(self._choices)
+        count_total = sum(self.config.source_count_weights[c] for c in counts)
+        mix = {}
+        for count in counts:
+            tasks, weights, _ = self._choices[count]
+            for task, weight in zip(tasks, weights):
+                mix[(count, task)] = self.config.source_count_weights[count] / count_total * weight / sum(weights)
+        return mix
 
     # ---------------------------------------------------------------- planning
     def draw_bucket(self, step: int) -> int:
