@@ -174,7 +174,7 @@ def test_step_mix_is_the_share_of_steps_the_weights_give(caplog: pytest.LogCaptu
     drawn = collections.Counter(sampler.buckets[sampler.draw_bucket(s)].key.task for s in range(4000))
     assert abs(drawn["edit"] / 4000 - 0.75) < 0.03
     # a task_weights mapping lists the tasks it trains: the others get no step (and the mix says so)
-    weighted = BucketBatchSampler(corpus(), BucketSamplerConfig(source_count_weights={2: 1, 3: 1},
+    weighted = BucketBatchSampler(corpus(), BucketSamplerConfig(source_count_weights={0: 1, 2: 1, 3: 1},
                                                                 task_weights={"compose": 3.0}, max_area=512 * 512))
     assert weighted.step_mix() == {(2, "compose"): 0.5, (3, "compose"): 0.5}
 
