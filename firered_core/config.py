@@ -329,6 +329,14 @@ PRESETS: dict[str, ModelPreset] = {
                                       axes_dims_rope=(8, 12, 12)),
         vae=CompactVAEConfig(base_dim=32, z_dim=16, levels=2),
     ),
+    # firered-default grown to 8 blocks (firered grow-depth: copies of blocks 1 and 3 with zeroed gates), the
+    # shipped default's architecture from step 10 of its recipe (docs/DEFAULT_MODEL.md).
+    "firered-default-deep": ModelPreset(
+        transformer=TransformerConfig(patch_size=2, in_channels=64, out_channels=16, num_layers=8,
+                                      attention_head_dim=32, num_attention_heads=6, joint_attention_dim=384,
+                                      axes_dims_rope=(8, 12, 12)),
+        vae=CompactVAEConfig(base_dim=32, z_dim=16, levels=2),
+    ),
     # The same MMDiT in pixel space: a lossless 4x space-to-depth autoencoder (PixelVAE, 48 channels), so the
     # transformer's 8x8-pixel patches are the pixels themselves. Measured against firered-default on the same data
     # (docs/DEFAULT_MODEL.md, "Why not pixel space"): it learns far more slowly at this width.
