@@ -104,7 +104,7 @@ def grow_depth(folder: str | Path, out: str | Path, *, after: Sequence[int], ove
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("grew %s from %d to %d blocks (new blocks copy %s) into %s", folder, model.config.num_layers,
-             len(origin), sorted(set(_check_after(after, model.config.num_layers))), out)
+             len(origin), sorted(set(after)), out)
     return out
 
 
