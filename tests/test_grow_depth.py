@@ -97,6 +97,9 @@ def test_bad_requests_are_refused_and_nothing_is_replaced(model_folder: Path, tm
     with pytest.raises(FileNotFoundError, match="not a diffusers model folder"):
         grow_depth(tmp_path, tmp_path / "a", after=[1])
     assert not (tmp_path / "a").exists()
+    with pytest.raises(ValueError, match="must differ"):
+        grow_depth(model_folder, model_folder, after=[1], overwrite=True)
+    assert load_transformer_dir(model_folder).config.num_layers == 6  # the input is untouched
     out = tmp_path / "mine"
     out.mkdir()
     (out / "keep.txt").write_text("keep")

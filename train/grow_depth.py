@@ -67,9 +67,11 @@ def grow_state(state: Mapping[str, torch.Tensor], num_layers: int,
     """The grown state dict and, per new block, the old block it copies (gates of the copies zeroed)."""
     chosen = _check_after(after, num_layers)
     origin: list[int] = []
+    copies: list[int] = []  # new indices of the copies
     for i in range(num_layers):
         origin.append(i)
         if i in chosen:
+            copies.append(len(origin))
             origin.append(i)
     grown = {k: v for k, v in state.items() if not k.startswith(_BLOCKS)}
     for new, old in enumerate(origin):
@@ -77,7 +79,6 @@ def grow_state(state: Mapping[str, torch.Tensor], num_layers: int,
         for key, value in state.items():
             if key.startswith(prefix):
                 grown[f"{_BLOCKS}{new}.{key[len(prefix):]}"] = value
-    copies = [new for new in range(1, len(origin)) if origin[new] == origin[new - 1]]
     for new in copies:
         _zero_gates(grown, f"{_BLOCKS}{new}.")
     return grown, origin
@@ -88,17 +89,17 @@ def grow_depth(folder: str | Path, out: str | Path, *, after: Sequence[int], ove
     folder, out = Path(folder), Path(out)
     if not (folder / "transformer").is_dir():
         raise FileNotFoundError(f"{str(folder)!r} is not a diffusers model folder (no transformer/ inside)")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if out.resolve() == folder.resolve():
         raise ValueError("--out must differ from the input folder")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     model = load_transformer_dir(folder, dtype=torch.float32)
     state, origin = grow_state(model.state_dict(), model.config.num_layers, after)
     deeper = FireRedTransformer(dataclasses.replace(model.config, num_layers=len(origin)))
     deeper.load_state_dict(state, strict=True)
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        shutil.copytree(folder, staging, ignore=shutil.ignore_patterns("transformer"))
+        shutil.copytree(folder, staging, ignore=lambda d, names: ["transformer"] if Path(d) == folder else [])
         save_component_folder(deeper, staging / "transformer")
         swap_into_place(staging, out)
     finally:
