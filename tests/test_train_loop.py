@@ -129,3 +129,32 @@ def test_bf16_autocast_gradient_checkpointing_and_adafactor_train(cached_data: P
     assert isinstance(trainer.optimizer.optimizer, torch.optim.Adafactor)
     assert all(torch.isfinite(torch.tensor(v)) for _, v in result.val_losses)
     assert result.val_losses[-1][1] < result.val_losses[0][1]
+
+
+@pytest.mark.slow
+def test_held_out_loss_is_also_logged_per_task(tmp_path: Path) -> None:
+    make_pairs(tmp_path / "train", 8)
+    for task, seed in (("first", 5), ("second", 6)):  # the folder reader's task label is the first sub-folder
+        make_pairs(tmp_path / "val" / task, 2, seed=seed, prefix=task)
+    overrides = tiny_overrides(tmp_path, steps=2, cache=False,
+                               extra=["--logging.validation_every=2", "--optim.warmup_steps=1"])
+    Trainer(load_config("tiny_sft", overrides)).run()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in lines if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 2]
+    for record in val:
+        per_task = {k: v for k, v in record.items() if k.startswith("val_loss/")}
+        assert sorted(per_task) == ["val_loss/first", "val_loss/second"]
+        assert record["val_loss"] == pytest.approx(sum(per_task.values()) / 2, rel=1e-5)  # two samples each
+    assert val[0]["val_loss/first"] != val[1]["val_loss/first"]  # the weights changed in between
+
+
+def test_loss_by_task_groups_and_checks_lengths() -> None:
+    from types import SimpleNamespace
+
+    from firered_train.validation import loss_by_task
+
+    samples = [SimpleNamespace(task=t) for t in ("remove", "add", "remove")]
+    assert loss_by_task(samples, [1.0, 4.0, 3.0]) == {"add": 4.0, "remove": 2.0}
+    with pytest.raises(ValueError, match="3 samples but 2 losses"):
+        loss_by_task(samples, [1.0, 2.0])

@@ -236,6 +236,11 @@ def test_only_the_tokens_that_differ_from_picture_1_weigh_more() -> None:
     # a difference at or below the threshold is "unchanged" (VAE noise at the edges of an edit)
     assert changed_token_weights(pack_batch(_two_token_edit(0.1), 2), 3.0, 0.1).tolist() == [[1.0, 1.0]]
     assert changed_token_weights(packed, 0.0, 0.1) is None  # off
+    # normalised: the same 1:4 ratio with mean 1, so the sample as a whole weighs what its plain loss does
+    assert changed_token_weights(packed, 3.0, 0.1, normalize=True)[0].tolist() == pytest.approx([0.4, 1.6])
+    every = pack_batch(_edit_batch(torch.zeros(1, 1, 2, 4), (torch.ones(1, 1, 2, 4),)), 2)  # a whole-image edit
+    assert changed_token_weights(every, 3.0, 0.1).tolist() == [[4.0, 4.0]]
+    assert changed_token_weights(every, 3.0, 0.1, normalize=True).tolist() == [[1.0, 1.0]]
 
 
 def test_no_source_or_another_grid_is_weighted_uniformly() -> None:
@@ -256,6 +261,9 @@ def test_weighted_step_loss_and_gradient_by_hand() -> None:
     model = _Fixed(pred.clone())
     weighted = step_loss(model, batch, s, noise, ObjectiveConfig(changed_token_weight=3.0), patch=2)
     assert weighted.loss.item() == pytest.approx((4 + 4 * 4) / 8)  # token 1 counts 4x, the denominator stays 8
+    normalised = step_loss(_Fixed(pred.clone()), batch, s, noise,
+                           ObjectiveConfig(changed_token_weight=3.0, changed_token_normalize=True), patch=2)
+    assert normalised.loss.item() == pytest.approx((0.4 * 4 + 1.6 * 4) / 8)  # weights 0.4 and 1.6
     weighted.loss.backward()
     # d/dp (w p^2 / 8) = w p / 4: token 0 (w 1) 0.25 each, token 1 (w 4) 2 for the element of 2
     assert model.pred.grad.flatten().tolist() == pytest.approx([0.25] * 4 + [2.0, 0.0, 0.0, 0.0])

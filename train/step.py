@@ -13,7 +13,8 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
    ``|v - target|`` above ``objective.outlier_threshold`` left out, divided as ``objective.denominator`` says);
    the step's loss is the mean over samples times ``batch.weight`` (0 for a placeholder batch). With
    ``objective.changed_token_weight`` > 0, target tokens that differ from Picture 1's (``changed_token_weights``)
-   weigh more (see ``ObjectiveConfig``).
+   weigh more (see ``ObjectiveConfig``), each sample's weights rescaled to mean 1 when
+   ``objective.changed_token_normalize`` is on.
 
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
@@ -91,16 +92,18 @@ class StepLoss:
     n_masked: torch.Tensor  # [] int64, elements the outlier mask left out (.item() to log)
 
 
-def changed_token_weights(packed: PackedBatch, weight: float, threshold: float) -> torch.Tensor | None:
+def changed_token_weights(packed: PackedBatch, weight: float, threshold: float, *,
+                          normalize: bool = False) -> torch.Tensor | None:
     """``[B, N_t]``: ``1 + weight`` where a target token differs from Picture 1's token at the same place (mean
-    absolute difference of its elements above ``threshold``), else 1; None when ``weight`` is 0, there is no
-    source, or Picture 1's token grid is not the target's."""
+    absolute difference of its elements above ``threshold``), else 1; divided by each sample's mean weight when
+    ``normalize``; None when ``weight`` is 0, there is no source, or Picture 1's token grid is not the target's."""
     target_shape, *source_shapes = packed.img_shapes
     if weight == 0 or packed.refs is None or source_shapes[0] != target_shape:
         return None
     n = packed.x0.shape[1]
     changed = (packed.x0.float() - packed.refs[:, :n].float()).abs().mean(-1) > threshold
-    return 1.0 + weight * changed.float()
+    weights = 1.0 + weight * changed.float()
+    return weights / weights.mean(dim=1, keepdim=True) if normalize else weights
 
 
 def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
@@ -110,7 +113,8 @@ def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch
     x0 = packed.x0  # [B, N_t, C*p*p]
     s = s.to(x0.device)
     v = velocity(model, noisy_sample(x0, noise, s), packed, batch, s.to(x0.dtype))
-    weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold)
+    weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold,
+                                    normalize=objective.changed_token_normalize)
     out = flow_matching_loss(v, flow_target(x0, noise), outlier_threshold=objective.outlier_threshold,
                              denominator=objective.denominator, token_weight=weights)
     return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(), s=s.detach(),

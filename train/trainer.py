@@ -351,9 +351,8 @@ class Trainer:
         ranks wait. Returns the grid or None."""
         grid = None
         if self.validator is not None:
-            value, grid = self.validator.run(step)
-            if not self.is_main:
-                value, grid = None, None
+            result = self.validator.run(step)
+            value, grid = (result.loss, result.grid) if self.is_main else (None, None)
             if grid is not None:
                 (self.out / "samples").mkdir(parents=True, exist_ok=True)
                 save_image(grid, self.out / "samples" / f"step-{step:06d}.png", overwrite=True)
@@ -361,10 +360,11 @@ class Trainer:
                     tb.image("samples", grid, step)
             if value is not None:
                 val_losses.append((step, value))
+                per_task = {f"val_loss/{task}": loss for task, loss in result.by_task.items()}
                 if metrics is not None:
-                    metrics.write(step, val_loss=value)
+                    metrics.write(step, val_loss=value, **per_task)
                 if tb is not None:
-                    tb.scalars(step, {"val_loss": value})
+                    tb.scalars(step, {"val_loss": value, **per_task})
         self.acc.wait_for_everyone()
         return grid
 

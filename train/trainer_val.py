@@ -2,15 +2,17 @@
 
 ``Validator(trainer, data)`` (main process only) turns each validation record into a one-sample ``TrainBatch``
 at its own bucket sizes, online (VAE + encoder) or from the cache, plus the bucket-sized pictures for the grid.
-``run(step)`` returns the held-out loss and, when ``logging.n_val_samples`` > 0, the sample grid image
-(``validation`` has the details). Bad validation samples are skipped with a warning.
+``run(step)`` returns a ``ValidationResult``: the held-out loss, the same loss per task label (when the samples
+carry more than one task) and, when ``logging.n_val_samples`` > 0, the sample grid image (``validation`` has the
+details). Bad validation samples are skipped with a warning.
 
-Public API: ``Validator``.
+Public API: ``Validator``, ``ValidationResult``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -23,14 +25,23 @@ from .model import parse_dtype
 from .observe import sample_grid
 from .pixels import fit_image, load_pixel_batch
 from .trainer_data import VAL_SIA, TrainData, val_plans
-from .validation import ValSample, heldout_loss, sample_images
+from .validation import ValSample, loss_by_task, sample_images, sample_losses
 
 if TYPE_CHECKING:
     from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Validator"]
+__all__ = ["ValidationResult", "Validator"]
+
+
+@dataclass
+class ValidationResult:
+    """One validation: the held-out loss (None without samples), per task when there are several, the grid."""
+
+    loss: float | None = None
+    by_task: dict[str, float] = field(default_factory=dict)
+    grid: Any = None
 
 
 class Validator:
@@ -70,22 +81,31 @@ class Validator:
             batch = encode_pixel_batch(pixels, t.comps.vae, t.comps.encoder, t.null, device=t.device,
                                        vae_dtype=parse_dtype(t.cfg.model.dtype))
             sources, target = self._pictures(plan)
-        return ValSample(batch=batch.to("cpu"), sources=sources, target=target, caption=caption)
+        return ValSample(batch=batch.to("cpu"), sources=sources, target=target, caption=caption,
+                         task=record.task)
 
-    def run(self, step: int) -> tuple[float | None, Any]:
-        """(held-out loss, grid image or None) with the current weights."""
+    def run(self, step: int) -> ValidationResult:
+        """The held-out loss (overall and per task) and the grid image with the current weights."""
         if not self.samples:
-            return None, None
+            return ValidationResult()
         t, cfg = self.trainer, self.trainer.cfg
         model = t.transformer
-        loss = heldout_loss(model, self.samples, seed=cfg.seed, patch=t.patch, device=t.device,
-                            autocast=t.autocast())
+        losses = sample_losses(model, self.samples, seed=cfg.seed, patch=t.patch, device=t.device,
+                               autocast=t.autocast())
+        loss = sum(losses) / len(losses)
+        by_task = loss_by_task(self.samples, losses)
         log.info("step %d: held-out loss %.5f over %d samples", step, loss, len(self.samples))
+        if len(by_task) > 1:
+            log.info("step %d: held-out loss by task: %s", step,
+                     ", ".join(f"{task} {value:.4f}" for task, value in by_task.items()))
+        else:
+            by_task = {}  # one task: the overall loss says it all
         shown = self.samples[: cfg.logging.n_val_samples]
         if not shown:
-            return loss, None
+            return ValidationResult(loss, by_task)
         rows = sample_images(model, t.comps.vae, shown, t.null.embeds, scheduler=t.comps.scheduler,
                              steps=cfg.logging.val_sampling_steps, cfg_scale=cfg.logging.val_cfg, seed=cfg.seed,
                              patch=t.patch, device=t.device, autocast=t.autocast())
-        return loss, sample_grid(rows, cell=min(256, max(64, max(r.target.width for r in shown))),
-                                 title=f"{cfg.stage} step {step}")
+        grid = sample_grid(rows, cell=min(256, max(64, max(r.target.width for r in shown))),
+                           title=f"{cfg.stage} step {step}")
+        return ValidationResult(loss, by_task, grid)

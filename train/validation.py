@@ -5,7 +5,9 @@ the start (or read from the cache) into one-sample ``TrainBatch`` values at thei
 
 * Held-out loss (``heldout_loss``): every sample at a fixed set of noise levels (``HELDOUT_LEVELS``) with noise
   seeded per (sample, level), and no outlier mask: the same numbers every time for the same weights, so the curve
-  shows learning, not sampling noise. Computed in the training precision, without gradients.
+  shows learning, not sampling noise. Computed in the training precision, without gradients. ``sample_losses``
+  gives each sample's own mean and ``loss_by_task`` groups them by the samples' task labels, so a run on a task
+  mix shows which tasks learn (one task that stays far above the rest dominates the mean).
 * Sample grids (``sample_images``): Euler sampling (``firered_core.sampler``) from seeded noise with the
   inference schedule (``flow_sigmas`` for the target's token count), true CFG with the null condition as the
   negative when ``logging.val_cfg > 1`` (the condition the model learns through text drop), then VAE decoding.
@@ -14,7 +16,8 @@ the start (or read from the cache) into one-sample ``TrainBatch`` values at thei
 Both run on the unwrapped model in eval mode on the main process; the weights are restored to training mode
 afterwards. Nothing here touches a global RNG, so validation cannot change the training trajectory.
 
-Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``heldout_loss``, ``sample_images``.
+Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``heldout_loss``, ``sample_losses``, ``loss_by_task``,
+``sample_images``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from .step import pack_batch, velocity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HELDOUT_LEVELS", "ValSample", "heldout_loss", "sample_images"]
+__all__ = ["HELDOUT_LEVELS", "ValSample", "heldout_loss", "loss_by_task", "sample_images", "sample_losses"]
 
 HELDOUT_LEVELS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)  # noise levels s every held-out sample is scored at
 
@@ -54,6 +57,7 @@ class ValSample:
     sources: tuple[Image.Image, ...]  # bucket-sized, in the order the model sees them
     target: Image.Image
     caption: str
+    task: str = "default"  # the record's task label, for the per-task held-out loss
 
 
 @contextlib.contextmanager
@@ -67,14 +71,15 @@ def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def heldout_loss(model: nn.Module, samples: Sequence[ValSample], *, seed: int, patch: int,
-                 device: torch.device, autocast: ContextManager[Any] | None = None) -> float:
-    """Mean flow-matching MSE over ``samples`` x ``HELDOUT_LEVELS`` (see the module docstring)."""
-    total, count = 0.0, 0
+def sample_losses(model: nn.Module, samples: Sequence[ValSample], *, seed: int, patch: int,
+                  device: torch.device, autocast: ContextManager[Any] | None = None) -> list[float]:
+    """Each sample's mean flow-matching MSE over ``HELDOUT_LEVELS`` (see the module docstring), in order."""
+    losses = []
     with _evaluating(model), (autocast or contextlib.nullcontext()):
         for val in samples:
             batch = val.batch.to(device)
             packed = pack_batch(batch, patch)
+            total = 0.0
             for k, level in enumerate(HELDOUT_LEVELS):
                 shape = tuple(batch.target.shape[1:])
                 gen = sample_generator(seed, k, batch.indices[0], "heldout")
@@ -83,8 +88,25 @@ def heldout_loss(model: nn.Module, samples: Sequence[ValSample], *, seed: int, p
                 x_t = (1 - level) * packed.x0 + level * noise
                 v = velocity(model, x_t, packed, batch, s)
                 total += float(((v.float() - (noise - packed.x0).float()) ** 2).mean())
-                count += 1
-    return total / max(count, 1)
+            losses.append(total / len(HELDOUT_LEVELS))
+    return losses
+
+
+def heldout_loss(model: nn.Module, samples: Sequence[ValSample], *, seed: int, patch: int,
+                 device: torch.device, autocast: ContextManager[Any] | None = None) -> float:
+    """Mean flow-matching MSE over ``samples`` x ``HELDOUT_LEVELS`` (0.0 for no samples)."""
+    losses = sample_losses(model, samples, seed=seed, patch=patch, device=device, autocast=autocast)
+    return sum(losses) / max(len(losses), 1)
+
+
+def loss_by_task(samples: Sequence[ValSample], losses: Sequence[float]) -> dict[str, float]:
+    """``{task: mean loss of its samples}`` for ``losses`` from ``sample_losses(samples)``, tasks sorted."""
+    if len(samples) != len(losses):
+        raise ValueError(f"loss_by_task: {len(samples)} samples but {len(losses)} losses")
+    groups: dict[str, list[float]] = {}
+    for val, loss in zip(samples, losses):
+        groups.setdefault(val.task, []).append(loss)
+    return {task: sum(values) / len(values) for task, values in sorted(groups.items())}
 
 
 def sample_images(model: nn.Module, vae: nn.Module, samples: Sequence[ValSample], null_embeds: torch.Tensor, *,

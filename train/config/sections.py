@@ -214,8 +214,13 @@ class ObjectiveConfig:
     # tokens are copied from the source; this puts more of the gradient on the part that changes. Samples
     # without a source, or whose Picture 1 has another token grid, are weighted uniformly. The logged training
     # loss is then the weighted one (larger); the held-out loss stays the plain MSE, comparable across runs.
+    # Without normalising, a sample's loss also grows with its share of changed tokens: a whole-image edit (every
+    # token changed) weighs ``1 + changed_token_weight`` times its plain loss, a text-to-image sample 1 time.
     changed_token_weight: float = 0.0
     changed_token_threshold: float = 0.1
+    # True: divide each sample's token weights by their mean, so the weighting only moves a sample's loss towards
+    # its changed tokens and never scales the sample as a whole (every sample keeps its plain loss's weight).
+    changed_token_normalize: bool = False
 
     def __post_init__(self) -> None:
         if self.outlier_threshold is not None:
