@@ -3,11 +3,11 @@
 The validation samples (``data.val_path``, or the first training samples when there is none) are encoded once at
 the start (or read from the cache) into one-sample ``TrainBatch`` values at their bucket sizes.
 
-* Held-out loss (``heldout_loss``): every sample at a fixed set of noise levels (``HELDOUT_LEVELS``) with noise
-  seeded per (sample, level), and no outlier mask: the same numbers every time for the same weights, so the curve
-  shows learning, not sampling noise. Computed in the training precision, without gradients. ``sample_losses``
-  gives each sample's own mean and ``loss_by_task`` groups them by the samples' task labels, so a run on a task
-  mix shows which tasks learn (one task that stays far above the rest dominates the mean).
+* Held-out loss (``sample_losses``, one number per sample; the run's held-out loss is their mean): every sample at
+  a fixed set of noise levels (``HELDOUT_LEVELS``) with noise seeded per (sample, level), and no outlier mask: the
+  same numbers every time for the same weights, so the curve shows learning, not sampling noise. Computed in the
+  training precision, without gradients. ``loss_by_task`` groups the samples' losses by their task labels, so a
+  run on a task mix shows which tasks learn (one task that stays far above the rest dominates the mean).
 * Sample grids (``sample_images``): Euler sampling (``firered_core.sampler``) from seeded noise with the
   inference schedule (``flow_sigmas`` for the target's token count), true CFG with the null condition as the
   negative when ``logging.val_cfg > 1`` (the condition the model learns through text drop), then VAE decoding.
@@ -16,8 +16,7 @@ the start (or read from the cache) into one-sample ``TrainBatch`` values at thei
 Both run on the unwrapped model in eval mode on the main process; the weights are restored to training mode
 afterwards. Nothing here touches a global RNG, so validation cannot change the training trajectory.
 
-Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``heldout_loss``, ``sample_losses``, ``loss_by_task``,
-``sample_images``.
+Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``sample_losses``, ``loss_by_task``, ``sample_images``.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from .step import pack_batch, velocity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HELDOUT_LEVELS", "ValSample", "heldout_loss", "loss_by_task", "sample_images", "sample_losses"]
+__all__ = ["HELDOUT_LEVELS", "ValSample", "loss_by_task", "sample_images", "sample_losses"]
 
 HELDOUT_LEVELS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)  # noise levels s every held-out sample is scored at
 
@@ -79,9 +78,8 @@ def sample_losses(model: nn.Module, samples: Sequence[ValSample], *, seed: int, 
         for val in samples:
             batch = val.batch.to(device)
             packed = pack_batch(batch, patch)
-            total = 0.0
+            shape, total = tuple(batch.target.shape[1:]), 0.0
             for k, level in enumerate(HELDOUT_LEVELS):
-                shape = tuple(batch.target.shape[1:])
                 gen = sample_generator(seed, k, batch.indices[0], "heldout")
                 noise = pack_latents(torch.randn(shape, generator=gen)[None], patch).to(device)
                 s = torch.full((1,), level, device=device)
@@ -90,13 +88,6 @@ def sample_losses(model: nn.Module, samples: Sequence[ValSample], *, seed: int, 
                 total += float(((v.float() - (noise - packed.x0).float()) ** 2).mean())
             losses.append(total / len(HELDOUT_LEVELS))
     return losses
-
-
-def heldout_loss(model: nn.Module, samples: Sequence[ValSample], *, seed: int, patch: int,
-                 device: torch.device, autocast: ContextManager[Any] | None = None) -> float:
-    """Mean flow-matching MSE over ``samples`` x ``HELDOUT_LEVELS`` (0.0 for no samples)."""
-    losses = sample_losses(model, samples, seed=seed, patch=patch, device=device, autocast=autocast)
-    return sum(losses) / max(len(losses), 1)
 
 
 def loss_by_task(samples: Sequence[ValSample], losses: Sequence[float]) -> dict[str, float]:
