@@ -165,6 +165,9 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         "CPU, bfloat16 on CUDA)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory)")
+    parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep Picture 1's own pixels outside the area the edit changed (default: the model "
+                        "folder's defaults.json; on for the embedded model, off otherwise)")
     parser.add_argument("--compare", action="store_true", help="also write OUTPUT's stem + '_compare' + suffix: "
                         "the inputs and the result side by side")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT (and the comparison) if it exists")
@@ -220,9 +223,10 @@ def run_edit(args: argparse.Namespace) -> int:
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
-                           progress=progress)
+                           progress=progress, preserve_unedited=args.preserve_unedited)
     meta = {"instruction": args.instruction, "negative": args.negative, "steps": args.steps, "cfg": args.cfg,
             "seed": args.seed, "width": result.width, "height": result.height,
+            "kept_unedited": result.preserved,
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
     if compare is not None:

@@ -15,6 +15,9 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    taken from the number of TARGET tokens, then Euler steps (``sampler.euler_sample``) with per-step progress
    and cancel hooks. ``img_shapes`` lists the target first, then each reference.
 5. **Decode** with the VAE and round to 8-bit exactly like the reference (``images.to_pil``).
+6. **Optionally keep the unedited area** (``preserve_unedited``, not in the reference, off by default): Picture 1's
+   own pixels wherever the result's latents match Picture 1's (``preserve.py``), so a local edit leaves the rest of
+   the image exactly as it was instead of sending it through the VAE.
 
 Choices where the reference gives no rule:
 
@@ -30,6 +33,7 @@ Choices where the reference gives no rule:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,7 @@ from .config import SchedulerConfig
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
 from .placement import compute_dtype
+from .preserve import PreserveConfig, blend_unedited, edited_mask
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
@@ -61,6 +66,7 @@ class EditResult:
     """One generated image and how it was made.
 
     ``latents`` are the final normalised latents ``[1, C, height/8, width/8]`` (before decoding), on the CPU.
+    ``preserved``: Picture 1's pixels were kept outside the edited area (``preserve_unedited``).
     """
 
     image: Image.Image
@@ -68,6 +74,7 @@ class EditResult:
     width: int
     height: int
     seed: int
+    preserved: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class _Prepared:
     height: int
     ref_tokens: torch.Tensor | None  # [1, N_refs_total, C*4] or None
     img_shapes: list[tuple[int, int, int]]
+    first_ref: Image.Image | None = None  # Picture 1, for preserve_unedited
 
 
 class FireRedEditPipeline:
@@ -87,6 +95,7 @@ class FireRedEditPipeline:
     reference_area: int = 1024 * 1024  # pixels each reference is resized to before VAE encoding
     max_references: int = 3  # soft limit: more are allowed with a warning
     max_text_tokens: int = 512  # text-to-image only: the reference keeps this many condition tokens
+    preserve_unedited: PreserveConfig | None = None  # keep Picture 1's pixels outside the edit (off: the reference)
 
     def __init__(self, transformer: Any, vae: Any, encoder: Any, scheduler_config: SchedulerConfig) -> None:
         if not isinstance(scheduler_config, SchedulerConfig):
@@ -163,9 +172,14 @@ class FireRedEditPipeline:
     def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
              steps: int = 40, true_cfg_scale: float = 4.0, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None) -> EditResult:
-        """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps."""
+             cancel: CancelFn | None = None, preserve_unedited: bool | PreserveConfig | None = None) -> EditResult:
+        """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
+
+        ``preserve_unedited``: None uses the pipeline's ``preserve_unedited`` setting (off unless a model folder's
+        ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
+        off, a ``PreserveConfig`` is used as given."""
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
+        preserve = self.preserve_config(preserve_unedited)
         if self.encoder is None:
             raise ValueError("the pipeline has no condition encoder: load a model folder with text_encoder/ or "
                              "pass the Qwen2.5-VL text-encoder file together with the transformer and VAE")
@@ -187,8 +201,11 @@ class FireRedEditPipeline:
             latents = unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
             check_cancel(cancel, "edit before decoding")
             pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)
+            preserved = False
+            if preserve is not None and prepared.first_ref is not None:
+                pixels, preserved = self._keep_unedited(pixels, latents, prepared.first_ref, preserve)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
-                          height=prepared.height, seed=seed)
+                          height=prepared.height, seed=seed, preserved=preserved)
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:
@@ -248,7 +265,37 @@ class FireRedEditPipeline:
             shapes.append((1, ref_h // unit, ref_w // unit))
         ref_tokens = torch.cat(packed, dim=1) if packed else None
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
-        return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes)
+        return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
+                         first_ref=refs[0] if refs else None)
+
+    def preserve_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
+        """The ``PreserveConfig`` an ``edit(preserve_unedited=choice)`` call uses, None when it is off."""
+        if choice is None:
+            return self.preserve_unedited
+        if isinstance(choice, PreserveConfig):
+            return choice
+        if isinstance(choice, bool):
+            return (self.preserve_unedited or PreserveConfig()) if choice else None
+        raise TypeError(f"preserve_unedited must be None, a bool or a PreserveConfig, got {type(choice).__name__}")
+
+    def _keep_unedited(self, pixels: torch.Tensor, latents: torch.Tensor, first_ref: Image.Image,
+                       config: PreserveConfig) -> tuple[torch.Tensor, bool]:
+        """The decoded ``pixels`` with Picture 1 (encoded again at the output's size) outside the edited area, and
+        whether it was applied (not to a whole-image edit, nor when Picture 1 has another aspect)."""
+        height, width = pixels.shape[-2:]
+        if abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02:
+            log.info("preserve_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
+                     first_ref.width, first_ref.height, width, height)
+            return pixels, False
+        source = to_tensor(first_ref, width, height).to(pixels.device, self._vae_dtype())
+        source_latents = self.vae.encode(source).to(latents.dtype)
+        mask = edited_mask(latents, source_latents, config)
+        if mask is None:
+            log.info("preserve_unedited: a whole-image edit (over %.0f%% of the latents changed), result kept",
+                     100 * config.max_edited_fraction)
+            return pixels, False
+        log.info("preserve_unedited: %.0f%% of the image edited, Picture 1 kept elsewhere", 100 * mask.mean().item())
+        return blend_unedited(pixels, source, mask.to(pixels.device), config.feather), True
 
     def _encode(self, prompt: str, refs: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(embeds [1, L, D], mask [1, L] or None when nothing is padded) for one prompt."""

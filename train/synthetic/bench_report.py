@@ -9,8 +9,8 @@ when the caller allows it.
 the model card) between the lines ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``, so the
 published tables are the benchmark's own output, not copies made by hand.
 
-Public API: ``write_report``, ``markdown_table``, ``marked_block``, ``update_marked_table``, ``TABLE_START``,
-``TABLE_END``.
+Public API: ``write_report``, ``markdown_table``, ``settings_line``, ``marked_block``, ``update_marked_table``,
+``TABLE_START``, ``TABLE_END``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from firered_core.loading.save import swap_into_place
 
 from .bench import most_missed, share
 
-__all__ = ["write_report", "markdown_table", "marked_block", "update_marked_table", "TABLE_START", "TABLE_END"]
+__all__ = ["write_report", "markdown_table", "settings_line", "marked_block", "update_marked_table", "TABLE_START", "TABLE_END"]
 
 TABLE_START, TABLE_END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 
@@ -76,8 +76,8 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
             "pixelated}</style>"
             f"<h1>Synthetic held-out benchmark: overall {100 * overall['success']:.1f}%</h1>"
             f"<p>model {html.escape(str(summary.get('model')))}, {summary.get('steps')} steps, true CFG "
-            f"{summary.get('true_cfg_scale')}, {summary.get('per_category')} samples per category, "
-            f"{summary.get('seconds')} s</p>"
+            f"{summary.get('true_cfg_scale')}, preserve_unedited {'on' if summary.get('preserve_unedited') else 'off'}, "
+            f"{summary.get('per_category')} samples per category, {summary.get('seconds')} s</p>"
             "<table><tr><th>category</th><th>n</th><th>success</th><th>PSNR to target</th>"
             "<th>closer than source</th><th>ceiling (target through the VAE)</th><th>most often missed check</th>"
             "</tr>" + "".join(rows) + "</table>" + "".join(sections))
@@ -96,7 +96,17 @@ def markdown_table(summary: dict[str, Any]) -> str:
     ceiling = "-" if o.get("ceiling") is None else f"{100 * o['ceiling']:.1f}%"
     lines.append(f"| **overall** | {o['n']} | **{100 * o['success']:.1f}%** | | {closer} of {o['n_with_source']} "
                  f"edits with a source | {ceiling} | |")
+    if "steps" in summary:
+        lines += ["", settings_line(summary)]
     return "\n".join(lines)
+
+
+def settings_line(summary: dict[str, Any]) -> str:
+    """How the benchmark ran: sampling steps, CFG, whether Picture 1 was kept outside the edit, held-out seed."""
+    kept = "on" if summary.get("preserve_unedited") else "off"
+    return (f"Settings: {summary['steps']} steps, true CFG {summary['true_cfg_scale']:g}, keep Picture 1 outside "
+            f"the edit (preserve_unedited) {kept}, held-out seed {summary.get('seed', 0)}, "
+            f"{summary.get('per_category', '?')} per category.")
 
 
 def marked_block(path: Path) -> tuple[str, str]:
