@@ -48,14 +48,21 @@ class FireRedEdit:
                                            "tooltip": "what to change, e.g. 'make the sky purple'"}),
                 **sampling_inputs(),
             },
-            "optional": {f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
+            "optional": {
+                **{f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
+                "keep_unedited": (list(edit_runner.KEEP_UNEDITED), {
+                    "default": "model default",
+                    "tooltip": "keep Picture 1's own pixels outside the area the edit changed (whole-image edits "
+                               "are left alone); model default: on for firered-default, off for other models"}),
+            },
         }
 
     def edit(self, model: FireRedModel, instruction: str, negative_prompt: str, steps: int, true_cfg_scale: float,
              seed: int, width: int, height: int, image1: Any = None, image2: Any = None,
-             image3: Any = None) -> tuple[Any, dict]:
+             image3: Any = None, keep_unedited: str = "model default") -> tuple[Any, dict]:
         instruction = require_instruction(instruction)
-        settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height)
+        settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
+                                                        keep_unedited)
         batches = edit_runner.reference_batches([("image1", image1), ("image2", image2), ("image3", image3)])
         results = edit_runner.run_edits(model, batches, instruction, settings)
         return edit_runner.to_outputs(results, model.loaded.pipeline)

@@ -9,7 +9,8 @@ text-to-image edit.
 
 Outputs: IMAGE ``[B, H, W, 3]`` in [0, 1]; LATENT ``{"samples": [B, C, 1, H/8, W/8]}`` holding the VAE's raw
 (not normalised) latents in ComfyUI's layout for this model family (its Wan-2.1 latent format is 5-D), so core
-ComfyUI's VAE Decode with the same VAE turns them into the same picture.
+ComfyUI's VAE Decode with the same VAE turns them into the same picture (before ``preserve_unedited``, which puts
+Picture 1's own pixels back outside the edited area of the IMAGE output only).
 
 Other node modules use ``EditSettings`` and ``run_edits`` to make N candidates of one edit (pass the same
 references N times).
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 8192
+KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(preserve_unedited=...)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,11 @@ class EditSettings:
     seed: int
     width: int | None  # None = automatic (about 1 MP at the last reference's aspect)
     height: int | None
+    preserve: bool | None = None  # keep Picture 1 outside the edit: None = the model's own setting
 
     @classmethod
     def from_inputs(cls, negative_prompt: Any, steps: Any, true_cfg_scale: Any, seed: Any, width: Any = 0,
-                    height: Any = 0) -> "EditSettings":
+                    height: Any = 0, keep_unedited: Any = "model default") -> "EditSettings":
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
         steps = _integer(steps, "steps", 1, 1000)
@@ -62,7 +65,9 @@ class EditSettings:
         sides = [_integer(v, name, 0, MAX_SIDE) or None for v, name in ((width, "width"), (height, "height"))]
         # an empty negative prompt disables true CFG in the reference; " " is the released default
         negative = negative_prompt if negative_prompt else None
-        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1])
+        if not isinstance(keep_unedited, str) or keep_unedited not in KEEP_UNEDITED:
+            raise FireRedNodeError(f"keep_unedited must be one of {', '.join(KEEP_UNEDITED)}, got {keep_unedited!r}")
+        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1], KEEP_UNEDITED[keep_unedited])
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
@@ -109,7 +114,7 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
             results.append(pipeline.edit(
                 list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
-                height=settings.height, progress=progress, cancel=cancel))
+                height=settings.height, progress=progress, cancel=cancel, preserve_unedited=settings.preserve))
     return results
 
 

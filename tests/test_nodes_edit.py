@@ -84,10 +84,31 @@ def test_wrong_image_shapes_are_node_errors(model, bad) -> None:
     ("height", 10**6, "height"),
     ("width", 4, "too small"),  # the tiny model's unit is 8 px
     ("negative_prompt", 3, "negative_prompt"),
+    ("keep_unedited", "always", "keep_unedited must be one of model default, on, off"),
 ])
 def test_bad_settings_are_node_errors(model, field: str, value, message: str) -> None:
     with pytest.raises(FireRedNodeError, match=message):
         _edit(model, **{field: value})
+
+
+def test_keep_unedited_chooses_whether_picture_1_is_put_back(model) -> None:
+    """The widget overrides the model's own setting (``pipeline.preserve_unedited``) either way. With a threshold
+    nothing reaches, no latent counts as edited, so 'kept' means the output is Picture 1 itself."""
+    from firered_core.preserve import PreserveConfig
+
+    source = image_tensor(1, 32, 32)
+    pipeline = model.loaded.pipeline
+    assert pipeline.preserve_unedited is None  # not an embedded-default folder: off unless asked
+    default_off, _ = _edit(model, image1=source)
+    pipeline.preserve_unedited = PreserveConfig(latent_threshold=1e9)
+    try:
+        outputs = {choice: _edit(model, image1=source, keep_unedited=choice)[0]
+                   for choice in ("model default", "on", "off")}
+    finally:
+        pipeline.preserve_unedited = None
+    assert (outputs["model default"] - source).abs().max() <= 1 / 255 + 1e-6
+    assert (outputs["on"] - source).abs().max() <= 1 / 255 + 1e-6
+    assert torch.equal(outputs["off"], default_off) and (outputs["off"] - source).abs().max() > 0.1
 
 
 def test_not_a_model_is_a_node_error() -> None:
