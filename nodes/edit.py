@@ -29,6 +29,14 @@ def sampling_inputs() -> dict[str, tuple]:
     }
 
 
+def keep_unedited_input() -> dict[str, tuple]:
+    """The optional ``keep_unedited`` widget of the nodes that edit one picture locally (``EditSettings``)."""
+    return {"keep_unedited": (list(edit_runner.KEEP_UNEDITED), {
+        "default": "model default",
+        "tooltip": "keep Picture 1's own pixels outside the area the edit changed (whole-image edits are left "
+                   "alone); model default: on for firered-default, off for other models"})}
+
+
 class FireRedEdit:
     DESCRIPTION = ("Edits up to three images following an instruction (none: generates from the text). Refer to "
                    "the images as Picture 1, 2, 3 in the order of the connected inputs. An input with a batch of "
@@ -50,10 +58,7 @@ class FireRedEdit:
             },
             "optional": {
                 **{f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
-                "keep_unedited": (list(edit_runner.KEEP_UNEDITED), {
-                    "default": "model default",
-                    "tooltip": "keep Picture 1's own pixels outside the area the edit changed (whole-image edits "
-                               "are left alone); model default: on for firered-default, off for other models"}),
+                **keep_unedited_input(),
             },
         }
 

@@ -103,6 +103,7 @@ def test_node_declarations() -> None:
     (dict(image=torch.rand(64, 64, 3)), "4 dimensions"),
     (dict(image=torch.rand(2, 64, 64, 3)), "batch of 2"),
     (dict(steps=0), "steps must be"),
+    (dict(keep_unedited="yes"), "keep_unedited must be one of"),
 ])
 def test_text_edit_bad_inputs(model, overrides: dict, message: str) -> None:
     args = dict(image=image_tensor(1, 64, 64), instruction='Write "HELLO"', candidates=2, **SETTINGS)
@@ -170,6 +171,29 @@ def test_text_edit_runs_on_the_tiny_model(model, tmp_path: Path, monkeypatch: py
     assert report.startswith("want 'WORLD'; old text found in source line 'HELLO'")
     assert [line[2:10] for line in report.splitlines()[1:]] == ["seed 7: ", "seed 8: ", "seed 9: "]
     assert comfy.progress[-1] == (6, 6)  # 3 candidates x 2 steps on one bar
+
+
+@needs_ocr
+def test_text_edit_keep_unedited_reaches_the_pipeline(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_unedited overrides the model's preserve_unedited; a threshold no latent reaches marks nothing as
+    edited, so 'kept' means every candidate is the source itself (at the output's 64x32 size)."""
+    from firered_core.preserve import PreserveConfig
+
+    source = card("HELLO")
+    expected = np.asarray(source.resize((64, 32), Image.Resampling.LANCZOS), np.float32) / 255
+    pipeline = model.loaded.pipeline
+    pipeline.preserve_unedited = PreserveConfig(latent_threshold=1e9)
+    outputs = {}
+    try:
+        with FakeComfy.installed(monkeypatch, tmp_path):
+            for choice in ("model default", "off"):
+                outputs[choice] = FireRedTextEdit().edit(
+                    model, image=pils_to_tensor([source]), instruction='Change "HELLO" to "WORLD"', candidates=1,
+                    **{**SETTINGS, "width": 64, "height": 32}, keep_unedited=choice)[0][0].numpy()
+    finally:
+        pipeline.preserve_unedited = None
+    assert np.abs(outputs["model default"] - expected).max() <= 1 / 255 + 1e-6
+    assert np.abs(outputs["off"] - expected).max() > 0.1
 
 
 @needs_ocr
