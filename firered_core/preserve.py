@@ -12,12 +12,13 @@ that for local edits, with no mask from the user:
    new background, brightness, a mirror, a style), the result is returned as it is.
 3. **Blend.** The edited area is grown by ``dilate`` latent pixels (the decoder spreads an edit over its
    neighbours), scaled to pixels, softened by a box blur of ``feather`` pixels, and the output is
-   ``mask * result + (1 - mask) * Picture 1``. Outside the grown area the output is Picture 1 exactly.
+   ``mask * result + (1 - mask) * Picture 1``. More than ``feather // 2`` pixels outside the grown area the
+   output is Picture 1 exactly.
 
-It needs Picture 1 at the output's size (the usual single-image edit); with no reference or another size the
-result is returned unchanged. Off by default in ``FireRedEditPipeline`` (the release's pipeline has no such
-step, and the parity tests compare against it); a model folder turns it on in its ``defaults.json``
-(``"preserve_unedited": true``, as the embedded default does).
+It needs Picture 1 at the output's aspect (the usual single-image edit; Picture 1 is resized to the output's size
+and encoded again); with no reference or another aspect the result is returned unchanged. Off by default in
+``FireRedEditPipeline`` (the release's pipeline has no such step, and the parity tests compare against it); a
+model folder turns it on in its ``defaults.json`` (``"preserve_unedited": true``, as the embedded default does).
 
 Public API: ``PreserveConfig``, ``edited_mask``, ``blend_unedited``.
 """
@@ -46,6 +47,8 @@ class PreserveConfig:
             raise ValueError(f"latent_threshold must be > 0, got {self.latent_threshold!r}")
         if not 0 < self.max_edited_fraction <= 1:
             raise ValueError(f"max_edited_fraction must be in (0, 1], got {self.max_edited_fraction!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (self.dilate, self.feather)):
+            raise ValueError(f"dilate and feather must be integers, got {self.dilate!r} and {self.feather!r}")
         if self.dilate < 0 or self.feather < 1:
             raise ValueError(f"dilate must be >= 0 and feather >= 1, got {self.dilate} and {self.feather}")
 

@@ -76,6 +76,8 @@ def test_bad_arguments_are_named() -> None:
         PreserveConfig(max_edited_fraction=1.5)
     with pytest.raises(ValueError, match="feather"):
         PreserveConfig(feather=0)
+    with pytest.raises(ValueError, match="integers"):
+        PreserveConfig(dilate=1.5)
     with pytest.raises(ValueError, match="differ in shape"):
         edited_mask(_latents(), torch.zeros(1, 16, 4, 4))
     with pytest.raises(ValueError, match="whole multiple"):
@@ -178,3 +180,13 @@ def test_the_cli_switch_and_the_written_metadata(tmp_path: Path) -> None:
     exact = {flag: (px == src).all(axis=-1).mean() for flag, (_, px) in outputs.items()}
     assert exact["--preserve-unedited"] > 0.5 > exact["--no-preserve-unedited"]
 
+
+
+def test_the_benchmark_says_whether_it_was_on() -> None:
+    from firered_train.synthetic.bench_report import settings_line
+
+    summary = {"steps": 40, "true_cfg_scale": 1.0, "seed": 1, "per_category": 20}
+    assert settings_line({**summary, "preserve_unedited": True}) == (
+        "Settings: 40 steps, true CFG 1, keep Picture 1 outside the edit (preserve_unedited) on, held-out seed 1, "
+        "20 per category.")
+    assert "(preserve_unedited) off" in settings_line(summary)

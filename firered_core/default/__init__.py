@@ -43,7 +43,8 @@ def is_available() -> bool:
 def pipe_defaults(folder: Any = None) -> dict[str, Any]:
     """The settings a model folder was tuned for (its ``defaults.json``, written by ``firered export-default``):
     ``steps``, ``true_cfg_scale``, ``area`` (output pixels), ``preserve_unedited``. ``folder`` None: the embedded
-    default. Any other model source - a folder without the file, a single weights file, a list of files - gives ``{}``."""
+    default. Any other model source - a folder without the file, a single weights file, a list of files - gives
+    ``{}``."""
     import json
     import os
 
