@@ -46,7 +46,7 @@ from .config import SchedulerConfig
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
 from .placement import compute_dtype
-from .preserve import PreserveConfig, blend_unedited, edited_mask
+from .preserve import PreserveConfig, keep_unedited
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
@@ -86,6 +86,7 @@ class _Prepared:
     ref_tokens: torch.Tensor | None  # [1, N_refs_total, C*4] or None
     img_shapes: list[tuple[int, int, int]]
     first_ref: Image.Image | None = None  # Picture 1, for preserve_unedited
+    first_ref_latents: torch.Tensor | None = None  # its latents as encoded for the sequence (reused when sizes match)
 
 
 class FireRedEditPipeline:
@@ -203,7 +204,7 @@ class FireRedEditPipeline:
             pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)
             preserved = False
             if preserve is not None and prepared.first_ref is not None:
-                pixels, preserved = self._keep_unedited(pixels, latents, prepared.first_ref, preserve)
+                pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
                           height=prepared.height, seed=seed, preserved=preserved)
 
@@ -256,6 +257,7 @@ class FireRedEditPipeline:
         unit = self.compression * self.patch
         shapes = [(1, out_h // unit, out_w // unit)]
         packed = []
+        first_latents = None
         for i, ref in enumerate(refs):
             check_cancel(cancel, f"edit before encoding reference image {i + 1}")
             ref_w, ref_h = calculate_dimensions(self.reference_area, ref.width / ref.height)
@@ -263,10 +265,12 @@ class FireRedEditPipeline:
             latents = self.vae.encode(pixels).to(self.dtype)  # [1, C, ref_h/8, ref_w/8], normalised
             packed.append(pack_latents(latents, self.patch))
             shapes.append((1, ref_h // unit, ref_w // unit))
+            if i == 0:
+                first_latents = latents
         ref_tokens = torch.cat(packed, dim=1) if packed else None
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
-                         first_ref=refs[0] if refs else None)
+                         first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
 
     def preserve_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
         """The ``PreserveConfig`` an ``edit(preserve_unedited=choice)`` call uses, None when it is off."""
@@ -278,24 +282,21 @@ class FireRedEditPipeline:
             return (self.preserve_unedited or PreserveConfig()) if choice else None
         raise TypeError(f"preserve_unedited must be None, a bool or a PreserveConfig, got {type(choice).__name__}")
 
-    def _keep_unedited(self, pixels: torch.Tensor, latents: torch.Tensor, first_ref: Image.Image,
+    def _keep_unedited(self, pixels: torch.Tensor, latents: torch.Tensor, prepared: _Prepared,
                        config: PreserveConfig) -> tuple[torch.Tensor, bool]:
-        """The decoded ``pixels`` with Picture 1 (encoded again at the output's size) outside the edited area, and
-        whether it was applied (not to a whole-image edit, nor when Picture 1 has another aspect)."""
+        """``preserve.keep_unedited`` with Picture 1 at the output's size (its reference latents reused when it was
+        encoded at that size); not applied when Picture 1 has another aspect."""
+        first_ref = prepared.first_ref
         height, width = pixels.shape[-2:]
         if abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02:
             log.info("preserve_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
                      first_ref.width, first_ref.height, width, height)
             return pixels, False
         source = to_tensor(first_ref, width, height).to(pixels.device, self._vae_dtype())
-        source_latents = self.vae.encode(source).to(latents.dtype)
-        mask = edited_mask(latents, source_latents, config)
-        if mask is None:
-            log.info("preserve_unedited: a whole-image edit (over %.0f%% of the latents changed), result kept",
-                     100 * config.max_edited_fraction)
-            return pixels, False
-        log.info("preserve_unedited: %.0f%% of the image edited, Picture 1 kept elsewhere", 100 * mask.mean().item())
-        return blend_unedited(pixels, source, mask.to(pixels.device), config.feather), True
+        kept, applied = keep_unedited(self.vae, pixels, latents, source, config, prepared.first_ref_latents)
+        log.info("preserve_unedited: %s", "Picture 1 kept outside the edited area" if applied else "a whole-image "
+                 f"edit (over {100 * config.max_edited_fraction:.0f}% of the latents changed), result kept")
+        return kept, applied
 
     def _encode(self, prompt: str, refs: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(embeds [1, L, D], mask [1, L] or None when nothing is padded) for one prompt."""

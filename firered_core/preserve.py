@@ -20,17 +20,19 @@ and encoded again); with no reference or another aspect the result is returned u
 ``FireRedEditPipeline`` (the release's pipeline has no such step, and the parity tests compare against it); a
 model folder turns it on in its ``defaults.json`` (``"preserve_unedited": true``, as the embedded default does).
 
-Public API: ``PreserveConfig``, ``edited_mask``, ``blend_unedited``.
+Public API: ``PreserveConfig``, ``edited_mask``, ``blend_unedited``, ``keep_unedited`` (the whole step, used by the
+pipeline and by the benchmark's ceiling).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PreserveConfig", "edited_mask", "blend_unedited"]
+__all__ = ["PreserveConfig", "edited_mask", "blend_unedited", "keep_unedited"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,23 @@ def blend_unedited(result_pixels: torch.Tensor, source_pixels: torch.Tensor, mas
         weight = F.avg_pool2d(F.pad(weight, _same_pad(feather), mode="replicate"), kernel_size=feather, stride=1)
     weight = weight.to(result_pixels.dtype)
     return weight * result_pixels + (1 - weight) * source_pixels.to(result_pixels.dtype)
+
+
+def keep_unedited(vae: Any, decoded: torch.Tensor, latents: torch.Tensor, source_pixels: torch.Tensor,
+                  config: PreserveConfig, source_latents: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """The step on one result: (``decoded`` with the source outside the edited area, True), or (``decoded``, False)
+    for a whole-image edit.
+
+    ``decoded`` and ``source_pixels`` are ``[1, 3, H, W]`` at the same size, ``latents`` the result's normalised
+    latents that ``vae`` decoded. ``source_latents``: the source already encoded at this size (the pipeline's
+    reference latents), else ``vae`` encodes ``source_pixels``."""
+    source_pixels = source_pixels.to(decoded.device, decoded.dtype)
+    if source_latents is None or _as_4d(source_latents).shape != _as_4d(latents).shape:
+        source_latents = vae.encode(source_pixels)
+    mask = edited_mask(latents, source_latents, config)
+    if mask is None:
+        return decoded, False
+    return blend_unedited(decoded, source_pixels, mask.to(decoded.device), config.feather), True
 
 
 def _same_pad(kernel: int) -> tuple[int, int, int, int]:

@@ -113,6 +113,14 @@ def test_the_embedded_model_keeps_picture_1_outside_its_edit() -> None:
     plain = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, preserve_unedited=False)
     assert kept.preserved and not plain.preserved
     assert torch.equal(kept.latents, plain.latents)  # the same sampling; only the pixels differ
+    # Picture 1 was encoded at the output's size for the token sequence: the step reuses those latents
+    encode, calls = pipe.vae.encode, []
+    pipe.vae.encode = lambda pixels: calls.append(pixels.shape) or encode(pixels)
+    try:
+        again = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0)
+    finally:
+        del pipe.vae.encode
+    assert calls == [(1, 3, 64, 64)] and np.array_equal(np.asarray(again.image), np.asarray(kept.image))
 
     with torch.inference_mode():
         source_latents = pipe.vae.encode(to_tensor(source, 64, 64))

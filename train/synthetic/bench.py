@@ -196,17 +196,14 @@ def vae_round_trip(vae: Any, image: Image.Image, source: Image.Image | None = No
 
     from firered_core.images import to_pil, to_tensor
     from firered_core.placement import compute_dtype
-    from firered_core.preserve import blend_unedited, edited_mask
+    from firered_core.preserve import keep_unedited
 
     dtype = compute_dtype(vae)
     with torch.inference_mode():
         latents = vae.encode(to_tensor(image, *image.size).to(dtype))
         pixels = vae.decode(latents)
         if source is not None and preserve is not None:
-            source_pixels = to_tensor(source, *image.size).to(dtype)
-            mask = edited_mask(latents, vae.encode(source_pixels), preserve)
-            if mask is not None:
-                pixels = blend_unedited(pixels, source_pixels, mask, preserve.feather)
+            pixels, _ = keep_unedited(vae, pixels, latents, to_tensor(source, *image.size), preserve)
         return to_pil(pixels)
 
 
