@@ -168,6 +168,9 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
                         help="keep Picture 1's own pixels outside the area the edit changed (default: the model "
                         "folder's defaults.json; on for the embedded model, off otherwise)")
+    parser.add_argument("--stochastic-sampling", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-noise every sampling step (default: the model folder's scheduler config; on for "
+                        "the embedded model, off for the released ones)")
     parser.add_argument("--compare", action="store_true", help="also write OUTPUT's stem + '_compare' + suffix: "
                         "the inputs and the result side by side")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT (and the comparison) if it exists")
@@ -220,6 +223,7 @@ def run_edit(args: argparse.Namespace) -> int:
         pipe.to(device)  # the condition encoder is loaded on the CPU
     for path, strength in loras:
         pipe.load_lora(path, strength)
+    pipe.set_stochastic_sampling(args.stochastic_sampling)
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
@@ -227,6 +231,7 @@ def run_edit(args: argparse.Namespace) -> int:
     meta = {"instruction": args.instruction, "negative": args.negative, "steps": args.steps, "cfg": args.cfg,
             "seed": args.seed, "width": result.width, "height": result.height,
             "kept_unedited": result.preserved,
+            "sampler": "stochastic" if pipe.scheduler_config.stochastic_sampling else "euler",
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
     if compare is not None:

@@ -248,7 +248,8 @@ class SchedulerConfig:
     """Flow-matching sigma schedule. Names follow diffusers' ``FlowMatchEulerDiscreteScheduler`` config.
 
     Only the options the Qwen-Image family uses are modelled; the loader refuses configs that switch on others
-    (karras/exponential/beta sigmas, stochastic sampling) rather than silently sampling differently.
+    (karras/exponential/beta sigmas, inverted sigmas) rather than silently sampling differently.
+    ``stochastic_sampling`` is modelled: each step re-noises the predicted clean latents (``sampler``).
     """
 
     num_train_timesteps: int = 1000
@@ -270,7 +271,7 @@ class SchedulerConfig:
         if self.time_shift_type not in ("exponential", "linear"):
             raise ConfigError(f"SchedulerConfig.time_shift_type must be 'exponential' or 'linear', got {self.time_shift_type!r}")
         unsupported = [n for n in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas",
-                                   "use_beta_sigmas", "stochastic_sampling") if getattr(self, n)]
+                                   "use_beta_sigmas") if getattr(self, n)]
         if unsupported:
             raise ConfigError(f"SchedulerConfig: options not supported by FireRed sampling: {', '.join(unsupported)}")
         if self.max_image_seq_len <= self.base_image_seq_len:

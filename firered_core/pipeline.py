@@ -13,7 +13,8 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    images. True CFG runs only when ``true_cfg_scale > 1`` and ``negative_prompt`` is not ``None``.
 4. **Sampling.** Seeded noise (``sampler.initial_noise``), sigmas from ``schedule.flow_sigmas`` with the shift
    taken from the number of TARGET tokens, then Euler steps (``sampler.euler_sample``) with per-step progress
-   and cancel hooks. ``img_shapes`` lists the target first, then each reference.
+   and cancel hooks. ``img_shapes`` lists the target first, then each reference. A scheduler config with
+   ``stochastic_sampling`` re-noises each step with noise from the same seeded generator as the start.
 5. **Decode** with the VAE and round to 8-bit exactly like the reference (``images.to_pil``).
 6. **Optionally keep the unedited area** (``preserve_unedited``, not in the reference, off by default): Picture 1's
    own pixels wherever the result's latents match Picture 1's (``preserve.py``), so a local edit leaves the rest of
@@ -35,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -194,11 +195,14 @@ class FireRedEditPipeline:
             uncond = self._predictor(self._encode(negative_prompt, refs), prepared) if guided else None
             latent_shape = (1, self.transformer.config.latent_channels,
                             prepared.height // self.compression, prepared.width // self.compression)
-            x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch)
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
+                              generator=generator)
             sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
             tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
-                                  progress=progress, cancel=cancel)
+                                  progress=progress, cancel=cancel,
+                                  step_noise=generator if self.scheduler_config.stochastic_sampling else None)
             latents = unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
             check_cancel(cancel, "edit before decoding")
             pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)
@@ -271,6 +275,11 @@ class FireRedEditPipeline:
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
                          first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
+
+    def set_stochastic_sampling(self, on: bool | None) -> None:
+        """Turn the scheduler's ``stochastic_sampling`` on or off for later edits; None keeps the folder's."""
+        if on is not None:
+            self.scheduler_config = replace(self.scheduler_config, stochastic_sampling=bool(on))
 
     def preserve_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
         """The ``PreserveConfig`` an ``edit(preserve_unedited=choice)`` call uses, None when it is off."""

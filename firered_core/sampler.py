@@ -23,9 +23,14 @@ Faithfulness to diffusers' QwenImageEditPlusPipeline, operation by operation:
   (not bit-identical to ``sigma``, and the model is sensitive to it at bf16);
 * the Euler update is computed on a float32 copy of ``x`` and cast back to the model output's dtype, as the
   reference scheduler's ``step`` does;
-* guidance is ``uncond + scale * (cond - uncond)`` rescaled per token to the norm of ``cond``.
+* guidance is ``uncond + scale * (cond - uncond)`` rescaled per token to the norm of ``cond``;
+* with ``stochastic_sampling`` (a scheduler option of the reference, ``stochastic_step``) a step predicts the
+  clean latents ``x0 = x - s v`` and re-noises them to the next level with fresh Gaussian noise,
+  ``(1 - s_next) x0 + s_next eps'``, in float32. The reference draws that noise from the global RNG; here it comes
+  from the caller's seeded CPU generator, so a seed gives the same result on every run and machine.
 
-Public API: ``VelocityFn``, ``initial_noise``, ``cfg_combine``, ``euler_step``, ``euler_sample``.
+Public API: ``VelocityFn``, ``initial_noise``, ``cfg_combine``, ``euler_step``, ``stochastic_step``,
+``euler_sample``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .progress import CancelFn, ProgressFn, check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VelocityFn", "initial_noise", "cfg_combine", "euler_step", "euler_sample"]
+__all__ = ["VelocityFn", "initial_noise", "cfg_combine", "euler_step", "stochastic_step", "euler_sample"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,18 +56,21 @@ def initial_noise(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     patch: int = 2,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Seeded Gaussian noise for latents of shape ``(B, C, h, w)``, returned packed as ``[B, h*w/4, C*4]``.
 
     Drawn on the CPU (so a seed means the same thing on every machine) in the shape ``(B, 1, C, h, w)`` that the
-    reference pipeline uses, in ``dtype``, then moved to ``device``.
+    reference pipeline uses, in ``dtype``, then moved to ``device``. ``generator``: a CPU generator already
+    seeded with ``seed`` to draw from (so the caller can keep drawing from it, e.g. for ``stochastic_step``).
     """
     if len(latent_shape) != 4 or any(int(n) <= 0 for n in latent_shape):
         raise ValueError(f"initial_noise: latent_shape must be 4 positive sizes (B, C, h, w), got {tuple(latent_shape)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"initial_noise: seed must be an integer in [0, 2**64), got {seed!r}")
     b, c, h, w = (int(n) for n in latent_shape)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if generator is None:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
     noise = torch.randn((b, 1, c, h, w), generator=generator, device="cpu", dtype=dtype).to(device)
     # [B, 1, C, h, w] -> [B, C, h, w]: the size-1 frame axis leaves memory order unchanged
     return pack_latents(noise.reshape(b, c, h, w), patch)
@@ -85,6 +93,15 @@ def cfg_combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch
 def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """One Euler step from noise level ``sigma`` to ``sigma_next`` (float32 scalars), in ``v``'s dtype."""
     return (x.to(torch.float32) + (sigma_next - sigma) * v).to(v.dtype)
+
+
+def stochastic_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """One stochastic step: the predicted clean latents ``x - sigma v`` re-noised to ``sigma_next`` with fresh
+    noise from the CPU ``generator`` (float32 arithmetic, the result in ``v``'s dtype)."""
+    x0 = x.to(torch.float32) - sigma * v
+    noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device)
+    return ((1.0 - sigma_next) * x0 + sigma_next * noise).to(v.dtype)
 
 
 def _model_time(sigma: torch.Tensor, x: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -113,11 +130,14 @@ def euler_sample(
     num_train_timesteps: int = 1000,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    step_noise: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``sigmas[0]`` to ``sigmas[-1]``; returns the final tokens (``x``'s shape).
 
     ``cancel`` is polled before every step (``Cancelled`` is raised, no step is half-done); ``progress`` gets
-    ``(step, num_steps, x)`` after every step. See the module docstring for the model-function contract.
+    ``(step, num_steps, x)`` after every step. ``step_noise``: a seeded CPU generator turns on stochastic
+    sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. See the module docstring
+    for the model-function contract.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"euler_sample: sigmas must be 1-D with num_steps + 1 entries, got {tuple(sigmas.shape)}")
@@ -126,14 +146,18 @@ def euler_sample(
     sigmas = sigmas.to(device=x.device, dtype=torch.float32)
     guided = predict_negative is not None and cfg_scale > 1.0
     total = sigmas.numel() - 1
-    log.debug("euler_sample: %d steps, tokens %s, true CFG %s", total, tuple(x.shape), cfg_scale if guided else "off")
+    log.debug("euler_sample: %d %s steps, tokens %s, true CFG %s", total,
+              "stochastic" if step_noise is not None else "Euler", tuple(x.shape), cfg_scale if guided else "off")
     for i in range(total):
         check_cancel(cancel, f"euler_sample before step {i + 1}/{total}")
         t = _model_time(sigmas[i], x, num_train_timesteps)
         v = _predict(predict, x, t, "conditional")
         if guided:
             v = cfg_combine(v, _predict(predict_negative, x, t, "negative"), cfg_scale)  # type: ignore[arg-type]
-        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        if step_noise is None:
+            x = euler_step(x, v, sigmas[i], sigmas[i + 1])
+        else:
+            x = stochastic_step(x, v, sigmas[i], sigmas[i + 1], step_noise)
         if progress is not None:
             progress(i + 1, total, x)
     return x

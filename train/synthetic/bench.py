@@ -168,6 +168,8 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--seed", type=int, default=0, help="held-out sample seed (default 0)")
     parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
                         help="keep Picture 1's pixels outside the edited area (default: the model's own setting)")
+    parser.add_argument("--stochastic-sampling", action=argparse.BooleanOptionalAction, default=None,
+                        help="re-noise every sampling step (default: the model's scheduler config)")
     parser.add_argument("--out", default="outputs/bench_synthetic", help="report folder (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--update-tables", nargs="+", default=(), metavar="DOC",
@@ -221,6 +223,7 @@ def run_bench(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else int(tuned.get("steps", 20))
     cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 3.0))
     preserve = pipe.preserve_config(args.preserve_unedited)
+    pipe.set_stochastic_sampling(args.stochastic_sampling)
 
     def edit(sample: SyntheticSample, index: int) -> Image.Image:
         size = sample.target.size
@@ -236,6 +239,7 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = summarise(results)
     summary.update({"model": args.model or "firered-default", "steps": steps, "true_cfg_scale": cfg,
                     "preserve_unedited": preserve is not None,
+                    "stochastic_sampling": pipe.scheduler_config.stochastic_sampling,
                     "per_category": args.per_category, "seed": args.seed,
                     "seconds": round(time.monotonic() - started, 1)})
     write_report(out, summary, results, images, overwrite=args.overwrite)

@@ -103,10 +103,12 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def settings_line(summary: dict[str, Any]) -> str:
-    """How the benchmark ran: sampling steps, CFG, whether Picture 1 was kept outside the edit, held-out seed."""
+    """How the benchmark ran: sampling steps (stochastic or Euler), CFG, whether Picture 1 was kept outside the
+    edit, held-out seed."""
     kept = "on" if summary.get("preserve_unedited") else "off"
-    return (f"Settings: {summary['steps']} steps, true CFG {summary['true_cfg_scale']:g}, keep Picture 1 outside "
-            f"the edit (preserve_unedited) {kept}, held-out seed {summary.get('seed', 0)}, "
+    sampler = "stochastic" if summary.get("stochastic_sampling") else "Euler"
+    return (f"Settings: {summary['steps']} {sampler} steps, true CFG {summary['true_cfg_scale']:g}, keep Picture 1 "
+            f"outside the edit (preserve_unedited) {kept}, held-out seed {summary.get('seed', 0)}, "
             f"{summary.get('per_category', '?')} per category.")
 
 

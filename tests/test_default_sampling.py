@@ -1,0 +1,68 @@
+"""Stochastic sampling on the embedded default model: the shipped scheduler turns it on, a seed still fixes the
+result, and the benchmark can switch it either way and says which it ran."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from firered_core.default import is_available, load_default_pipeline
+from firered_train.synthetic import generate
+from firered_train.synthetic.generator import GeneratorConfig
+
+pytestmark = pytest.mark.skipif(not is_available(), reason="the embedded default model is not in this checkout")
+
+
+def _edit(pipe, sample, seed: int) -> np.ndarray:  # noqa: ANN001 - pipeline and generator sample
+    result = pipe.edit(list(sample.sources), sample.instruction, steps=8, true_cfg_scale=1.0, seed=seed,
+                       preserve_unedited=False)
+    return np.asarray(result.image)
+
+
+def test_the_shipped_scheduler_samples_stochastically_and_a_seed_still_fixes_the_result() -> None:
+    pipe = load_default_pipeline()
+    assert pipe.scheduler_config.stochastic_sampling is True
+    sample = next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
+    first, again, other = _edit(pipe, sample, 0), _edit(pipe, sample, 0), _edit(pipe, sample, 1)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    pipe.set_stochastic_sampling(False)
+    assert not np.array_equal(first, _edit(pipe, sample, 0))
+
+
+def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from firered_train.synthetic.bench import register_bench
+
+    parser = argparse.ArgumentParser()
+    run = register_bench(parser)
+    for flag, word, expected in (("--stochastic-sampling", "stochastic", True),
+                                 ("--no-stochastic-sampling", "Euler", False)):
+        out = tmp_path / word
+        assert run(parser.parse_args(["synthetic", "--per-category", "1", "--steps", "4", "--out", str(out),
+                                      flag])) == 0
+        assert json.loads((out / "results.json").read_text())["summary"]["stochastic_sampling"] is expected
+        assert f"Settings: 4 {word} steps," in capsys.readouterr().out
+
+
+def test_the_edit_command_switch_and_the_written_metadata(tmp_path: Path) -> None:
+    sample = next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
+    source = tmp_path / "in.png"
+    sample.sources[0].save(source)
+    seen = {}
+    for flag in ("--stochastic-sampling", "--no-stochastic-sampling"):
+        out = tmp_path / f"{flag.strip('-')}.png"
+        done = subprocess.run([sys.executable, "-m", "firered_core", "edit", str(source), "--instruction",
+                               sample.instruction, "--steps", "8", "-o", str(out), flag],
+                              cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        image = Image.open(out)
+        seen[flag] = (json.loads(image.info["firered"])["sampler"], np.asarray(image.convert("RGB")))
+    assert seen["--stochastic-sampling"][0] == "stochastic" and seen["--no-stochastic-sampling"][0] == "euler"
+    assert not np.array_equal(seen["--stochastic-sampling"][1], seen["--no-stochastic-sampling"][1])
