@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from firered_core.default import is_available, load_default_pipeline
 from firered_train.synthetic import generate
 from firered_train.synthetic.generator import GeneratorConfig
+
+from .edit_cli import edit_with_each
 
 pytestmark = pytest.mark.skipif(not is_available(), reason="the embedded default model is not in this checkout")
 
@@ -53,16 +52,6 @@ def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pyte
 
 def test_the_edit_command_switch_and_the_written_metadata(tmp_path: Path) -> None:
     sample = next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
-    source = tmp_path / "in.png"
-    sample.sources[0].save(source)
-    seen = {}
-    for flag in ("--stochastic-sampling", "--no-stochastic-sampling"):
-        out = tmp_path / f"{flag.strip('-')}.png"
-        done = subprocess.run([sys.executable, "-m", "firered_core", "edit", str(source), "--instruction",
-                               sample.instruction, "--steps", "8", "-o", str(out), flag],
-                              cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        image = Image.open(out)
-        seen[flag] = (json.loads(image.info["firered"])["sampler"], np.asarray(image.convert("RGB")))
+    seen = edit_with_each(sample, tmp_path, ("--stochastic-sampling", "--no-stochastic-sampling"), "sampler")
     assert seen["--stochastic-sampling"][0] == "stochastic" and seen["--no-stochastic-sampling"][0] == "euler"
     assert not np.array_equal(seen["--stochastic-sampling"][1], seen["--no-stochastic-sampling"][1])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,8 @@ from firered_train.synthetic import generate
 from firered_train.synthetic.bench import vae_round_trip
 from firered_train.synthetic.generator import GeneratorConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+from .edit_cli import edit_with_each
+
 needs_default = pytest.mark.skipif(not is_available(), reason="the embedded default model is not in this checkout")
 
 
@@ -172,17 +170,7 @@ def test_the_benchmark_ceiling_gets_the_same_treatment() -> None:
 @needs_default
 def test_the_cli_switch_and_the_written_metadata(tmp_path: Path) -> None:
     sample = _local_edit()
-    source = tmp_path / "in.png"
-    sample.sources[0].save(source)
-    outputs = {}
-    for flag in ("--preserve-unedited", "--no-preserve-unedited"):
-        out = tmp_path / f"{flag.strip('-')}.png"
-        done = subprocess.run([sys.executable, "-m", "firered_core", "edit", str(source), "--instruction",
-                               sample.instruction, "--steps", "8", "-o", str(out), flag], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        image = Image.open(out)
-        outputs[flag] = (json.loads(image.info["firered"])["kept_unedited"], np.asarray(image.convert("RGB")))
+    outputs = edit_with_each(sample, tmp_path, ("--preserve-unedited", "--no-preserve-unedited"), "kept_unedited")
     assert outputs["--preserve-unedited"][0] is True and outputs["--no-preserve-unedited"][0] is False
     src = np.asarray(sample.sources[0])
     exact = {flag: (px == src).all(axis=-1).mean() for flag, (_, px) in outputs.items()}
