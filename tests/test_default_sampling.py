@@ -19,6 +19,11 @@ from .edit_cli import edit_with_each
 pytestmark = pytest.mark.skipif(not is_available(), reason="the embedded default model is not in this checkout")
 
 
+def _color_edit():  # noqa: ANN202 - the generator's sample type
+    """One held-out recolour edit: a local change the model makes, so the sampler's effect shows in pixels."""
+    return next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
+
+
 def _edit(pipe, sample, seed: int) -> np.ndarray:  # noqa: ANN001 - pipeline and generator sample
     result = pipe.edit(list(sample.sources), sample.instruction, steps=8, true_cfg_scale=1.0, seed=seed,
                        preserve_unedited=False)
@@ -28,7 +33,7 @@ def _edit(pipe, sample, seed: int) -> np.ndarray:  # noqa: ANN001 - pipeline and
 def test_the_shipped_scheduler_samples_stochastically_and_a_seed_still_fixes_the_result() -> None:
     pipe = load_default_pipeline()
     assert pipe.scheduler_config.stochastic_sampling is True
-    sample = next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
+    sample = _color_edit()
     first, again, other = _edit(pipe, sample, 0), _edit(pipe, sample, 0), _edit(pipe, sample, 1)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
@@ -51,7 +56,7 @@ def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pyte
 
 
 def test_the_edit_command_switch_and_the_written_metadata(tmp_path: Path) -> None:
-    sample = next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
+    sample = _color_edit()
     seen = edit_with_each(sample, tmp_path, ("--stochastic-sampling", "--no-stochastic-sampling"), "sampler")
     assert seen["--stochastic-sampling"][0] == "stochastic" and seen["--no-stochastic-sampling"][0] == "euler"
     assert not np.array_equal(seen["--stochastic-sampling"][1], seen["--no-stochastic-sampling"][1])

@@ -40,7 +40,7 @@ from PIL import Image
 
 from .checks import check
 from .generator import TASK_OPS, SyntheticSample, generate
-from .metrics import psnr
+from .metrics import finite_db, psnr
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,8 @@ class BenchSample:
     def closer_than_source(self) -> bool | None:
         if self.source_psnr_to_target is None:
             return None
-        return _finite(self.psnr_to_target) > _finite(self.source_psnr_to_target)
+        return finite_db(self.psnr_to_target) > finite_db(self.source_psnr_to_target)
 
-
-def _finite(db: float) -> float:
-    return 100.0 if math.isinf(db) else db
 
 
 def run_benchmark(edit: EditFn, per_category: int, *, seed: int = 0, tasks: Sequence[str] = tuple(TASK_OPS),
@@ -117,7 +114,7 @@ def summarise(results: Sequence[BenchSample]) -> dict[str, Any]:
         return {"n": len(rows), "success": sum(r.passed for r in rows) / len(rows) if rows else math.nan,
                 "missed": dict(sorted(missed.items(), key=lambda kv: (-kv[1], kv[0]))),
                 "ceiling": sum(best) / len(best) if best else None,
-                "psnr_to_target": sum(_finite(r.psnr_to_target) for r in rows) / len(rows) if rows else math.nan,
+                "psnr_to_target": sum(finite_db(r.psnr_to_target) for r in rows) / len(rows) if rows else math.nan,
                 "closer_than_source": sum(closer) / len(closer) if closer else None, "n_with_source": len(closer)}
 
     by_task: dict[str, list[BenchSample]] = {}

@@ -25,41 +25,32 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
+
+from .bench import BenchSample
+from .metrics import finite_db
 
 __all__ = ["load_runs", "compare", "sign_test", "format_comparison", "register_bench_compare", "Tally"]
 
 
-def load_runs(folders: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
+def load_runs(folders: Sequence[str | Path]) -> dict[str, BenchSample]:
     """The graded samples of one or more report folders (their ``results.json``), keyed by sample id."""
-    samples: dict[str, dict[str, Any]] = {}
+    samples: dict[str, BenchSample] = {}
     for folder in folders:
         path = Path(folder) / "results.json"
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: no results.json (a report folder of firered bench synthetic?)")
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))["samples"]
+            rows = [BenchSample(**row) for row in json.loads(path.read_text(encoding="utf-8"))["samples"]]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a benchmark results file ({type(exc).__name__}: {exc})") from None
         for row in rows:
-            sample_id = _checked(row, path)
-            if sample_id in samples:
-                raise ValueError(f"{path}: sample {sample_id} is also in another folder; pass each run once")
-            samples[sample_id] = row
+            if row.id in samples:
+                raise ValueError(f"{path}: sample {row.id} is also in another folder; pass each run once")
+            samples[row.id] = row
     if not samples:
         raise ValueError(f"no graded samples in {', '.join(map(str, folders))}")
     return samples
-
-
-_NEEDED = ("id", "task", "passed", "psnr_to_target", "source_psnr_to_target")
-
-
-def _checked(row: Any, path: Path) -> str:
-    """A result row's id, after checking it has what the comparison reads."""
-    missing = [key for key in _NEEDED if key not in row] if isinstance(row, dict) else list(_NEEDED)
-    if missing:
-        raise ValueError(f"{path}: a sample lacks {', '.join(missing)} (not a benchmark results file?)")
-    return str(row["id"])
 
 
 @dataclass
@@ -74,28 +65,22 @@ class Tally:
     with_source: int = 0
     base_closer: int = 0
     new_closer: int = 0
-    psnr_gain: list[float] = field(default_factory=list)
+    psnr_gain: list[float] = field(default_factory=list)  # per pair: new minus base PSNR to the target, dB
 
-    def add(self, base: dict[str, Any], new: dict[str, Any]) -> None:
+    def add(self, base: BenchSample, new: BenchSample) -> None:
         self.n += 1
-        self.base_passed += bool(base["passed"])
-        self.new_passed += bool(new["passed"])
-        self.only_base += bool(base["passed"]) and not new["passed"]
-        self.only_new += bool(new["passed"]) and not base["passed"]
-        source_db = base.get("source_psnr_to_target")
-        if source_db is not None:
+        self.base_passed += base.passed
+        self.new_passed += new.passed
+        self.only_base += base.passed and not new.passed
+        self.only_new += new.passed and not base.passed
+        if base.closer_than_source is not None:
             self.with_source += 1
-            self.base_closer += _db(base["psnr_to_target"]) > _db(source_db)
-            self.new_closer += _db(new["psnr_to_target"]) > _db(source_db)
-        self.psnr_gain.append(_db(new["psnr_to_target"]) - _db(base["psnr_to_target"]))
+            self.base_closer += base.closer_than_source
+            self.new_closer += bool(new.closer_than_source)
+        self.psnr_gain.append(finite_db(new.psnr_to_target) - finite_db(base.psnr_to_target))
 
 
-def _db(value: float | None) -> float:
-    """PSNR as stored (JSON has no infinity: an exact match may come back as a huge number or None)."""
-    return 100.0 if value is None or math.isinf(value) or value > 100.0 else float(value)
-
-
-def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> dict[str, Tally]:
+def compare(base: dict[str, BenchSample], new: dict[str, BenchSample]) -> dict[str, Tally]:
     """Per-category tallies (in the base run's order) plus ``"overall"``; both runs must hold the same ids."""
     only_base, only_new = sorted(set(base) - set(new)), sorted(set(new) - set(base))
     if only_base or only_new:
@@ -105,10 +90,10 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> 
     tallies: dict[str, Tally] = {}
     overall = Tally()
     for sample_id, row in base.items():
-        if new[sample_id]["task"] != row["task"]:
-            raise ValueError(f"sample {sample_id} is a {row['task']} edit in --base but {new[sample_id]['task']} "
+        if new[sample_id].task != row.task:
+            raise ValueError(f"sample {sample_id} is a {row.task} edit in --base but {new[sample_id].task} "
                              "in --new: not the same held-out split")
-        tallies.setdefault(row["task"], Tally()).add(row, new[sample_id])
+        tallies.setdefault(row.task, Tally()).add(row, new[sample_id])
         overall.add(row, new[sample_id])
     tallies["overall"] = overall
     return tallies
@@ -132,7 +117,7 @@ def format_comparison(tallies: dict[str, Tally]) -> str:
             f"{'closer base':>12} {'closer new':>11} {'dPSNR':>7}")
     lines = [head]
     for name, t in tallies.items():
-        gain = sum(t.psnr_gain) / len(t.psnr_gain) if t.psnr_gain else 0.0
+        gain = sum(t.psnr_gain) / t.n if t.n else 0.0
         lines.append(f"{name:<12} {t.n:>4} {_share(t.base_passed, t.n):>7} {_share(t.new_passed, t.n):>7} "
                      f"{t.only_base:>10} {t.only_new:>9} {_share(t.base_closer, t.with_source):>12} "
                      f"{_share(t.new_closer, t.with_source):>11} {gain:>+7.2f}")

@@ -26,7 +26,6 @@ Public API: ``check``, ``CheckResult``, ``CheckThresholds``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -34,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from . import criteria as C
-from .metrics import ImageLike, psnr, ssim, to_array
+from .metrics import ImageLike, finite_db, psnr, ssim, to_array
 from .pixel_ops import apply_op
 from .render import render_scene
 from .scene import scene_from_dict
@@ -168,7 +167,7 @@ def _transform(j: _Judge) -> None:
     expected = to_array(apply_op(params.pop("name"), Image.fromarray(j.sources[0].astype(np.uint8)), params))
     to_expected, to_source = psnr(j.result, expected), psnr(j.result, j.sources[0])
     j.need("psnr_to_expected", to_expected, j.t.transform_db)
-    j.need("expected_minus_source_db", _finite(to_expected) - _finite(to_source), 1e-9)
+    j.need("expected_minus_source_db", finite_db(to_expected) - finite_db(to_source), 1e-9)
 
 
 def _posterize(j: _Judge) -> None:
@@ -183,11 +182,8 @@ def _restore(j: _Judge) -> None:
     clean = to_array(render_scene(scene_from_dict(j.spec["clean_scene"])))
     to_clean, source_to_clean = psnr(j.result, clean), psnr(j.sources[0], clean)
     j.need("psnr_to_clean", to_clean, j.t.transform_db)
-    j.need("gain_db", _finite(to_clean) - _finite(source_to_clean), j.t.restore_gain_db)
+    j.need("gain_db", finite_db(to_clean) - finite_db(source_to_clean), j.t.restore_gain_db)
 
-
-def _finite(db: float) -> float:
-    return 100.0 if math.isinf(db) else db
 
 
 _BY_OP: dict[str, Callable[[_Judge], None]] = {

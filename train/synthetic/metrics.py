@@ -1,13 +1,14 @@
 """Image similarity in plain numpy: PSNR and SSIM, for images in [0, 255].
 
-- ``psnr(a, b)``: 10 log10(255^2 / MSE) over all pixels and channels; identical images give ``inf``.
+- ``psnr(a, b)``: 10 log10(255^2 / MSE) over all pixels and channels; identical images give ``inf``;
+  ``finite_db`` counts that as 100 dB where PSNRs are subtracted, compared or averaged.
 - ``ssim(a, b)``: the structural similarity of Wang et al. (2004) with its usual constants - an 11-tap Gaussian
   window of sigma 1.5, K1 = 0.01, K2 = 0.03 - computed per RGB channel over the "valid" window positions and
   averaged. Images smaller than the window use a window the size of the image.
 
 Both accept PIL images or (H, W, 3) / (H, W) arrays and need no dependency beyond numpy.
 
-Public API: ``psnr``, ``ssim``, ``to_array``.
+Public API: ``psnr``, ``finite_db``, ``ssim``, ``to_array``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def psnr(a: ImageLike, b: ImageLike) -> float:
         raise ValueError(f"psnr of different shapes {x.shape} and {y.shape}")
     mse = float(np.mean((x - y) ** 2))
     return math.inf if mse == 0 else 10.0 * math.log10(_L * _L / mse)
+
+
+def finite_db(db: float) -> float:
+    """A PSNR with the ``inf`` of identical images counted as 100 dB (above any real 8-bit difference)."""
+    return 100.0 if math.isinf(db) else db
 
 
 def _gaussian(taps: int, sigma: float) -> np.ndarray:
