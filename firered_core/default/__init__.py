@@ -8,7 +8,7 @@ package), so it loads through the same code as any other model. See ``MODEL_CARD
 
     from firered_core.default import load_default_pipeline
     pipe = load_default_pipeline()
-    tuned = pipe_defaults()                       # {"steps": 40, "true_cfg_scale": 1.0, "area": 4096, ...}
+    tuned = pipe_defaults()                       # {"steps": 10, "true_cfg_scale": 1.0, "area": 4096, ...}
     result = pipe.edit(["examples/input.png"], "Please remove the yellow house from the image.",
                        steps=tuned["steps"], true_cfg_scale=tuned["true_cfg_scale"])
     result.image.save("out.png")
