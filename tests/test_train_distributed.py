@@ -62,3 +62,27 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     worst = max((float((one[k] - two[k]).abs().max()), k) for k in one)
     assert moved > 1e-3, "training did not change the weights"
     assert worst[0] < 1e-5, f"1 vs 2 processes differ by {worst[0]:.3g} in {worst[1]} (training moved them {moved:.3g})"
+
+
+def test_train_command_leaves_its_process_group_even_when_it_fails(tmp_path: Path) -> None:
+    """A launched run joins a gloo group; ``firered train`` destroys it before returning (left to the interpreter's
+    shutdown it can abort a rank after the work is done), and does so on failure too."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from firered_train.cli import run_train
+    from firered_train.distributed import leave_process_group
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        args = argparse.Namespace(config="tiny_sft", overrides=[f"--data.path={tmp_path / 'missing'}",
+                                                                f"--output_dir={tmp_path / 'run'}"])
+        with pytest.raises(Exception, match="missing"):
+            run_train(args)
+        assert not dist.is_initialized()
+        leave_process_group()  # nothing left to leave: a no-op
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 if TYPE_CHECKING:
@@ -87,23 +88,32 @@ def register_train(parser: argparse.ArgumentParser) -> Runner:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from .distributed import leave_process_group
+
     overrides, _ = split_overrides(args.overrides, ("resume",))
     cfg = _load(args.config, overrides)
+    try:
+        exported = _train(cfg)
+    finally:
+        leave_process_group()
+    for path in exported:
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+def _train(cfg: TrainConfig) -> list[Path]:
+    """Run the config's trainer (the transformer's, or the VAE's for ``target: vae``); returns the exported files."""
     if cfg.target == "vae":
         from .vae_trainer import VAETrainer
 
         vae_result = VAETrainer(cfg).run()
         log.info("done: %d VAE steps, final loss %.5f", vae_result.steps, vae_result.final_loss)
-        for path in vae_result.exported:
-            print(f"wrote {path}", flush=True)
-        return 0
+        return list(vae_result.exported)
     from .trainer import Trainer
 
     result = Trainer(cfg).run()
     log.info("done: %d steps, final loss %.5f", result.steps, result.final_loss)
-    for path in result.exported:
-        print(f"wrote {path}", flush=True)
-    return 0
+    return list(result.exported)
 
 
 def register_cache(parser: argparse.ArgumentParser) -> Runner:
@@ -131,7 +141,12 @@ def run_cache(args: argparse.Namespace) -> int:
     if latent_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--latent-dtype must be float32 or bfloat16, got {latent_dtype!r}")
     cfg = _load(args.config, overrides)
-    written = cache_from_config(cfg, batch_size=batch_size, shard_size=shard_size, latent_dtype=latent_dtype)
+    from .distributed import leave_process_group
+
+    try:
+        written = cache_from_config(cfg, batch_size=batch_size, shard_size=shard_size, latent_dtype=latent_dtype)
+    finally:
+        leave_process_group()
     print(f"cached {written} samples in {cfg.data.cache_dir}", flush=True)
     return 0
 

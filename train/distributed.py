@@ -106,6 +106,14 @@ def make_accelerator(*, cpu: bool | None = None, fsdp: Any = None) -> Any:
     return accelerator
 
 
+def leave_process_group() -> None:
+    """Destroy the default process group, if this process joined one. A command that trained or cached under a
+    launcher calls it before it returns: a gloo group left to the interpreter's shutdown can abort the process
+    ("terminate called without an active exception") after all its work is done, which fails the launch."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def fsdp_requested() -> bool:
     """True when the launch asked for FSDP (``accelerate launch --use_fsdp``, a config file with
     ``distributed_type: FSDP``, or a plugin passed to accelerate: all set ``ACCELERATE_USE_FSDP``)."""
