@@ -174,14 +174,19 @@ class FireRedEditPipeline:
     def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
              steps: int = 40, true_cfg_scale: float = 4.0, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None, preserve_unedited: bool | PreserveConfig | None = None) -> EditResult:
+             cancel: CancelFn | None = None, preserve_unedited: bool | PreserveConfig | None = None,
+             stochastic_sampling: bool | None = None) -> EditResult:
         """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
 
         ``preserve_unedited``: None uses the pipeline's ``preserve_unedited`` setting (off unless a model folder's
         ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
-        off, a ``PreserveConfig`` is used as given."""
+        off, a ``PreserveConfig`` is used as given. ``stochastic_sampling``: None uses the scheduler config's
+        setting, True re-noises every step, False takes deterministic Euler steps (this call only)."""
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
         preserve = self.preserve_config(preserve_unedited)
+        if stochastic_sampling is not None and not isinstance(stochastic_sampling, bool):
+            raise TypeError(f"stochastic_sampling must be None, True or False, got {stochastic_sampling!r}")
+        stochastic = self.scheduler_config.stochastic_sampling if stochastic_sampling is None else stochastic_sampling
         if self.encoder is None:
             raise ValueError("the pipeline has no condition encoder: load a model folder with text_encoder/ or "
                              "pass the Qwen2.5-VL text-encoder file together with the transformer and VAE")
@@ -202,7 +207,7 @@ class FireRedEditPipeline:
             tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
                                   progress=progress, cancel=cancel,
-                                  step_noise=generator if self.scheduler_config.stochastic_sampling else None)
+                                  step_noise=generator if stochastic else None)
             latents = unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
             check_cancel(cancel, "edit before decoding")
             pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)

@@ -37,6 +37,15 @@ def keep_unedited_input() -> dict[str, tuple]:
                    "alone); model default: on for firered-default, off for other models"})}
 
 
+def sampler_input() -> dict[str, tuple]:
+    """The optional ``sampler`` widget of every FireRed edit node (``EditSettings``)."""
+    return {"sampler": (list(edit_runner.SAMPLERS), {
+        "default": "model default",
+        "tooltip": "stochastic: every step re-noises the predicted image with fresh seeded noise; euler: "
+                   "deterministic steps; model default: the model's scheduler config (stochastic for "
+                   "firered-default, euler for the released models)"})}
+
+
 class FireRedEdit:
     DESCRIPTION = ("Edits up to three images following an instruction (none: generates from the text). Refer to "
                    "the images as Picture 1, 2, 3 in the order of the connected inputs. An input with a batch of "
@@ -59,15 +68,17 @@ class FireRedEdit:
             "optional": {
                 **{f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
                 **keep_unedited_input(),
+                **sampler_input(),
             },
         }
 
     def edit(self, model: FireRedModel, instruction: str, negative_prompt: str, steps: int, true_cfg_scale: float,
              seed: int, width: int, height: int, image1: Any = None, image2: Any = None,
-             image3: Any = None, keep_unedited: str = "model default") -> tuple[Any, dict]:
+             image3: Any = None, keep_unedited: str = "model default",
+             sampler: str = "model default") -> tuple[Any, dict]:
         instruction = require_instruction(instruction)
         settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
-                                                        keep_unedited)
+                                                        keep_unedited, sampler)
         batches = edit_runner.reference_batches([("image1", image1), ("image2", image2), ("image3", image3)])
         results = edit_runner.run_edits(model, batches, instruction, settings)
         return edit_runner.to_outputs(results, model.loaded.pipeline)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 8192
 KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(preserve_unedited=...)
+SAMPLERS = {"model default": None, "stochastic": True, "euler": False}  # -> edit(stochastic_sampling=...)
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,12 @@ class EditSettings:
     width: int | None  # None = automatic (about 1 MP at the last reference's aspect)
     height: int | None
     preserve: bool | None = None  # keep Picture 1 outside the edit: None = the model's own setting
+    stochastic: bool | None = None  # re-noise every step (True) or Euler steps (False): None = the model's own
 
     @classmethod
     def from_inputs(cls, negative_prompt: Any, steps: Any, true_cfg_scale: Any, seed: Any, width: Any = 0,
-                    height: Any = 0, keep_unedited: Any = "model default") -> "EditSettings":
+                    height: Any = 0, keep_unedited: Any = "model default",
+                    sampler: Any = "model default") -> "EditSettings":
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
         steps = _integer(steps, "steps", 1, 1000)
@@ -67,7 +70,10 @@ class EditSettings:
         negative = negative_prompt if negative_prompt else None
         if not isinstance(keep_unedited, str) or keep_unedited not in KEEP_UNEDITED:
             raise FireRedNodeError(f"keep_unedited must be one of {', '.join(KEEP_UNEDITED)}, got {keep_unedited!r}")
-        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1], KEEP_UNEDITED[keep_unedited])
+        if not isinstance(sampler, str) or sampler not in SAMPLERS:
+            raise FireRedNodeError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1], KEEP_UNEDITED[keep_unedited],
+                   SAMPLERS[sampler])
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
@@ -114,7 +120,8 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
             results.append(pipeline.edit(
                 list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
-                height=settings.height, progress=progress, cancel=cancel, preserve_unedited=settings.preserve))
+                height=settings.height, progress=progress, cancel=cancel, preserve_unedited=settings.preserve,
+                stochastic_sampling=settings.stochastic))
     return results
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import edit_runner
 from .common import CATEGORY, FireRedNodeError, pils_to_tensor, require_instruction, tensor_to_pils
-from .edit import sampling_inputs
+from .edit import sampler_input, sampling_inputs
 from .model_handle import SOCKET, FireRedModel
 
 log = logging.getLogger(__name__)
@@ -56,19 +56,22 @@ class FireRedMultiImage:
                 "vlm_endpoint": ("STRING", {"default": "", "tooltip": "empty = local heuristic crops; else an "
                                             "OpenAI-compatible URL such as http://127.0.0.1:8000/v1"}),
                 "vlm_model": ("STRING", {"default": "", "tooltip": "model name sent to the VLM endpoint"}),
+                **sampler_input(),
             },
         }
 
     def edit(self, model: FireRedModel, instruction: str, image1: Any, negative_prompt: str, steps: int,
              true_cfg_scale: float, seed: int, width: int, height: int, max_composites: int,
-             vlm_endpoint: str = "", vlm_model: str = "", **images: Any) -> tuple[Any, dict, str, Any]:
+             vlm_endpoint: str = "", vlm_model: str = "", sampler: str = "model default",
+             **images: Any) -> tuple[Any, dict, str, Any]:
         from firered_core.images import calculate_dimensions
 
         from .composite import make_composites
         from .reference_rewrite import rewrite_for_composites
 
         instruction = require_instruction(instruction)
-        settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height)
+        settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
+                                                        sampler=sampler)
         if isinstance(max_composites, bool) or max_composites not in (1, 2, 3):
             raise FireRedNodeError(f"max_composites must be 1, 2 or 3, got {max_composites!r}")
         pictures = _pictures(image1, images)

@@ -24,9 +24,9 @@ def _color_edit():  # noqa: ANN202 - the generator's sample type
     return next(iter(generate("heldout", 1, seed=3, config=GeneratorConfig(tasks=("color",)))))
 
 
-def _edit(pipe, sample, seed: int) -> np.ndarray:  # noqa: ANN001 - pipeline and generator sample
+def _edit(pipe, sample, seed: int, **options: object) -> np.ndarray:  # noqa: ANN001 - pipeline, generator sample
     result = pipe.edit(list(sample.sources), sample.instruction, steps=8, true_cfg_scale=1.0, seed=seed,
-                       preserve_unedited=False)
+                       preserve_unedited=False, **options)
     return np.asarray(result.image)
 
 
@@ -37,8 +37,13 @@ def test_the_shipped_scheduler_samples_stochastically_and_a_seed_still_fixes_the
     first, again, other = _edit(pipe, sample, 0), _edit(pipe, sample, 0), _edit(pipe, sample, 1)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
-    pipe.set_stochastic_sampling(False)
-    assert not np.array_equal(first, _edit(pipe, sample, 0))
+    euler = _edit(pipe, sample, 0, stochastic_sampling=False)  # this call only
+    assert not np.array_equal(first, euler) and pipe.scheduler_config.stochastic_sampling is True
+    with pytest.raises(TypeError, match="stochastic_sampling must be None, True or False"):
+        _edit(pipe, sample, 0, stochastic_sampling="yes")
+    pipe.set_stochastic_sampling(False)  # every later call
+    assert np.array_equal(_edit(pipe, sample, 0), euler)
+    assert np.array_equal(_edit(pipe, sample, 0, stochastic_sampling=True), first)
 
 
 def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -85,6 +85,7 @@ def test_wrong_image_shapes_are_node_errors(model, bad) -> None:
     ("width", 4, "too small"),  # the tiny model's unit is 8 px
     ("negative_prompt", 3, "negative_prompt"),
     ("keep_unedited", "always", "keep_unedited must be one of model default, on, off"),
+    ("sampler", "ddim", "sampler must be one of model default, stochastic, euler"),
 ])
 def test_bad_settings_are_node_errors(model, field: str, value, message: str) -> None:
     with pytest.raises(FireRedNodeError, match=message):
@@ -109,6 +110,27 @@ def test_keep_unedited_chooses_whether_picture_1_is_put_back(model) -> None:
     assert (outputs["model default"] - source).abs().max() <= 1 / 255 + 1e-6
     assert (outputs["on"] - source).abs().max() <= 1 / 255 + 1e-6
     assert torch.equal(outputs["off"], default_off) and (outputs["off"] - source).abs().max() > 0.1
+
+
+def test_sampler_chooses_stochastic_or_euler_steps_for_this_edit_only(model) -> None:
+    """'model default' follows the model's scheduler config (Euler for this tiny folder, re-noising when the config
+    says so); the other choices override it for the call and leave the shared pipeline's config as it was."""
+    from dataclasses import replace
+
+    pipeline = model.loaded.pipeline
+    assert pipeline.scheduler_config.stochastic_sampling is False
+    runs = {choice: _edit(model, sampler=choice)[0] for choice in ("model default", "euler", "stochastic")}
+    assert torch.equal(runs["model default"], runs["euler"])
+    assert not torch.equal(runs["stochastic"], runs["euler"])
+    assert torch.equal(_edit(model, sampler="stochastic")[0], runs["stochastic"])  # seeded: the same again
+    assert pipeline.scheduler_config.stochastic_sampling is False
+    config = pipeline.scheduler_config
+    pipeline.scheduler_config = replace(config, stochastic_sampling=True)
+    try:
+        assert torch.equal(_edit(model)[0], runs["stochastic"])
+        assert torch.equal(_edit(model, sampler="euler")[0], runs["euler"])
+    finally:
+        pipeline.scheduler_config = config
 
 
 def test_not_a_model_is_a_node_error() -> None:
@@ -140,3 +162,22 @@ def test_progress_interruption_and_model_management(model, monkeypatch, tmp_path
         comfy.polls, comfy.interrupt_after_polls = 0, 2
         with pytest.raises(Interrupted):  # ComfyUI's own exception, so it reports "interrupted"
             _edit(managed, steps=3)
+
+
+@pytest.mark.parametrize("node, inputs", [
+    ("FireRedEdit", {}),
+    ("FireRedTextEdit", {"image": torch.rand(1, 32, 32, 3), "instruction": 'Write "HI"', "candidates": 1}),
+    ("FireRedIdentityEdit", {"image": torch.rand(1, 32, 32, 3), "candidates": 1, "preserve_face": True,
+                             "identity_weight": 0.5}),
+    ("FireRedMultiImage", {"image1": torch.rand(1, 32, 32, 3), "max_composites": 3}),
+])
+def test_every_edit_node_offers_the_sampler_and_checks_it(node: str, inputs: dict) -> None:
+    """The widget is an optional input of each edit node and reaches the shared settings (checked before any
+    model work, so no model is needed to see the refusal)."""
+    from nodes import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[node]
+    assert "sampler" in cls.INPUT_TYPES()["optional"]
+    args = {"instruction": "make it blue", **SETTINGS, **inputs, "sampler": "ddim"}
+    with pytest.raises(FireRedNodeError, match="sampler must be one of"):
+        cls().edit(None, **args)
