@@ -223,15 +223,15 @@ def run_edit(args: argparse.Namespace) -> int:
         pipe.to(device)  # the condition encoder is loaded on the CPU
     for path, strength in loras:
         pipe.load_lora(path, strength)
-    pipe.set_stochastic_sampling(args.stochastic_sampling)
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
-                           progress=progress, preserve_unedited=args.preserve_unedited)
+                           progress=progress, preserve_unedited=args.preserve_unedited,
+                           stochastic_sampling=args.stochastic_sampling)
     meta = {"instruction": args.instruction, "negative": args.negative, "steps": args.steps, "cfg": args.cfg,
             "seed": args.seed, "width": result.width, "height": result.height,
             "kept_unedited": result.preserved,
-            "sampler": "stochastic" if pipe.scheduler_config.stochastic_sampling else "euler",
+            "sampler": "stochastic" if result.stochastic else "euler",
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
     if compare is not None:

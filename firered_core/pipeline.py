@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -68,6 +68,7 @@ class EditResult:
 
     ``latents`` are the final normalised latents ``[1, C, height/8, width/8]`` (before decoding), on the CPU.
     ``preserved``: Picture 1's pixels were kept outside the edited area (``preserve_unedited``).
+    ``stochastic``: the sampler re-noised every step (``stochastic_sampling``) instead of taking Euler steps.
     """
 
     image: Image.Image
@@ -76,6 +77,7 @@ class EditResult:
     height: int
     seed: int
     preserved: bool = False
+    stochastic: bool = False  # the steps re-noised (stochastic sampling) rather than Euler steps
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,7 @@ class FireRedEditPipeline:
         setting, True re-noises every step, False takes deterministic Euler steps (this call only)."""
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
         preserve = self.preserve_config(preserve_unedited)
-        if stochastic_sampling is not None and not isinstance(stochastic_sampling, bool):
-            raise TypeError(f"stochastic_sampling must be None, True or False, got {stochastic_sampling!r}")
-        stochastic = self.scheduler_config.stochastic_sampling if stochastic_sampling is None else stochastic_sampling
+        stochastic = self.stochastic_choice(stochastic_sampling)
         if self.encoder is None:
             raise ValueError("the pipeline has no condition encoder: load a model folder with text_encoder/ or "
                              "pass the Qwen2.5-VL text-encoder file together with the transformer and VAE")
@@ -215,7 +215,7 @@ class FireRedEditPipeline:
             if preserve is not None and prepared.first_ref is not None:
                 pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
-                          height=prepared.height, seed=seed, preserved=preserved)
+                          height=prepared.height, seed=seed, preserved=preserved, stochastic=stochastic)
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:
@@ -281,10 +281,14 @@ class FireRedEditPipeline:
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
                          first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
 
-    def set_stochastic_sampling(self, on: bool | None) -> None:
-        """Turn the scheduler's ``stochastic_sampling`` on or off for later edits; None keeps the folder's."""
-        if on is not None:
-            self.scheduler_config = replace(self.scheduler_config, stochastic_sampling=bool(on))
+    def stochastic_choice(self, choice: bool | None) -> bool:
+        """Whether an ``edit(stochastic_sampling=choice)`` call re-noises its steps: None means the scheduler
+        config's setting."""
+        if choice is None:
+            return self.scheduler_config.stochastic_sampling
+        if not isinstance(choice, bool):
+            raise TypeError(f"stochastic_sampling must be None, True or False, got {choice!r}")
+        return choice
 
     def preserve_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
         """The ``PreserveConfig`` an ``edit(preserve_unedited=choice)`` call uses, None when it is off."""

@@ -68,12 +68,15 @@ class EditSettings:
         sides = [_integer(v, name, 0, MAX_SIDE) or None for v, name in ((width, "width"), (height, "height"))]
         # an empty negative prompt disables true CFG in the reference; " " is the released default
         negative = negative_prompt if negative_prompt else None
-        if not isinstance(keep_unedited, str) or keep_unedited not in KEEP_UNEDITED:
-            raise FireRedNodeError(f"keep_unedited must be one of {', '.join(KEEP_UNEDITED)}, got {keep_unedited!r}")
-        if not isinstance(sampler, str) or sampler not in SAMPLERS:
-            raise FireRedNodeError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1], KEEP_UNEDITED[keep_unedited],
-                   SAMPLERS[sampler])
+        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1],
+                   _choice(keep_unedited, "keep_unedited", KEEP_UNEDITED), _choice(sampler, "sampler", SAMPLERS))
+
+
+def _choice(value: Any, name: str, choices: dict[str, bool | None]) -> bool | None:
+    """What a combo widget's choice means, or a node error naming the choices."""
+    if not isinstance(value, str) or value not in choices:
+        raise FireRedNodeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return choices[value]
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:

@@ -79,7 +79,7 @@ def test_train_command_leaves_its_process_group_even_when_it_fails(tmp_path: Pat
     try:
         args = argparse.Namespace(config="tiny_sft", overrides=[f"--data.path={tmp_path / 'missing'}",
                                                                 f"--output_dir={tmp_path / 'run'}"])
-        with pytest.raises(Exception, match="missing"):
+        with pytest.raises(FileNotFoundError, match="missing"):
             run_train(args)
         assert not dist.is_initialized()
         leave_process_group()  # nothing left to leave: a no-op

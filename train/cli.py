@@ -131,6 +131,7 @@ def register_cache(parser: argparse.ArgumentParser) -> Runner:
 
 def run_cache(args: argparse.Namespace) -> int:
     from .cache_run import cache_from_config
+    from .distributed import leave_process_group
 
     overrides, found = split_overrides(args.overrides, _CACHE_OPTIONS)
     batch_size = int(found.get("batch-size", args.batch_size))
@@ -141,8 +142,6 @@ def run_cache(args: argparse.Namespace) -> int:
     if latent_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--latent-dtype must be float32 or bfloat16, got {latent_dtype!r}")
     cfg = _load(args.config, overrides)
-    from .distributed import leave_process_group
-
     try:
         written = cache_from_config(cfg, batch_size=batch_size, shard_size=shard_size, latent_dtype=latent_dtype)
     finally:

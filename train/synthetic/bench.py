@@ -220,12 +220,13 @@ def run_bench(args: argparse.Namespace) -> int:
     steps = args.steps if args.steps is not None else int(tuned.get("steps", 20))
     cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 3.0))
     preserve = pipe.preserve_config(args.preserve_unedited)
-    pipe.set_stochastic_sampling(args.stochastic_sampling)
+    stochastic = pipe.stochastic_choice(args.stochastic_sampling)
 
     def edit(sample: SyntheticSample, index: int) -> Image.Image:
         size = sample.target.size
         return pipe.edit(list(sample.sources), sample.instruction, steps=steps, true_cfg_scale=cfg, seed=index,
-                         width=size[0], height=size[1], preserve_unedited=preserve or False).image
+                         width=size[0], height=size[1], preserve_unedited=preserve or False,
+                         stochastic_sampling=stochastic).image
 
     def through_vae(sample: SyntheticSample, index: int) -> Image.Image:
         source = sample.sources[0] if sample.sources else None
@@ -236,7 +237,7 @@ def run_bench(args: argparse.Namespace) -> int:
     summary = summarise(results)
     summary.update({"model": args.model or "firered-default", "steps": steps, "true_cfg_scale": cfg,
                     "preserve_unedited": preserve is not None,
-                    "stochastic_sampling": pipe.scheduler_config.stochastic_sampling,
+                    "stochastic_sampling": stochastic,
                     "per_category": args.per_category, "seed": args.seed,
                     "seconds": round(time.monotonic() - started, 1)})
     write_report(out, summary, results, images, overwrite=args.overwrite)
