@@ -153,10 +153,10 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         "default: the embedded model")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                         help="LoRA file and strength (default 1.0); repeatable")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 40; the embedded "
-                        "model's own setting when no --model is given)")
-    parser.add_argument("--cfg", type=float, default=None, help="true CFG scale; <= 1 disables it (default 4; "
-                        "the embedded model's own setting when no --model is given)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model folder's "
+                        "defaults.json, e.g. 10 for the embedded model; 40 without one)")
+    parser.add_argument("--cfg", type=float, default=None, help="true CFG scale; <= 1 disables it (default: "
+                        "the model folder's defaults.json, e.g. 1 for the embedded model; 4 without one)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     parser.add_argument("--width", type=int, default=None, help="output width (default ~1024^2 area)")
     parser.add_argument("--height", type=int, default=None, help="output height")
@@ -207,18 +207,14 @@ def run_edit(args: argparse.Namespace) -> int:
 
     log.info("loading %s (%s on %s)", model, dtype, device)
     if model == DEFAULT_MODEL_DIR:
-        from .default import load_default_pipeline, pipe_defaults
+        from .default import load_default_pipeline
 
         pipe = load_default_pipeline(dtype=dtype, device=device)
-        tuned = pipe_defaults()
     else:
         from .default import apply_defaults, pipe_defaults
 
         pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
-        tuned = pipe_defaults(model)  # a folder from firered export-default: its steps, CFG and trained area
-        apply_defaults(pipe, tuned)
-    args.steps = args.steps if args.steps is not None else int(tuned.get("steps", 40))
-    args.cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 4.0))
+        apply_defaults(pipe, pipe_defaults(model))  # a folder from firered export-default: its steps, CFG, area
     if device.type != "cpu":
         pipe.to(device)  # the condition encoder is loaded on the CPU
     for path, strength in loras:
@@ -228,7 +224,8 @@ def run_edit(args: argparse.Namespace) -> int:
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
                            progress=progress, preserve_unedited=args.preserve_unedited,
                            stochastic_sampling=args.stochastic_sampling)
-    meta = {"instruction": args.instruction, "negative": args.negative, "steps": args.steps, "cfg": args.cfg,
+    meta = {"instruction": args.instruction, "negative": args.negative, "steps": result.steps,
+            "cfg": result.true_cfg_scale,
             "seed": args.seed, "width": result.width, "height": result.height,
             "kept_unedited": result.preserved,
             "sampler": "stochastic" if result.stochastic else "euler",
@@ -237,7 +234,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if compare is not None:
         save_image(side_by_side([*refs, result.image]), compare, overwrite=args.overwrite)
         print(f"wrote {compare} (inputs | result)", flush=True)
-    print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {args.steps} steps, "
+    print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)", flush=True)
     return EXIT_OK
 

@@ -69,6 +69,7 @@ class EditResult:
     ``latents`` are the final normalised latents ``[1, C, height/8, width/8]`` (before decoding), on the CPU.
     ``preserved``: Picture 1's pixels were kept outside the edited area (``preserve_unedited``).
     ``stochastic``: the sampler re-noised every step (``stochastic_sampling``) instead of taking Euler steps.
+    ``steps`` and ``true_cfg_scale``: what the sampler ran with (the pipeline's defaults when the call gave none).
     """
 
     image: Image.Image
@@ -78,6 +79,8 @@ class EditResult:
     seed: int
     preserved: bool = False
     stochastic: bool = False  # the steps re-noised (stochastic sampling) rather than Euler steps
+    steps: int = 0
+    true_cfg_scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ class FireRedEditPipeline:
     max_references: int = 3  # soft limit: more are allowed with a warning
     max_text_tokens: int = 512  # text-to-image only: the reference keeps this many condition tokens
     preserve_unedited: PreserveConfig | None = None  # keep Picture 1's pixels outside the edit (off: the reference)
+    # what edit() samples with when a call gives no steps / true_cfg_scale: the released model's settings, or what
+    # a model folder's defaults.json says it was tuned for (firered_core.default.apply_defaults)
+    default_steps: int = 40
+    default_true_cfg_scale: float = 4.0
 
     def __init__(self, transformer: Any, vae: Any, encoder: Any, scheduler_config: SchedulerConfig) -> None:
         if not isinstance(scheduler_config, SchedulerConfig):
@@ -174,7 +181,7 @@ class FireRedEditPipeline:
     # -- the call -----------------------------------------------------------------------------------------------
 
     def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
-             steps: int = 40, true_cfg_scale: float = 4.0, seed: int = 0, width: int | None = None,
+             steps: int | None = None, true_cfg_scale: float | None = None, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
              cancel: CancelFn | None = None, preserve_unedited: bool | PreserveConfig | None = None,
              stochastic_sampling: bool | None = None) -> EditResult:
@@ -183,7 +190,9 @@ class FireRedEditPipeline:
         ``preserve_unedited``: None uses the pipeline's ``preserve_unedited`` setting (off unless a model folder's
         ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
         off, a ``PreserveConfig`` is used as given. ``stochastic_sampling``: None uses the scheduler config's
-        setting, True re-noises every step, False takes deterministic Euler steps (this call only)."""
+        setting, True re-noises every step, False takes deterministic Euler steps (this call only). ``steps`` and
+        ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``)."""
+        steps, true_cfg_scale = self.sampling_choice(steps, true_cfg_scale)
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
         preserve = self.preserve_config(preserve_unedited)
         stochastic = self.stochastic_choice(stochastic_sampling)
@@ -215,7 +224,8 @@ class FireRedEditPipeline:
             if preserve is not None and prepared.first_ref is not None:
                 pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
-                          height=prepared.height, seed=seed, preserved=preserved, stochastic=stochastic)
+                          height=prepared.height, seed=seed, preserved=preserved, stochastic=stochastic,
+                          steps=steps, true_cfg_scale=float(true_cfg_scale))
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:
@@ -280,6 +290,12 @@ class FireRedEditPipeline:
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
                          first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
+
+    def sampling_choice(self, steps: int | None, true_cfg_scale: float | None) -> tuple[int, float]:
+        """The ``(steps, true_cfg_scale)`` an ``edit`` call with these arguments samples with: None means the
+        pipeline's ``default_steps`` / ``default_true_cfg_scale``."""
+        return (self.default_steps if steps is None else steps,
+                self.default_true_cfg_scale if true_cfg_scale is None else true_cfg_scale)
 
     def stochastic_choice(self, choice: bool | None) -> bool:
         """Whether an ``edit(stochastic_sampling=choice)`` call re-noises its steps: None means the scheduler

@@ -13,13 +13,17 @@ log = logging.getLogger(__name__)
 
 
 def sampling_inputs() -> dict[str, tuple]:
-    """Inputs every FireRed edit node shares (defaults: the released model's settings)."""
+    """Inputs every FireRed edit node shares (steps and CFG default to the model's own settings)."""
     return {
         "negative_prompt": ("STRING", {"multiline": True, "default": " ",
                                        "tooltip": "used by true CFG; empty turns true CFG off"}),
-        "steps": ("INT", {"default": 40, "min": 1, "max": 1000}),
-        "true_cfg_scale": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                     "tooltip": "true classifier-free guidance; <= 1 turns it off"}),
+        "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+                          "tooltip": "sampling steps; 0 = the model's own (10 for firered-default, 40 for the "
+                                     "released models)"}),
+        "true_cfg_scale": ("FLOAT", {"default": edit_runner.MODEL_CFG, "min": edit_runner.MODEL_CFG, "max": 100.0,
+                                     "step": 0.1,
+                                     "tooltip": "true classifier-free guidance; <= 1 turns it off; -1 = the model's "
+                                                "own (off for firered-default, 4 for the released models)"}),
         "seed": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SEED, "control_after_generate": True,
                          "tooltip": "edit i of a batch uses seed + i"}),
         "width": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SIDE, "step": 16,

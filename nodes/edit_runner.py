@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 8192
+MODEL_CFG = -1.0  # the true_cfg_scale widget's "the model's own" (any negative value means it)
 KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(preserve_unedited=...)
 SAMPLERS = {"model default": None, "stochastic": True, "euler": False}  # -> edit(stochastic_sampling=...)
 
@@ -46,8 +47,8 @@ class EditSettings:
     """The sampling inputs every edit node shares, validated once."""
 
     negative_prompt: str | None
-    steps: int
-    true_cfg_scale: float
+    steps: int | None  # None = the model's own (its defaults.json, else the released model's 40)
+    true_cfg_scale: float | None  # None = the model's own (its defaults.json, else 4)
     seed: int
     width: int | None  # None = automatic (about 1 MP at the last reference's aspect)
     height: int | None
@@ -60,15 +61,17 @@ class EditSettings:
                     sampler: Any = "model default") -> "EditSettings":
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
-        steps = _integer(steps, "steps", 1, 1000)
+        steps = _integer(steps, "steps", 0, 1000) or None  # 0: the model's own
         if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
-                or not math.isfinite(true_cfg_scale) or true_cfg_scale < 0:
-            raise FireRedNodeError(f"true_cfg_scale must be a finite number >= 0, got {true_cfg_scale!r}")
+                or not math.isfinite(true_cfg_scale) or true_cfg_scale < MODEL_CFG:
+            raise FireRedNodeError(f"true_cfg_scale must be a finite number >= 0, or {MODEL_CFG:g} for the model's "
+                                   f"own, got {true_cfg_scale!r}")
+        cfg = None if true_cfg_scale < 0 else float(true_cfg_scale)
         seed = _integer(seed, "seed", 0, MAX_SEED)
         sides = [_integer(v, name, 0, MAX_SIDE) or None for v, name in ((width, "width"), (height, "height"))]
         # an empty negative prompt disables true CFG in the reference; " " is the released default
         negative = negative_prompt if negative_prompt else None
-        return cls(negative, steps, float(true_cfg_scale), seed, sides[0], sides[1],
+        return cls(negative, steps, cfg, seed, sides[0], sides[1],
                    _choice(keep_unedited, "keep_unedited", KEEP_UNEDITED), _choice(sampler, "sampler", SAMPLERS))
 
 
@@ -106,14 +109,14 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
     if not isinstance(model, FireRedModel):
         raise FireRedNodeError(f"model: expected a FIRERED_MODEL from FireRed Model Loader, got "
                                f"{type(model).__name__}")
-    total = settings.steps * len(batches)
-    update = comfy_bridge.progress_bar(total)
-    cancel = comfy_bridge.cancel_hook()
     with node_errors(what):
         pipeline = model.prepare()
+    steps, _ = pipeline.sampling_choice(settings.steps, settings.true_cfg_scale)
+    update = comfy_bridge.progress_bar(steps * len(batches))
+    cancel = comfy_bridge.cancel_hook()
     results = []
     for i, refs in enumerate(batches):
-        offset = i * settings.steps
+        offset = i * steps
 
         def progress(step: int, _total: int, _preview: object, offset: int = offset) -> None:
             if update is not None:

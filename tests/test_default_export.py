@@ -94,12 +94,18 @@ def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts
     assert pipe_defaults(out) == DEFAULTS and pipe_defaults(tmp_path) == {}
     # other model sources (a weights file, a list of component files) have no defaults
     assert pipe_defaults(parts["transformer"]) == {} and pipe_defaults([parts["transformer"], parts["vae"]]) == {}
-    pipe, tuned = _pipeline(str(out))
-    assert (pipe.output_area, pipe.reference_area, tuned) == (4096, 4096, DEFAULTS)
+    pipe = _pipeline(str(out))
+    assert (pipe.output_area, pipe.reference_area) == (4096, 4096)
+    assert (pipe.default_steps, pipe.default_true_cfg_scale) == (2, 3.0)
+    assert pipe.sampling_choice(None, None) == (2, 3.0) and pipe.sampling_choice(7, 0.0) == (7, 0.0)
     bare = FireRedEditPipeline.from_pretrained(out)
     assert bare.reference_area != 4096  # the class's own default: the file is what changes it
-    with pytest.raises(ValueError, match="area must be >= 0"):
-        apply_defaults(bare, {"area": -1})
+    assert (bare.default_steps, bare.default_true_cfg_scale) == (40, 4.0)
+    for bad, match in (({"area": -1}, "area must be >= 0"), ({"steps": 0}, "steps must be an integer >= 1"),
+                       ({"steps": 2.5}, "steps must be"), ({"true_cfg_scale": -1}, "true_cfg_scale must be"),
+                       ({"true_cfg_scale": float("inf")}, "true_cfg_scale must be")):
+        with pytest.raises(ValueError, match=match):
+            apply_defaults(bare, bad)
 
     source = tmp_path / "in.png"
     Image.new("RGB", (640, 480), (200, 30, 30)).save(source)
@@ -112,6 +118,8 @@ def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts
     assert expected[0] * expected[1] <= 2 * DEFAULTS["area"] < unset_w * unset_h
     assert Image.open(tmp_path / "out.png").size == expected  # about 4096 px, not the class's 1 MP
     assert f"{DEFAULTS['steps']} steps" in proc.stdout
+    meta = json.loads(Image.open(tmp_path / "out.png").info["firered"])
+    assert (meta["steps"], meta["cfg"]) == (2, 3.0)  # what ran: the folder's own, recorded from the result
 
 
 def test_the_node_folder_loader_uses_the_folders_area(parts: dict[str, Path], tmp_path: Path) -> None:
@@ -138,8 +146,8 @@ def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_p
     assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
     assert json.loads((tmp_path / "on" / "defaults.json").read_text())["preserve_unedited"] is True
     assert "preserve_unedited" not in json.loads((tmp_path / "off" / "defaults.json").read_text())
-    assert _pipeline(str(tmp_path / "on"))[0].preserve_unedited == PreserveConfig()
-    assert _pipeline(str(tmp_path / "off"))[0].preserve_unedited is None
+    assert _pipeline(str(tmp_path / "on")).preserve_unedited == PreserveConfig()
+    assert _pipeline(str(tmp_path / "off")).preserve_unedited is None
 
 
 def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp_path: Path) -> None:
@@ -156,5 +164,5 @@ def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp
     assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
     config = json.loads((tmp_path / "on" / "scheduler" / "scheduler_config.json").read_text())
     assert config["stochastic_sampling"] is True
-    assert _pipeline(str(tmp_path / "on"))[0].scheduler_config.stochastic_sampling is True
-    assert _pipeline(str(tmp_path / "off"))[0].scheduler_config.stochastic_sampling is False
+    assert _pipeline(str(tmp_path / "on")).scheduler_config.stochastic_sampling is True
+    assert _pipeline(str(tmp_path / "off")).scheduler_config.stochastic_sampling is False

@@ -74,10 +74,10 @@ def test_wrong_image_shapes_are_node_errors(model, bad) -> None:
 
 @pytest.mark.parametrize("field, value, message", [
     ("instruction", "  ", "instruction is empty"),
-    ("steps", 0, "steps"),
+    ("steps", -1, "steps"),
     ("steps", 2.5, "steps"),
     ("true_cfg_scale", float("nan"), "true_cfg_scale"),
-    ("true_cfg_scale", -1.0, "true_cfg_scale"),
+    ("true_cfg_scale", -1.5, "true_cfg_scale"),
     ("seed", -1, "seed"),
     ("seed", 2**64, "seed"),
     ("width", -16, "width"),
@@ -131,6 +131,27 @@ def test_sampler_chooses_stochastic_or_euler_steps_for_this_edit_only(model) -> 
         assert torch.equal(_edit(model, sampler="euler")[0], runs["euler"])
     finally:
         pipeline.scheduler_config = config
+
+
+def test_steps_0_and_cfg_minus_1_are_the_models_own_settings(model, monkeypatch, tmp_path) -> None:
+    """The widgets' defaults: the pipeline's ``default_steps`` / ``default_true_cfg_scale`` (what a folder's
+    defaults.json sets), for the sampling and for the progress bar."""
+    from nodes.edit import sampling_inputs
+    from nodes.model_handle import FireRedModel, LoadedFireRed
+
+    widgets = sampling_inputs()
+    assert widgets["steps"][1]["default"] == 0 and widgets["true_cfg_scale"][1]["default"] == -1.0
+    pipeline = model.loaded.pipeline
+    assert (pipeline.default_steps, pipeline.default_true_cfg_scale) == (40, 4.0)  # no defaults.json: the release's
+    monkeypatch.setattr(pipeline, "default_steps", 3)
+    monkeypatch.setattr(pipeline, "default_true_cfg_scale", 1.0)
+    explicit, _ = _edit(model, steps=3, true_cfg_scale=1.0)
+    with FakeComfy.installed(monkeypatch, tmp_path) as comfy:
+        own, _ = _edit(FireRedModel(LoadedFireRed.wrap(pipeline, "tiny")), steps=0, true_cfg_scale=-1.0)
+        assert comfy.progress == [(i, 3) for i in range(1, 4)]
+    assert torch.equal(own, explicit)
+    assert not torch.equal(_edit(model, steps=0, true_cfg_scale=4.0)[0], explicit)  # CFG 4 is not the model's 1
+    assert not torch.equal(_edit(model, steps=2, true_cfg_scale=-1.0)[0], explicit)  # 2 steps are not its 3
 
 
 def test_not_a_model_is_a_node_error() -> None:

@@ -187,10 +187,13 @@ def test_default_loads_and_edits() -> None:
 
     (model,) = FireRedModelLoader().load(DEFAULT_CHOICE, FROM_MODEL, FROM_MODEL, "default")
     settings = pipe_defaults()
-    image, _ = FireRedEdit().edit(model, "make the circle red", " ", int(settings.get("steps", 2)),
-                                  float(settings.get("true_cfg_scale", 1.0)), 0, 64, 64,
-                                  image1=image_tensor(1, 64, 64))
+    source = image_tensor(1, 64, 64)
+    image, _ = FireRedEdit().edit(model, "make the circle red", " ", settings["steps"], settings["true_cfg_scale"],
+                                  0, 64, 64, image1=source)
     assert image.shape == (1, 64, 64, 3)
+    # a freshly added node (steps 0, CFG -1) samples with the folder's own defaults.json
+    own, _ = FireRedEdit().edit(model, "make the circle red", " ", 0, -1.0, 0, 64, 64, image1=source)
+    assert torch.equal(own, image)
 
 
 def test_default_refuses_foreign_parts_and_fp8() -> None:

@@ -102,7 +102,7 @@ def test_node_declarations() -> None:
     (dict(image=torch.rand(1, 3, 64, 64)), "channels-first"),
     (dict(image=torch.rand(64, 64, 3)), "4 dimensions"),
     (dict(image=torch.rand(2, 64, 64, 3)), "batch of 2"),
-    (dict(steps=0), "steps must be"),
+    (dict(steps=-1), "steps must be"),
     (dict(keep_unedited="yes"), "keep_unedited must be one of"),
 ])
 def test_text_edit_bad_inputs(model, overrides: dict, message: str) -> None:

@@ -7,10 +7,8 @@ package), so it loads through the same code as any other model. See ``MODEL_CARD
 ::
 
     from firered_core.default import load_default_pipeline
-    pipe = load_default_pipeline()
-    tuned = pipe_defaults()                       # {"steps": 10, "true_cfg_scale": 1.0, "area": 4096, ...}
-    result = pipe.edit(["examples/input.png"], "Please remove the yellow house from the image.",
-                       steps=tuned["steps"], true_cfg_scale=tuned["true_cfg_scale"])
+    pipe = load_default_pipeline()                # defaults.json applied: 10 steps, CFG 1, 64x64, preserve on
+    result = pipe.edit(["examples/input.png"], "Please remove the yellow house from the image.")
     result.image.save("out.png")
 """
 
@@ -62,7 +60,8 @@ def pipe_defaults(folder: Any = None) -> dict[str, Any]:
 
 def apply_defaults(pipe: Any, tuned: dict[str, Any]) -> Any:
     """Set ``pipe``'s output and reference areas to ``tuned["area"]`` (the resolution the model was trained at),
-    so inputs of any size are resized to it rather than run at 1 MP; no ``area``: unchanged. ``preserve_unedited``
+    so inputs of any size are resized to it rather than run at 1 MP; no ``area``: unchanged. ``steps`` and
+    ``true_cfg_scale`` become what ``pipe.edit`` samples with when a call gives none. ``preserve_unedited``
     (true, or an object of ``PreserveConfig`` fields) turns on keeping Picture 1's pixels outside the edited area
     (``firered_core.preserve``). Returns ``pipe``."""
     from ..preserve import PreserveConfig
@@ -72,6 +71,16 @@ def apply_defaults(pipe: Any, tuned: dict[str, Any]) -> Any:
         raise ValueError(f"defaults.json: area must be >= 0 pixels, got {area}")
     if area:
         pipe.output_area = pipe.reference_area = area
+    if "steps" in tuned:
+        steps = tuned["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"defaults.json: steps must be an integer >= 1, got {steps!r}")
+        pipe.default_steps = steps
+    if "true_cfg_scale" in tuned:
+        cfg = tuned["true_cfg_scale"]
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 0 <= cfg < float("inf"):
+            raise ValueError(f"defaults.json: true_cfg_scale must be a finite number >= 0, got {cfg!r}")
+        pipe.default_true_cfg_scale = float(cfg)
     preserve = tuned.get("preserve_unedited", False)
     if isinstance(preserve, dict):
         try:

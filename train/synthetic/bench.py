@@ -175,14 +175,14 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     return run_bench
 
 
-def _pipeline(model: str | None) -> tuple[Any, dict[str, Any]]:
+def _pipeline(model: str | None) -> Any:
     from firered_core.default import apply_defaults, load_default_pipeline, pipe_defaults
     from firered_core.pipeline import FireRedEditPipeline
 
     if model is None:
-        return load_default_pipeline(), pipe_defaults()
-    tuned = pipe_defaults(model)  # a folder from firered export-default: its steps, CFG and trained area
-    return apply_defaults(FireRedEditPipeline.from_pretrained(model), tuned), tuned
+        return load_default_pipeline()
+    # a folder from firered export-default: its steps, CFG and trained area
+    return apply_defaults(FireRedEditPipeline.from_pretrained(model), pipe_defaults(model))
 
 
 def vae_round_trip(vae: Any, image: Image.Image, source: Image.Image | None = None,
@@ -216,9 +216,8 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the report")
-    pipe, tuned = _pipeline(args.model)
-    steps = args.steps if args.steps is not None else int(tuned.get("steps", 20))
-    cfg = args.cfg if args.cfg is not None else float(tuned.get("true_cfg_scale", 3.0))
+    pipe = _pipeline(args.model)
+    steps, cfg = pipe.sampling_choice(args.steps, args.cfg)
     preserve = pipe.preserve_config(args.preserve_unedited)
     stochastic = pipe.stochastic_choice(args.stochastic_sampling)
 
