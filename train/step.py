@@ -14,7 +14,8 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
    the step's loss is the mean over samples times ``batch.weight`` (0 for a placeholder batch). With
    ``objective.changed_token_weight`` > 0, target tokens that differ from Picture 1's (``changed_token_weights``)
    weigh more (see ``ObjectiveConfig``), each sample's weights rescaled to mean 1 when
-   ``objective.changed_token_normalize`` is on.
+   ``objective.changed_token_normalize`` is on. With ``objective.rollout`` some steps noise the model's own
+   clean estimate instead of ``x0`` (``firered_train.rollout``) and regress the velocity back to ``x0``.
 
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
@@ -34,7 +35,7 @@ from firered_core.latents import pack_latents
 from .batch import TrainBatch
 from .config import ObjectiveConfig
 from .distributed import sample_generator
-from .objectives import TimestepSampler, flow_matching_loss, flow_target, noisy_sample
+from .objectives import TimestepSampler, corrected_target, flow_matching_loss, flow_target, noisy_sample
 
 __all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "velocity", "StepLoss", "step_loss",
            "changed_token_weights"]
@@ -107,15 +108,21 @@ def changed_token_weights(packed: PackedBatch, weight: float, threshold: float, 
 
 
 def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
-              *, patch: int) -> StepLoss:
-    """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller."""
+              *, patch: int, start: torch.Tensor | None = None) -> StepLoss:
+    """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller.
+
+    ``start`` (target tokens): a clean estimate to noise instead of the true ``x0`` (``firered_train.rollout``);
+    the target is then the velocity from that input back to ``x0`` (``objectives.corrected_target``).
+    """
     packed = pack_batch(batch, patch)
     x0 = packed.x0  # [B, N_t, C*p*p]
     s = s.to(x0.device)
-    v = velocity(model, noisy_sample(x0, noise, s), packed, batch, s.to(x0.dtype))
+    x_t = noisy_sample(x0 if start is None else start.to(x0.dtype), noise, s)
+    v = velocity(model, x_t, packed, batch, s.to(x0.dtype))
+    target = flow_target(x0, noise) if start is None else corrected_target(x0, noise, start.to(x0.dtype), s)
     weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold,
                                     normalize=objective.changed_token_normalize)
-    out = flow_matching_loss(v, flow_target(x0, noise), outlier_threshold=objective.outlier_threshold,
+    out = flow_matching_loss(v, target, outlier_threshold=objective.outlier_threshold,
                              denominator=objective.denominator, token_weight=weights)
     return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(), s=s.detach(),
                     n_masked=out.n_masked)

@@ -13,7 +13,8 @@ One optimizer step = ``schedule.grad_accumulation`` micro-steps; each micro-step
 2. online runs encode it here (``batch.encode_pixel_batch``: frozen VAE, condition encoder, null condition for
    dropped texts);
 3. noise levels (``objectives.TimestepSampler``, stratified by position in the global batch by default) and noise
-   are drawn from generators seeded by (seed, micro-step, sample) and the loss is computed (``step.step_loss``:
+   are drawn from generators seeded by (seed, micro-step, sample), on rollout steps the sampler's own state at one
+   of its levels is built first (``rollout``), and the loss is computed (``step.step_loss``:
    ``objectives.flow_matching_loss``) under ``torch.autocast`` to bfloat16 when ``precision: bf16``; backward,
    with DDP's gradient all-reduce only on the last micro-step.
 
@@ -69,6 +70,7 @@ from .optim import build_lr_schedule, build_optimizer
 from .pixels import PixelBatch
 from .sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
+from .rollout import rollout_level, rollout_start
 from .step import seeded_levels, seeded_noise, step_loss
 from .trainer_data import TrainData, build_train_data
 from .trainer_state import RunState, resolve_resume, resume_run_state, save_run_state
@@ -198,13 +200,21 @@ class Trainer:
         s = seeded_levels(self.timesteps, batch, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
                           world_size=self.world)
         noise = seeded_noise(batch, self.cfg.seed, self.patch)
+        start = None
+        tokens = batch.target.shape[-2] * batch.target.shape[-1] // self.patch**2
+        level = rollout_level(self.cfg.objective.rollout, self.comps.scheduler, seed=self.cfg.seed,
+                              micro_step=batch.step, tokens=tokens)
+        if level is not None:  # the sampler's own state at one of its levels (firered_train.rollout)
+            s = torch.full_like(s, level.level)
+            with self.autocast():
+                start = rollout_start(self.model, batch, level, seed=self.cfg.seed, patch=self.patch)
         if sync:
             ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         else:
             ctx = gradient_sync(self.model, False) if self.sharded else self.acc.no_sync(self.model)
         with ctx:  # no_sync: gradients of early micro-steps stay local until the last one all-reduces
             with self.autocast():
-                out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch)
+                out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch, start=start)
             self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
         if batch.weight > 0:
             self.state.bins.update(out.s.cpu(), out.per_sample.cpu())

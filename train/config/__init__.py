@@ -25,7 +25,7 @@ Every problem raises ``firered_core.config.ConfigError`` naming the full key (``
 from firered_core.config import ConfigError
 
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
-                       ObjectiveConfig, OptimConfig, ScheduleConfig, TimestepConfig)
+                       ObjectiveConfig, OptimConfig, RolloutConfig, ScheduleConfig, TimestepConfig)
 from .train_config import TrainConfig
 from .vae_section import VAETrainConfig
 from .yaml_io import (CONFIG_DIR, apply_overrides, config_from_dict, find_config, load_config, read_yaml_tree,
@@ -33,7 +33,7 @@ from .yaml_io import (CONFIG_DIR, apply_overrides, config_from_dict, find_config
 
 __all__ = [
     "CONFIG_DIR", "CheckpointConfig", "ConfigError", "DataConfig", "EMAConfig", "LoRAConfig", "LoggingConfig",
-    "ModelConfig", "ObjectiveConfig", "OptimConfig", "ScheduleConfig", "TimestepConfig", "TrainConfig",
-    "VAETrainConfig", "apply_overrides", "config_from_dict", "find_config", "load_config", "read_yaml_tree", "save_config",
-    "shipped_configs", "to_yaml",
+    "ModelConfig", "ObjectiveConfig", "OptimConfig", "RolloutConfig", "ScheduleConfig", "TimestepConfig",
+    "TrainConfig", "VAETrainConfig", "apply_overrides", "config_from_dict", "find_config", "load_config",
+    "read_yaml_tree", "save_config", "shipped_configs", "to_yaml",
 ]

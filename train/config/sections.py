@@ -24,7 +24,7 @@ from ..data import BucketSamplerConfig, SIAConfig
 from .coerce import field_error
 
 __all__ = ["CheckpointConfig", "DataConfig", "EMAConfig", "LoRAConfig", "LoggingConfig", "ModelConfig",
-           "ObjectiveConfig", "OptimConfig", "ScheduleConfig", "Stratification", "TimestepConfig"]
+           "ObjectiveConfig", "OptimConfig", "RolloutConfig", "ScheduleConfig", "Stratification", "TimestepConfig"]
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -198,6 +198,28 @@ class TimestepConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout inputs (this project's, not the report's; ``firered_train.rollout``): on a share of the micro-steps
+    the noisy input is not ``(1 - s) x0 + s eps`` but what the stochastic sampler would really show the model at
+    one of its levels - the model's own clean estimate from the step before, re-noised - and the target is the
+    velocity that leads from there to the true ``x0``. The model then learns at the states it meets when sampling,
+    including its own mistakes, instead of only on the straight path it never walks exactly at inference."""
+
+    prob: float = 0.0  # share of micro-steps (whole batches) with rollout inputs; 0 = off
+    steps: int = 10  # the sampler's step count whose levels are imitated (the embedded default samples 10)
+    # Sampler levels below this are never used: at the last ones the input is nearly the previous estimate itself,
+    # and the velocity back to x0 is that estimate's error divided by the level (x50 at sigma 0.02).
+    min_level: float = 0.1
+
+    def __post_init__(self) -> None:
+        _probability(self, "prob")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
+            raise field_error("steps", f"must be an integer >= 2, got {self.steps!r}")
+        if not 0.0 < self.min_level < 1.0:
+            raise field_error("min_level", f"must lie in (0, 1), got {self.min_level!r}")
+
+
+@dataclass(frozen=True)
 class ObjectiveConfig:
     """The rectified-flow loss on target tokens (``firered_train.objectives.flow_matching_loss``)."""
 
@@ -221,6 +243,7 @@ class ObjectiveConfig:
     # True: divide each sample's token weights by their mean, so the weighting only moves a sample's loss towards
     # its changed tokens and never scales the sample as a whole (every sample keeps its plain loss's weight).
     changed_token_normalize: bool = False
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
         if self.outlier_threshold is not None:

@@ -2,7 +2,7 @@
 
 | module | job |
 |---|---|
-| ``flow.py`` | ``x_s = (1 - s) x0 + s eps``, target ``v = eps - x0``, masked MSE (token + outlier mask) |
+| ``flow.py`` | ``x_s = (1 - s) x0 + s eps``, target ``v = eps - x0`` (or to ``x0`` from another start), masked MSE |
 | ``timesteps.py`` | noise levels: uniform / logit-normal, shift, global or rank strata, rotation, curriculum, bins |
 | ``ema.py`` | float32 moving average of trained weights: warm-up, validation swap, exact state |
 
@@ -22,12 +22,12 @@ The configs are sections of the training config (``config.sections``: ``Timestep
 """
 
 from .ema import EMA
-from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction, clean_estimate, flow_matching_loss,
-                   flow_target, noisy_sample, per_sample_flow_loss)
+from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction, clean_estimate, corrected_target,
+                   flow_matching_loss, flow_target, noisy_sample, per_sample_flow_loss)
 from .timesteps import Generators, TimestepConfig, TimestepSampler, loss_bins, timestep_generator, timestep_generators
 
 __all__ = [
     "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "Generators", "LossOutput", "Reduction", "TimestepConfig",
-    "TimestepSampler", "clean_estimate", "flow_matching_loss", "flow_target", "loss_bins", "noisy_sample",
-    "per_sample_flow_loss", "timestep_generator", "timestep_generators",
+    "TimestepSampler", "clean_estimate", "corrected_target", "flow_matching_loss", "flow_target", "loss_bins",
+    "noisy_sample", "per_sample_flow_loss", "timestep_generator", "timestep_generators",
 ]

@@ -38,8 +38,8 @@ Everything is computed in float32 whatever the prediction's dtype: bf16 squared 
 ``per_sample_flow_loss`` gives the per-sample losses ``L(theta) [B]`` alone, differentiable: the DPO objective
 compares ``L_w`` and ``L_l`` of winner and loser under the trained and the reference model.
 
-Public API: ``noisy_sample``, ``flow_target``, ``clean_estimate``, ``per_sample_flow_loss``, ``flow_matching_loss``,
-``LossOutput``, ``Denominator``, ``Reduction``, ``FIRERED_OUTLIER_THRESHOLD``.
+Public API: ``noisy_sample``, ``flow_target``, ``corrected_target``, ``clean_estimate``, ``per_sample_flow_loss``,
+``flow_matching_loss``, ``LossOutput``, ``Denominator``, ``Reduction``, ``FIRERED_OUTLIER_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 
 __all__ = ["FIRERED_OUTLIER_THRESHOLD", "Denominator", "LossOutput", "Reduction", "clean_estimate",
-           "flow_matching_loss", "flow_target", "noisy_sample", "per_sample_flow_loss"]
+           "corrected_target", "flow_matching_loss", "flow_target", "noisy_sample", "per_sample_flow_loss"]
 
 Denominator = Literal["all", "kept"]
 Reduction = Literal["mean", "token_mean", "sum"]
@@ -92,6 +92,21 @@ def flow_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     if x0.shape != eps.shape:
         raise ValueError(f"flow_target: x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} differ in shape")
     return eps - x0
+
+
+def corrected_target(x0: torch.Tensor, eps: torch.Tensor, start: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
+    """The velocity that leads from ``x_s = noisy_sample(start, eps, s)`` to ``x0`` in one step, ``(x_s - x0) / s``,
+    written as ``(eps - x0) + (1 - s) / s * (start - x0)``: exactly ``flow_target`` when ``start`` is ``x0``.
+
+    ``start`` is a clean estimate other than ``x0`` (the model's own, in rollout training), ``s [B]`` > 0.
+    """
+    if not x0.shape == eps.shape == start.shape:
+        raise ValueError(f"corrected_target: x0 {tuple(x0.shape)}, eps {tuple(eps.shape)} and start "
+                         f"{tuple(start.shape)} differ in shape")
+    level = _levels_like(s, x0)
+    if bool((level <= 0).any()):
+        raise ValueError("corrected_target: every noise level must be > 0")
+    return (flow_target(x0, eps) + (1 - level) / level * (start - x0)).to(x0.dtype)
 
 
 def clean_estimate(x_s: torch.Tensor, v: torch.Tensor, s: torch.Tensor | float) -> torch.Tensor:
