@@ -105,9 +105,11 @@ class _Scaled(nn.Module):
     def __init__(self, a: float) -> None:
         super().__init__()
         self.a = a
+        self.modes: list[tuple[bool, bool]] = []  # (training, gradients on) of every call
 
     def forward(self, hidden: torch.Tensor, embeds: torch.Tensor, mask: object, s: torch.Tensor,
                 img_shapes: list[tuple[int, int, int]]) -> torch.Tensor:
+        self.modes.append((self.training, torch.is_grad_enabled()))
         _, h, w = img_shapes[0]
         return self.a * hidden[:, :h * w]
 
@@ -129,9 +131,11 @@ def test_rollout_start_is_the_stochastic_sampler_by_hand(index: int) -> None:
         estimate = x - float(sigmas[i]) * a * x  # x0_i = x_i - s_i v(x_i)
         if i + 1 < index:
             x = (1 - float(sigmas[i + 1])) * estimate + float(sigmas[i + 1]) * noise[i + 1]
-    got = rollout_start(_Scaled(a), batch, RolloutLevel(index=index, sigmas=sigmas), seed=7, patch=2)
+    model = _Scaled(a).train()
+    got = rollout_start(model, batch, RolloutLevel(index=index, sigmas=sigmas), seed=7, patch=2)
     assert got.shape == (2, 16, 16) and not got.requires_grad
     assert torch.allclose(got, estimate, atol=1e-6)
+    assert model.modes == [(False, False)] * index and model.training  # eval mode as at inference, then restored
 
 
 def test_step_loss_from_a_start_regresses_the_velocity_back_to_x0() -> None:

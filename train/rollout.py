@@ -12,12 +12,13 @@ On a share ``objective.rollout.prob`` of the micro-steps (a whole batch: its sam
 1. ``rollout_level`` picks a level index ``k >= 1`` uniformly among those with ``s_k >= min_level``, from a
    generator keyed by (seed, micro-step), so every rank and a resumed run draw the same;
 2. ``rollout_start`` runs the sampler from seeded pure noise through steps ``0 .. k-1`` with the model as it is,
-   without gradients, and returns the estimate ``x0_{k-1}``;
+   in eval mode and without gradients, and returns the estimate ``x0_{k-1}``;
 3. ``step.step_loss(..., start=x0_{k-1})`` feeds ``(1 - s_k) x0_{k-1} + s_k eps`` (the step's usual seeded noise)
    and regresses ``objectives.corrected_target``, the velocity that leads from there to the true ``x0``.
 
 A rollout step costs ``k`` extra forward passes without gradients (about 1.5 training steps on average at 10
-sampler steps). Every rank runs the same ``k`` (ranks share the step's shapes), so sharded training stays in step.
+sampler steps). Every rank runs the same ``k`` (ranks share the step's shapes), so sharded training stays in step;
+a rank's zero-weighted placeholder batch rolls out too, for the same reason.
 
 Public API: ``RolloutLevel``, ``rollout_level``, ``rollout_start``.
 """
@@ -38,6 +39,7 @@ from .config import RolloutConfig
 from .distributed import step_seed
 from .objectives import clean_estimate, noisy_sample
 from .step import pack_batch, seeded_noise, velocity
+from .validation import evaluating
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +79,19 @@ def rollout_level(cfg: RolloutConfig, scheduler: SchedulerConfig, *, seed: int, 
     return RolloutLevel(index=index, sigmas=sigmas)
 
 
-@torch.no_grad()
 def rollout_start(model: nn.Module, batch: TrainBatch, level: RolloutLevel, *, seed: int, patch: int) -> torch.Tensor:
     """The clean estimate ``x0_{k-1}`` the stochastic sampler holds before its step ``k = level.index`` (target
-    tokens ``[B, N_t, D]``, no gradient): seeded pure noise, then ``k`` steps of the model as it is."""
+    tokens ``[B, N_t, D]``, no gradient): seeded pure noise, then ``k`` steps of the model as it is, in eval mode
+    as at inference (no LoRA dropout; the training mode is restored afterwards)."""
     packed = pack_batch(batch, patch)
     x = seeded_noise(batch, seed, patch, stream="rollout-0")
     sigmas = level.sigmas.to(x.device)
     estimate = x
-    for i in range(level.index):
-        s = sigmas[i].expand(batch.size).to(x.dtype)
-        estimate = clean_estimate(x, velocity(model, x, packed, batch, s), s)
-        if i + 1 < level.index:
-            x = noisy_sample(estimate, seeded_noise(batch, seed, patch, stream=f"rollout-{i + 1}"), sigmas[i + 1])
+    with evaluating(model):
+        for i in range(level.index):
+            s = sigmas[i].expand(batch.size).to(x.dtype)
+            estimate = clean_estimate(x, velocity(model, x, packed, batch, s), s)
+            if i + 1 < level.index:
+                noise = seeded_noise(batch, seed, patch, stream=f"rollout-{i + 1}")
+                x = noisy_sample(estimate, noise, sigmas[i + 1])
     return estimate

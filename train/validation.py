@@ -16,7 +16,7 @@ the start (or read from the cache) into one-sample ``TrainBatch`` values at thei
 Both run on the unwrapped model in eval mode on the main process; the weights are restored to training mode
 afterwards. Nothing here touches a global RNG, so validation cannot change the training trajectory.
 
-Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``sample_losses``, ``loss_by_task``, ``sample_images``.
+Public API: ``HELDOUT_LEVELS``, ``ValSample``, ``sample_losses``, ``loss_by_task``, ``sample_images``, ``evaluating``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .step import pack_batch, velocity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HELDOUT_LEVELS", "ValSample", "loss_by_task", "sample_images", "sample_losses"]
+__all__ = ["HELDOUT_LEVELS", "ValSample", "evaluating", "loss_by_task", "sample_images", "sample_losses"]
 
 HELDOUT_LEVELS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)  # noise levels s every held-out sample is scored at
 
@@ -60,7 +60,8 @@ class ValSample:
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients, as at inference; its training mode restored afterwards."""
     was_training = model.training
     model.eval()
     try:
@@ -74,7 +75,7 @@ def sample_losses(model: nn.Module, samples: Sequence[ValSample], *, seed: int, 
                   device: torch.device, autocast: ContextManager[Any] | None = None) -> list[float]:
     """Each sample's mean flow-matching MSE over ``HELDOUT_LEVELS`` (see the module docstring), in order."""
     losses = []
-    with _evaluating(model), (autocast or contextlib.nullcontext()):
+    with evaluating(model), (autocast or contextlib.nullcontext()):
         for val in samples:
             batch = val.batch.to(device)
             packed = pack_batch(batch, patch)
@@ -106,7 +107,7 @@ def sample_images(model: nn.Module, vae: nn.Module, samples: Sequence[ValSample]
     """Generate every sample's result with the current weights; rows for ``observe.sample_grid``."""
     rows = []
     compression = int(vae.spatial_compression)
-    with _evaluating(model), (autocast or contextlib.nullcontext()):
+    with evaluating(model), (autocast or contextlib.nullcontext()):
         for val in samples:
             batch = val.batch.to(device)
             packed = pack_batch(batch, patch)
