@@ -58,10 +58,13 @@ def test_pairs_every_edit_and_counts_who_passed_it(reports: dict[str, Path]) -> 
     o = tallies["overall"]
     assert (o.n, o.base_passed, o.new_passed, o.only_base, o.only_new) == (6, 0, 6, 0, 6)
     assert (o.with_source, o.base_closer, o.new_closer) == (4, 0, 4)  # t2i has no source
+    assert (o.closer_only_base, o.closer_only_new) == (0, 4)
     assert all(gain > 0 for gain in o.psnr_gain)
     text = format_comparison(tallies)
     assert text.splitlines()[-1] == ("paired: 6 vs 0 of 6 passed; 6 only new, 0 only base; "
                                      f"two-sided sign test p = {sign_test(6, 0):.3g}")
+    assert text.splitlines()[-2] == ("closer than the source: 4 vs 0 of 4; 4 only new, 0 only base; "
+                                     f"two-sided sign test p = {sign_test(4, 0):.3g}")
     # the other way round, and a model that passes exactly the even-numbered edits
     assert compare(load_runs([reports["perfect"]]), load_runs([reports["unedited"]]))["overall"].only_base == 6
     half = compare(load_runs([reports["perfect"]]), load_runs([reports["half"]]))["overall"]

@@ -19,8 +19,8 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
 
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
-Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``seeded_levels``, ``velocity``, ``StepLoss``,
-``step_loss``, ``changed_token_weights``.
+Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``seeded_levels``, ``target_tokens``, ``velocity``,
+``StepLoss``, ``step_loss``, ``changed_token_weights``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from .config import ObjectiveConfig
 from .distributed import sample_generator
 from .objectives import TimestepSampler, corrected_target, flow_matching_loss, flow_target, noisy_sample
 
-__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "velocity", "StepLoss", "step_loss",
-           "changed_token_weights"]
+__all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "target_tokens", "velocity", "StepLoss",
+           "step_loss", "changed_token_weights"]
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,18 @@ def seeded_noise(batch: TrainBatch, seed: int, patch: int, *, stream: str = "noi
     return pack_latents(torch.stack(noise), patch).to(batch.target.device, batch.target.dtype)
 
 
+def target_tokens(batch: TrainBatch, patch: int) -> int:
+    """The target's token count: the image size the sampler's resolution shift (its ``mu``) depends on."""
+    return batch.target.shape[-2] * batch.target.shape[-1] // patch**2
+
+
 def seeded_levels(sampler: TimestepSampler, batch: TrainBatch, seed: int, patch: int, *, step: int, rank: int,
                   world_size: int) -> torch.Tensor:
     """Noise levels ``s [B]`` (float32, CPU) of ``batch``: generators keyed by its micro-step ``batch.step`` (and
     its samples or this rank, as the stratification needs); strata and curriculum by optimizer step ``step``."""
     generator = sampler.generators(seed, batch.step, rank, batch.indices)
-    tokens = batch.target.shape[-2] * batch.target.shape[-1] // patch**2  # target tokens: the resolution shift's mu
-    return sampler.sample(batch.size, step=step, rank=rank, world_size=world_size, image_seq_len=tokens,
-                          generator=generator)
+    return sampler.sample(batch.size, step=step, rank=rank, world_size=world_size,
+                          image_seq_len=target_tokens(batch, patch), generator=generator)
 
 
 def velocity(model: nn.Module, x_t: torch.Tensor, packed: PackedBatch, batch: TrainBatch,

@@ -71,7 +71,7 @@ from .pixels import PixelBatch
 from .sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
 from .rollout import rollout_level, rollout_start
-from .step import seeded_levels, seeded_noise, step_loss
+from .step import seeded_levels, seeded_noise, step_loss, target_tokens
 from .trainer_data import TrainData, build_train_data
 from .trainer_state import RunState, resolve_resume, resume_run_state, save_run_state
 from .trainer_val import Validator
@@ -201,9 +201,8 @@ class Trainer:
                           world_size=self.world)
         noise = seeded_noise(batch, self.cfg.seed, self.patch)
         start = None
-        tokens = batch.target.shape[-2] * batch.target.shape[-1] // self.patch**2
         level = rollout_level(self.cfg.objective.rollout, self.comps.scheduler, seed=self.cfg.seed,
-                              micro_step=batch.step, tokens=tokens)
+                              micro_step=batch.step, tokens=target_tokens(batch, self.patch))
         if level is not None:  # the sampler's own state at one of its levels (firered_train.rollout)
             s = torch.full_like(s, level.level)
             with self.autocast():

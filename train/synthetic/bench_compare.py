@@ -4,9 +4,10 @@ Two benchmark runs of 260 edits can differ by a few points by chance alone, so a
 little by itself. This command pairs the verdicts of ``firered bench synthetic`` report folders by sample id
 (the id names the held-out draw, so several seeds can be pooled) and prints, per category and overall, how many
 edits each model passed, how many only the base or only the new model passed, the share closer to the target
-than the source, and the mean change in PSNR to the target. The overall line ends with a two-sided exact sign
-test over the edits the two models judged differently: the chance of a split at least this lopsided if either
-model were as likely to win each of them.
+than the source, and the mean change in PSNR to the target. The last two lines pair, over all edits, who got
+closer to the target than the source and who passed; each ends with a two-sided exact sign test over the edits
+the two models judged differently: the chance of a split at least this lopsided if either model were as likely
+to win each of them.
 
 ::
 
@@ -65,6 +66,8 @@ class Tally:
     with_source: int = 0
     base_closer: int = 0
     new_closer: int = 0
+    closer_only_base: int = 0  # edits with a source that only the base / only the new model got closer than it
+    closer_only_new: int = 0
     psnr_gain: list[float] = field(default_factory=list)  # per pair: new minus base PSNR to the target, dB
 
     def add(self, base: BenchSample, new: BenchSample) -> None:
@@ -75,8 +78,11 @@ class Tally:
         self.only_new += new.passed and not base.passed
         if base.closer_than_source is not None:
             self.with_source += 1
-            self.base_closer += base.closer_than_source
-            self.new_closer += bool(new.closer_than_source)
+            base_closer, new_closer = base.closer_than_source, bool(new.closer_than_source)
+            self.base_closer += base_closer
+            self.new_closer += new_closer
+            self.closer_only_base += base_closer and not new_closer
+            self.closer_only_new += new_closer and not base_closer
         self.psnr_gain.append(finite_db(new.psnr_to_target) - finite_db(base.psnr_to_target))
 
 
@@ -122,6 +128,9 @@ def format_comparison(tallies: dict[str, Tally]) -> str:
                      f"{t.only_base:>10} {t.only_new:>9} {_share(t.base_closer, t.with_source):>12} "
                      f"{_share(t.new_closer, t.with_source):>11} {gain:>+7.2f}")
     o = tallies["overall"]
+    lines.append(f"closer than the source: {o.new_closer} vs {o.base_closer} of {o.with_source}; "
+                 f"{o.closer_only_new} only new, {o.closer_only_base} only base; two-sided sign test "
+                 f"p = {sign_test(o.closer_only_new, o.closer_only_base):.3g}")
     lines.append(f"paired: {o.new_passed} vs {o.base_passed} of {o.n} passed; {o.only_new} only new, "
                  f"{o.only_base} only base; two-sided sign test p = {sign_test(o.only_new, o.only_base):.3g}")
     return "\n".join(lines)
