@@ -16,6 +16,7 @@ from firered_train.batch import TrainBatch
 from firered_train.cache_run import cache_from_config
 from firered_train.config import ObjectiveConfig, RolloutConfig, load_config
 from firered_train.objectives import corrected_target, flow_target, noisy_sample
+from firered_train.observe.metrics_log import read_metrics
 from firered_train.rollout import RolloutLevel, rollout_level, rollout_start
 from firered_train.step import pack_batch, seeded_noise, step_loss
 from firered_train.trainer import Trainer
@@ -182,3 +183,11 @@ def test_training_with_rollout_inputs_is_reproducible_and_not_the_plain_run(cach
     plain = _final_weights(cached, "plain")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], plain[k]) for k in first)
+    # the losses by noise level: a rollout step's go to their own bins, never into the plain ones
+    assert _binned(cached / "r1") == {"rollout_loss_by_t"}
+    assert _binned(cached / "plain") == {"loss_by_t"}
+
+
+def _binned(run: Path) -> set[str]:
+    """The kinds of loss-by-noise-level keys the run's metrics log holds (its prefixes)."""
+    return {key.split("/")[0] for line in read_metrics(run / "metrics.jsonl") for key in line if "loss_by_t/" in key}

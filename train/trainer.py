@@ -148,7 +148,8 @@ class Trainer:
         self.null = (NullCondition(embeds=self.data.cache.null_embeds) if self.data.cache is not None
                      else NullCondition(encoder=comps.encoder))
         self.state = RunState(step=0, sampler=self.data.sampler, skips=self.data.skips,
-                              bins=TimestepLossBins(cfg.logging.loss_bins))
+                              bins=TimestepLossBins(cfg.logging.loss_bins),
+                              rollout_bins=TimestepLossBins(cfg.logging.loss_bins))
         # a sharded forward pass needs every rank: they all validate, in step, and the main process reports
         self.validator = Validator(self, self.data) if self.is_main or self.sharded else None
         self._last_loss = float("nan")
@@ -215,8 +216,9 @@ class Trainer:
             with self.autocast():
                 out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch, start=start)
             self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
-        if batch.weight > 0:
-            self.state.bins.update(out.s.cpu(), out.per_sample.cpu())
+        if batch.weight > 0:  # a rollout step's loss carries the estimate's error: binned apart from the plain
+            bins = self.state.bins if start is None else self.state.rollout_bins
+            bins.update(out.s.cpu(), out.per_sample.cpu())
         # one line per rank and micro-step: what the tests read to check that ranks agree on shapes
         log.debug("batch-shapes rank=%d micro=%d batch=%d target=%s sources=%s", self.rank, micro, batch.size,
                   tuple(batch.target.shape[-2:]), [tuple(x.shape[-2:]) for x in batch.sources])
@@ -332,12 +334,13 @@ class Trainer:
 
     def _log(self, metrics: MetricsLog | None, tb: TensorBoardLogger | None, step: int, window: list[float],
              grad_norm: float) -> None:
-        bins = self.state.bins
-        bins.sums, bins.counts = self.acc.reduce(bins.sums.to(self.device), "sum").cpu(), \
-            self.acc.reduce(bins.counts.to(self.device), "sum").cpu()
         values = {"loss": sum(window) / len(window), "lr": self.lr_schedule.get_last_lr()[0], "grad_norm": grad_norm,
-                  "skipped": self.state.skips.total, **bins.scalars()}
-        bins.reset()
+                  "skipped": self.state.skips.total}
+        for prefix, bins in (("loss_by_t", self.state.bins), ("rollout_loss_by_t", self.state.rollout_bins)):
+            bins.sums, bins.counts = self.acc.reduce(bins.sums.to(self.device), "sum").cpu(), \
+                self.acc.reduce(bins.counts.to(self.device), "sum").cpu()
+            values.update(bins.scalars(prefix))
+            bins.reset()
         self._last_loss = values["loss"]
         if metrics is not None:
             metrics.write(step, **values)

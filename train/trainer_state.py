@@ -46,7 +46,8 @@ class RunState:
     step: int  # optimizer steps done
     sampler: Any  # the bucket sampler
     skips: Any  # SkipLog
-    bins: Any  # TimestepLossBins of the current logging window
+    bins: Any  # TimestepLossBins of the current logging window (plain steps)
+    rollout_bins: Any  # the same for the rollout steps (objective.rollout), whose losses are of another kind
 
 
 def _model_state(transformer: nn.Module, lora: bool, keep: bool) -> tuple[dict[str, Any] | None, str]:
@@ -76,7 +77,8 @@ def save_run_state(root: str | os.PathLike, state: RunState, *, transformer: nn.
         root, state.step, model_state=model_state, model_kind=kind, optimizer=optimizer_state,
         lr_scheduler=lr_schedule, ema=ema_state,
         sampler_state=state.sampler.state_dict(next_step=state.step * grad_accumulation),
-        data_state={"skips": state.skips.state_dict(), "bins": state.bins.state_dict()},
+        data_state={"skips": state.skips.state_dict(), "bins": state.bins.state_dict(),
+                    "rollout_bins": state.rollout_bins.state_dict()},
         extra={"grad_accumulation": grad_accumulation}, keep_last=keep_last, replace=True)
 
 
@@ -121,5 +123,7 @@ def resume_run_state(path: Path, state: RunState, *, transformer: nn.Module, lor
     state.sampler.load_state_dict(ckpt.sampler)
     state.skips.load_state_dict(ckpt.data["skips"])
     state.bins.load_state_dict(ckpt.data["bins"])
+    if "rollout_bins" in ckpt.data:  # checkpoints before these bins: the window starts empty
+        state.rollout_bins.load_state_dict(ckpt.data["rollout_bins"])
     state.step = ckpt.step
     log.info("resumed from %s at step %d", path, ckpt.step)
