@@ -73,28 +73,22 @@ def load_image(key: str, picture: str, title: str, column: int | None = None) ->
     return node(key, "LoadImage", title=title, column=column, image=picture)
 
 
-def default_model_settings() -> tuple[int, float]:
-    """(steps, true CFG) the embedded model was tuned for (its defaults.json), which every graph starts with."""
-    from firered_core.default import pipe_defaults
-
-    settings = pipe_defaults()  # raises when the embedded model is not installed: the graphs are made for it
-    return int(settings["steps"]), float(settings["true_cfg_scale"])
+MODEL_STEPS, MODEL_CFG = 0, -1.0  # the edit nodes' "the model's own" (nodes/edit.py, sampling_inputs)
 
 
-def sampling(steps: int | None = None, cfg: float | None = None, seed: int = 0) -> dict[str, Any]:
-    """The shared sampling widgets (the embedded model's settings unless given); seed fixed, so a re-queue gives
-    the same picture."""
-    default_steps, default_cfg = default_model_settings()
-    steps, cfg = steps or default_steps, default_cfg if cfg is None else cfg
+def sampling(steps: int = MODEL_STEPS, cfg: float = MODEL_CFG, seed: int = 0) -> dict[str, Any]:
+    """The shared sampling widgets: the model's own steps and CFG unless given, so a graph keeps working when its
+    model is swapped; seed fixed, so a re-queue gives the same picture."""
     return {"negative_prompt": " ", "steps": steps, "true_cfg_scale": cfg, "seed": seed,
             "control_after_generate": "fixed", "width": 0, "height": 0}
 
 
-MODEL_NOTE = ("Model: 'firered-default' is the small demo model embedded in the plugin (no files needed; steps "
-              "and true_cfg_scale are set to what it was tuned for). For real edits pick the FireRed-Image-Edit "
-              "files in FireRed Model Loader: the transformer in models/diffusion_models, "
-              "qwen2.5vl-7b-bf16.safetensors in models/text_encoders, qwen_image_vae.safetensors in models/vae (or "
-              "a diffusers folder in models/diffusers), and use the release settings: 40 steps, true CFG 4.")
+MODEL_NOTE = ("Model: 'firered-default' is the small demo model embedded in the plugin (no files needed). For real "
+              "edits pick the FireRed-Image-Edit files in FireRed Model Loader: the transformer in "
+              "models/diffusion_models, qwen2.5vl-7b-bf16.safetensors in models/text_encoders, "
+              "qwen_image_vae.safetensors in models/vae (or a diffusers folder in models/diffusers). steps 0 and "
+              "true_cfg_scale -1 mean the model's own settings: 10 steps with CFG off for firered-default, the "
+              "release's 40 steps and true CFG 4 for FireRed-Image-Edit.")
 
 NOTES = {
     "basic_edit": ("Basic edit: one picture + an instruction.\n\nNeeds: this plugin only. Upload your picture in "

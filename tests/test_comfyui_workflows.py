@@ -64,8 +64,9 @@ def _faster(api: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             inputs.update({k: v for k, v in TRAIN_FASTER.items() if k in inputs})
         elif node["class_type"].startswith("FireRed"):
             for name, value in FASTER.items():
-                if isinstance(inputs.get(name), int):
-                    inputs[name] = min(inputs[name], value)
+                current = inputs.get(name)
+                if isinstance(current, int):  # steps 0 is "the model's own", more than value
+                    inputs[name] = value if current == 0 else min(current, value)
     return api
 
 
