@@ -17,7 +17,7 @@ def sampling_inputs() -> dict[str, tuple]:
     return {
         "negative_prompt": ("STRING", {"multiline": True, "default": " ",
                                        "tooltip": "used by true CFG; empty turns true CFG off"}),
-        "steps": ("INT", {"default": 0, "min": 0, "max": 1000,
+        "steps": ("INT", {"default": edit_runner.MODEL_STEPS, "min": edit_runner.MODEL_STEPS, "max": 1000,
                           "tooltip": "sampling steps; 0 = the model's own (10 for firered-default, 40 for the "
                                      "released models)"}),
         "true_cfg_scale": ("FLOAT", {"default": edit_runner.MODEL_CFG, "min": edit_runner.MODEL_CFG, "max": 100.0,

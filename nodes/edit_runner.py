@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 8192
+MODEL_STEPS = 0  # the steps widget's "the model's own"
 MODEL_CFG = -1.0  # the true_cfg_scale widget's "the model's own" (any negative value means it)
 KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(preserve_unedited=...)
 SAMPLERS = {"model default": None, "stochastic": True, "euler": False}  # -> edit(stochastic_sampling=...)
@@ -61,7 +62,7 @@ class EditSettings:
                     sampler: Any = "model default") -> "EditSettings":
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
-        steps = _integer(steps, "steps", 0, 1000) or None  # 0: the model's own
+        steps = _integer(steps, "steps", MODEL_STEPS, 1000) or None  # MODEL_STEPS (0): the model's own
         if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
                 or not math.isfinite(true_cfg_scale) or true_cfg_scale < MODEL_CFG:
             raise FireRedNodeError(f"true_cfg_scale must be a finite number >= 0, or {MODEL_CFG:g} for the model's "

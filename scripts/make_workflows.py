@@ -73,14 +73,15 @@ def load_image(key: str, picture: str, title: str, column: int | None = None) ->
     return node(key, "LoadImage", title=title, column=column, image=picture)
 
 
-MODEL_STEPS, MODEL_CFG = 0, -1.0  # the edit nodes' "the model's own" (nodes/edit.py, sampling_inputs)
+def sampling(steps: int | None = None, cfg: float | None = None, seed: int = 0) -> dict[str, Any]:
+    """The shared sampling widgets: the edit nodes' own defaults (steps and CFG: "the model's own", so a graph keeps
+    working when its model is swapped) unless given; seed fixed, so a re-queue gives the same picture."""
+    from nodes.edit import sampling_inputs  # the plugin's node package, from the repository root as in the tests
 
-
-def sampling(steps: int = MODEL_STEPS, cfg: float = MODEL_CFG, seed: int = 0) -> dict[str, Any]:
-    """The shared sampling widgets: the model's own steps and CFG unless given, so a graph keeps working when its
-    model is swapped; seed fixed, so a re-queue gives the same picture."""
-    return {"negative_prompt": " ", "steps": steps, "true_cfg_scale": cfg, "seed": seed,
-            "control_after_generate": "fixed", "width": 0, "height": 0}
+    default = {name: spec[1]["default"] for name, spec in sampling_inputs().items()}
+    return {"negative_prompt": " ", "steps": default["steps"] if steps is None else steps,
+            "true_cfg_scale": default["true_cfg_scale"] if cfg is None else cfg, "seed": seed,
+            "control_after_generate": "fixed", "width": default["width"], "height": default["height"]}
 
 
 MODEL_NOTE = ("Model: 'firered-default' is the small demo model embedded in the plugin (no files needed). For real "
