@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import DEFAULT_OPS, cast_to
+from .ops import DEFAULT_OPS, CastWeights
 from .rope import RotaryTable, apply_rope
 
 __all__ = ["RMSNorm", "JointAttention", "joint_attention", "joint_attention_mask"]
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(CastWeights, nn.Module):
     """``x / rms(x) * weight`` over the last dimension, the mean square taken in float32.
 
     Runs torch's fused kernel: in float32 it equals the reference's unfused formula bit for bit (checked by the
@@ -42,9 +42,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self._init_cast()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), cast_to(self.weight, x), self.eps)
+        return F.rms_norm(x, (x.shape[-1],), self.cast_weight(x), self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VAEConfig
-from .ops import DEFAULT_OPS, cast_to
+from .ops import DEFAULT_OPS, CastWeights, cast_param
 
 # dtypes whose L2 normalisation the reference runs in float32 (then casts back)
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -59,8 +59,8 @@ def causal_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     The reference pads ``kt - 1`` zero frames in front of the frame; every temporal tap but the last multiplies
     zeros, so the result is a 2D conv with the last temporal slice of the weight.
     """
-    weight = cast_to(conv.weight, x)[:, :, -1]  # [O, I, kt, kh, kw] -> [O, I, kh, kw]
-    return F.conv2d(x, weight, cast_to(conv.bias, x), stride=conv.stride[1:], padding=conv.padding[1:])
+    weight = cast_param(conv, "weight", x)[:, :, -1]  # [O, I, kt, kh, kw] -> [O, I, kh, kw]
+    return F.conv2d(x, weight, cast_param(conv, "bias", x), stride=conv.stride[1:], padding=conv.padding[1:])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def causal_conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class ChannelRMSNorm(nn.Module):
+class ChannelRMSNorm(CastWeights, nn.Module):
     """RMS norm over channels: ``x / ||x||_2 * sqrt(C) * gamma`` (the reference's ``RMS_norm``, no bias).
 
     ``gamma`` keeps the reference shape, ``[C, 1, 1, 1]`` in video blocks and ``[C, 1, 1]`` in attention
@@ -81,12 +81,13 @@ class ChannelRMSNorm(nn.Module):
         shape = (dim, 1, 1) if images else (dim, 1, 1, 1)
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+        self._init_cast()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # half precision would under/overflow the sum of squares, so normalise in float32 like the reference
         wide = x.float() if x.dtype in _LOW_PRECISION or x.dtype.itemsize == 1 else x
         normed = F.normalize(wide, dim=1).to(x.dtype)
-        return normed * self.scale * cast_to(self.gamma, x).reshape(-1, 1, 1)
+        return normed * self.scale * cast_param(self, "gamma", x).reshape(-1, 1, 1)
 
 
 class SpatialAttention(nn.Module):

@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops import cast_to
+from ..ops import PlainLinear
 
 __all__ = ["LoRAAdapter", "INITS"]
 
@@ -41,8 +40,8 @@ class LoRAAdapter(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRAAdapter '{name}': dropout must lie in [0, 1), got {dropout}")
         self.name = name
-        self.down = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
-        self.up = nn.Linear(rank, out_features, bias=False, device=device, dtype=dtype)
+        self.down = PlainLinear(in_features, rank, bias=False, device=device, dtype=dtype)
+        self.up = PlainLinear(rank, out_features, bias=False, device=device, dtype=dtype)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._alpha = float(rank) if alpha is None else float(alpha)
         self._strength = float(strength)
@@ -99,8 +98,7 @@ class LoRAAdapter(nn.Module):
 
     # -- math ------------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(self.dropout(x), cast_to(self.down.weight, x))  # [..., rank]
-        return F.linear(h, cast_to(self.up.weight, x)) * self.scale  # [..., out]
+        return self.up(self.down(self.dropout(x))) * self.scale  # [..., in] -> [..., rank] -> [..., out]
 
     def delta_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``scale * up @ down`` as an ``[out, in]`` matrix in ``dtype`` (for merging)."""
