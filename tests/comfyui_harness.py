@@ -88,9 +88,11 @@ NETGUARD_MARKER = "FIRERED-NETGUARD blocked"  # tests/netguard/sitecustomize.py'
 
 
 def _env() -> dict[str, str]:
-    """ComfyUI's environment: offline flags, and the network guard (tests/netguard) imported at start-up."""
+    """ComfyUI's environment: offline flags, the network guard (tests/netguard) imported at start-up, this checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(NETGUARD_DIR))
+    # this checkout's firered_core comes before the one ComfyUI's venv has installed (a worktree tests its own code)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(NETGUARD_DIR), str(REPO)]))
     return env
 
 
