@@ -10,7 +10,8 @@ skipped, so one broken node family never takes the others (or ComfyUI's start-up
 ``comfy_bridge.py``         all access to ComfyUI (model folders, progress, interrupt, model management), with
                             fallbacks so nodes run without it
 ``model_handle.py``         ``FireRedModel``, the FIRERED_MODEL value: shared weights + this view's LoRA stack
-``weights_bundle.py``       one module over a pipeline's weights, for ComfyUI's ModelPatcher
+``weights_bundle.py``       one module per pipeline component, each for its own ComfyUI ModelPatcher
+``comfy_placement.py``      the pipeline's placement backed by ComfyUI: loads a component's patcher when used
 ``model_sources.py``        the loader's choices and how each becomes a pipeline
 ``edit_runner.py``          the batch rule, seeds, progress/cancel, IMAGE/LATENT outputs
 ``composite.py``            region-of-interest crops and stitching for more than three pictures

@@ -30,7 +30,7 @@ import logging
 import os
 from pathlib import Path, PurePath
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .common import FireRedNodeError
 
@@ -274,14 +274,16 @@ def weights_changed(patcher: Any | None) -> None:
         patcher.size = 0
 
 
-def load_for_use(patcher: Any | None) -> None:
-    """Ask ComfyUI to put ``patcher``'s model on the compute device, freeing its other models as needed.
+def load_for_use(patchers: "Sequence[Any]", memory_required: int = 0, full: bool = False) -> None:
+    """Ask ComfyUI to put these patchers' models on the compute device, freeing or offloading others as needed.
 
-    The model is loaded whole (``force_full_load``): the FireRed modules cast weights at compute time but do not
-    implement ComfyUI's per-module low-VRAM patching, so a partial load is not offered.
+    No full load is forced: where the device is short of memory ComfyUI loads what fits and leaves the rest of
+    the layers on the offload device, which stream their weights at compute time (every FireRed layer speaks
+    ComfyUI's ``comfy_cast_weights`` protocol, see ``firered_core.ops``). ``memory_required``: bytes the coming
+    computation needs beside the weights (ComfyUI keeps that much free). ``full`` loads every weight (training,
+    whose trainer computes where the transformer's parameters are).
     """
-    if patcher is None:
-        return
     management = comfy_module("comfy.model_management")
-    if management is not None:
-        management.load_models_gpu([patcher], force_full_load=True)
+    live = [p for p in patchers if p is not None]
+    if management is not None and live:
+        management.load_models_gpu(live, memory_required=memory_required, force_full_load=full)

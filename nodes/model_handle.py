@@ -5,7 +5,11 @@ received. Like ComfyUI's own ``ModelPatcher.clone()``, a ``FireRedModel`` is an 
 weights (``LoadedFireRed``, shared by every view of one load) plus the LoRA stack this view wants. The LoRA loader
 returns a new view with one more LoRA; nothing touches the weights until a node runs the model, and then
 ``prepare()`` makes the shared transformer carry exactly this view's stack (unmerged adapters: detaching one is an
-exact restore) and asks ComfyUI to place the weights on the compute device.
+exact restore).
+
+Memory: the encoder, transformer and VAE each get their own ComfyUI ``ModelPatcher`` (``weights_bundle``), and the
+pipeline's placement asks ComfyUI for one of them at a time, as each phase of an edit starts
+(``comfy_placement``), so ComfyUI can load the transformer partially and evict the encoder to make room for it.
 """
 
 from __future__ import annotations
@@ -46,17 +50,29 @@ class LoraSpec:
 
 @dataclass(eq=False)
 class LoadedFireRed:
-    """One load of a model: the pipeline, ComfyUI's patcher over its weights, reports of LoRAs applied so far."""
+    """One load of a model: the pipeline, ComfyUI's patcher per component, reports of LoRAs applied so far."""
 
     pipeline: "FireRedEditPipeline"
     label: str
-    patcher: Any = None
+    patchers: dict[str, Any] = field(default_factory=dict)
     lora_reports: dict[str, "LoRAReport"] = field(default_factory=dict)
 
     @classmethod
     def wrap(cls, pipeline: "FireRedEditPipeline", label: str) -> "LoadedFireRed":
-        """Register the pipeline's weights with ComfyUI's model management (a no-op outside ComfyUI)."""
-        return cls(pipeline, label, comfy_bridge.manage(_weights_module(pipeline)))
+        """Register each component's weights with ComfyUI's model management and hand the pipeline a placement
+        that loads them phase by phase (a no-op outside ComfyUI)."""
+        if not comfy_bridge.in_comfyui():
+            return cls(pipeline, label)
+        from .comfy_placement import ComfyPlacement
+        from .weights_bundle import containers
+
+        patchers = {part: comfy_bridge.manage(module) for part, module in containers(pipeline).items()}
+        pipeline.placement = ComfyPlacement(patchers, comfy_bridge.devices()[0])
+        return cls(pipeline, label, patchers)
+
+    @property
+    def transformer_patcher(self) -> Any:
+        return self.patchers.get("transformer")
 
 
 @dataclass(frozen=True)
@@ -77,10 +93,12 @@ class FireRedModel:
     def lora_report(self, spec: LoraSpec) -> "LoRAReport | None":
         return self.loaded.lora_reports.get(spec.key)
 
-    def prepare(self) -> "FireRedEditPipeline":
-        """The pipeline, with exactly this view's LoRAs attached and its weights where ComfyUI wants them."""
+    def prepare(self, *, training: bool = False) -> "FireRedEditPipeline":
+        """The pipeline, with exactly this view's LoRAs attached. An edit's placement loads each component when it
+        is used; ``training`` loads all of them whole first (the trainer computes where the weights are)."""
         self.sync_loras()
-        comfy_bridge.load_for_use(self.loaded.patcher)
+        if training:
+            comfy_bridge.load_for_use(list(self.loaded.patchers.values()), full=True)
         return self.loaded.pipeline
 
     def sync_loras(self) -> None:
@@ -93,7 +111,7 @@ class FireRedModel:
         stale = attached.keys() - wanted.keys()
         missing = [spec for key, spec in wanted.items() if key not in attached]
         if stale or missing:
-            comfy_bridge.weights_changed(self.loaded.patcher)
+            comfy_bridge.weights_changed(self.loaded.transformer_patcher)
         for key in stale:
             remove_lora(transformer, key)
         for spec in missing:
@@ -103,10 +121,3 @@ class FireRedModel:
         for key, spec in wanted.items():
             if key in attached and attached[key] != spec.strength:
                 set_strength(transformer, key, spec.strength)
-
-
-def _weights_module(pipeline: "FireRedEditPipeline") -> "torch.nn.Module":
-    """One module holding every weight of the pipeline, so ComfyUI moves transformer, VAE and encoder together."""
-    from .weights_bundle import FireRedWeights
-
-    return FireRedWeights(pipeline)

@@ -206,7 +206,7 @@ def run_training(model: FireRedModel, data: TrainingData, target: LoraTarget, se
     identity = run_settings(model, data, settings)
     start = target.prepare_run(identity, settings.steps, resume)
     with node_errors("FireRed Train LoRA"):
-        pipeline = model.prepare()
+        pipeline = model.prepare(training=True)
     cfg = build_config(settings, data, target.run_dir, pipeline, resume)
     comps = TrainComponents(pipeline.transformer, pipeline.vae, pipeline.encoder, pipeline.scheduler_config,
                             source=model.label)

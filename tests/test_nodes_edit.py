@@ -171,14 +171,13 @@ def test_progress_interruption_and_model_management(model, monkeypatch, tmp_path
 
     with FakeComfy.installed(monkeypatch, tmp_path) as comfy:
         managed = FireRedModel(LoadedFireRed.wrap(model.loaded.pipeline, "tiny"))
-        assert managed.loaded.patcher is not None
+        patchers = managed.loaded.patchers
+        # one patcher per component, each over its own container (the stub encoder has no weights)
+        assert set(patchers) == {"transformer", "vae"}
+        assert patchers["transformer"].model.transformer is model.loaded.pipeline.transformer
+        assert patchers["vae"].model.vae is model.loaded.pipeline.vae
         _edit(managed, image1=image_tensor(2, 32, 32), steps=3)
         assert comfy.progress == [(i, 6) for i in range(1, 7)]  # one bar across both edits
-        (models, full), = comfy.loaded
-        assert models == [managed.loaded.patcher] and full
-        # the patcher holds every weight: transformer and VAE (the stub encoder has none)
-        bundle = managed.loaded.patcher.model
-        assert bundle.transformer is model.loaded.pipeline.transformer and bundle.vae is model.loaded.pipeline.vae
 
         comfy.polls, comfy.interrupt_after_polls = 0, 2
         with pytest.raises(Interrupted):  # ComfyUI's own exception, so it reports "interrupted"

@@ -99,7 +99,7 @@ def test_default_is_offered_outside_comfyui_too() -> None:
 
 
 def test_diffusers_folder_loads_and_edits(folder_model, comfy) -> None:
-    assert folder_model.loaded.patcher is not None  # handed to ComfyUI's model management
+    assert set(folder_model.loaded.patchers) == {"encoder", "transformer", "vae"}  # each handed to ComfyUI
     assert _edit(folder_model).shape == (1, 32, 32, 3)
 
 
@@ -158,7 +158,7 @@ def test_outside_comfyui_only_absolute_paths(tree: Path, tmp_path: Path) -> None
     with pytest.raises(FireRedNodeError, match="does not exist"):
         FireRedModelLoader().load(str(tmp_path / "gone.safetensors"), files[1], files[2], "float32")
     (model,) = FireRedModelLoader().load(*files, "float32")
-    assert model.loaded.patcher is None  # no ComfyUI: nothing to register with
+    assert model.loaded.patchers == {}  # no ComfyUI: nothing to register with
 
 
 def test_truncated_file_is_a_node_error(comfy) -> None:
@@ -210,9 +210,9 @@ def test_default_refuses_foreign_parts_and_fp8() -> None:
 
 def test_lora_changes_the_edit_and_leaves_the_input_model_alone(folder_model, comfy) -> None:
     base = _edit(folder_model)
-    folder_model.loaded.patcher.size = 12345  # as measured by ComfyUI before the LoRA
+    folder_model.loaded.transformer_patcher.size = 12345  # as measured by ComfyUI before the LoRA
     styled, report = FireRedLoraLoader().load_lora(folder_model, "style.safetensors", 1.0)
-    assert folder_model.loaded.patcher.size == 0  # adapters added: ComfyUI re-measures
+    assert folder_model.loaded.transformer_patcher.size == 0  # adapters added: ComfyUI re-measures
     assert "every key matched" in report and "24 layers" in report
     assert not torch.equal(_edit(styled), base)
     assert torch.equal(_edit(folder_model), base)  # the base view runs without the LoRA again
