@@ -151,3 +151,50 @@ emit(dict(entries=entries, sizes=sizes, before=before, after=after, free=mm.get_
     assert r["free"] >= sizes["transformer"], r  # the room was made ...
     # ... by the encoder (unloaded as far as needed; ComfyUI offloads a model partially when that suffices)
     assert after["encoder"] <= before["encoder"] - (sizes["transformer"] - before["vae"]), r
+
+
+def test_partial_load_onto_a_fake_gpu_computes_without_a_device_mismatch() -> None:
+    """ComfyUI's ``load`` with a ``cuda:0`` load device under torch's FakeTensorMode (ComfyUI's venv has a CUDA build
+    of torch, so fake CUDA tensors exist without a GPU, and mixing devices in one op raises): the layers it loads
+    move to the fake GPU, the others stay on the CPU and stream, and a forward of the transformer (plain and with
+    our LoRA) and a VAE decode run on ``cuda:0`` without a device error. (ComfyUI's own weight patches are left to
+    the CPU test above: merging one into a loaded layer builds a fake parameter that ``Module.to`` cannot swap.)"""
+    code = _SETUP + """
+from torch._subclasses.fake_tensor import FakeTensorMode
+from firered_core.lora import add_trainable_lora
+from firered_core.vae import FireRedVAE
+cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
+out = {}
+for case in ("plain", "our_lora", "vae"):
+    if case == "vae":
+        module = FireRedVAE(get_preset("tiny").vae).eval()
+        patcher = comfy.model_patcher.ModelPatcher(weights_bundle.FireRedVAEWeights(module), load_device=cuda,
+                                                   offload_device=cpu)
+    else:
+        module = tiny_transformer(3)
+        if case == "our_lora":
+            add_trainable_lora(module, rank=4, alpha=4, name="style")
+        patcher = comfy.model_patcher.ModelPatcher(weights_bundle.FireRedTransformerWeights(module),
+                                                   load_device=cuda, offload_device=cpu)
+    size = patcher.model_size()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        patcher.load(cuda, lowvram_model_memory=size // 3)
+        on = {}
+        for _, p in module.named_parameters():
+            on[p.device.type] = on.get(p.device.type, 0) + p.numel()
+        if case == "vae":
+            y = module.decode(torch.randn(1, module.z_dim, 4, 4, device=cuda))
+        else:
+            cfg = module.config
+            y = module(torch.randn(1, 32, cfg.in_channels, device=cuda),
+                       torch.randn(1, 5, cfg.joint_attention_dim, device=cuda), None,
+                       torch.tensor([0.6], device=cuda), [(1, 4, 4), (1, 4, 4)])
+    out[case] = dict(on=on, out=str(y.device), lowvram=bool(patcher.model.model_lowvram),
+                     loaded=patcher.model.model_loaded_weight_memory, budget=size // 3)
+emit(out)
+"""
+    result = run_in_comfyui(code, {"repo": str(REPO)})
+    for case, r in result.items():
+        assert r["out"] == "cuda:0" and r["lowvram"], (case, r)
+        assert r["on"].get("cuda", 0) > 0 and r["on"].get("cpu", 0) > 0, (case, r)  # split between the devices
+        assert 0 < r["loaded"] <= r["budget"], (case, r)
