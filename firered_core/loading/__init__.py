@@ -51,11 +51,13 @@ PathLike = str | os.PathLike
 
 
 def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
-                    device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
+                    device: torch.device | str | None = None, load_encoder: bool = True,
+                    map_blocks: bool = False) -> LoadedComponents:
     """Transformer, VAE, condition encoder (or None) and scheduler config from a diffusers folder or single files.
 
     ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; ``device`` is
-    where the weights are placed (default CPU).
+    where the weights are placed (default CPU). ``map_blocks`` leaves the transformer blocks' weights in the file
+    (memory-mapped, read when used) wherever the file holds them in their storage dtype: for block offloading.
     """
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -63,7 +65,8 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
             if not is_diffusers_folder(path):
                 raise WeightFileError(f"{path}: folder has no model_index.json, so it is not a diffusers model "
                                       "folder; pass the .safetensors files instead")
-            return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)
+            return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder,
+                                         map_blocks=map_blocks)
         if not path.exists():
             raise WeightFileError(f"{path}: not found")
         model = [path]
@@ -71,4 +74,4 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
     folders = [p for p in paths if p.is_dir()]
     if folders:
         raise WeightFileError(f"{folders[0]}: a folder cannot be combined with other model files")
-    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)
+    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder, map_blocks=map_blocks)

@@ -113,9 +113,11 @@ class DequantizingSource:
     def dtype(self, key: str) -> torch.dtype:
         return torch.float32 if key in self._scales else self.inner.dtype(key)
 
+    can_map = True  # unscaled tensors may come back file-backed (``WeightSource.get(mapped=True)``)
+
     def get(self, key: str, dtype: torch.dtype | None = None,
-            device: torch.device | str | None = None) -> torch.Tensor:
-        t = self.inner.get(key)
+            device: torch.device | str | None = None, *, mapped: bool = False) -> torch.Tensor:
+        t = self.inner.get(key, mapped=mapped and key not in self._scales)
         if key in self._scales:
             scale = self.inner.get(self._scales[key]).float()
             if scale.numel() != 1:
@@ -251,6 +253,7 @@ def _transformer_key_map(kind: FileKind, keys: list[str]) -> dict[str, str | Non
 
 
 def load_transformer_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                          map_blocks: bool = False,
                           device: torch.device | str | None = None, config: TransformerConfig | None = None,
                           axes_dims_rope: tuple[int, int, int] | None = None,
                           ops: SimpleNamespace = DEFAULT_OPS) -> FireRedTransformer:
@@ -273,6 +276,7 @@ def load_transformer_file(path: str | os.PathLike, *, dtype: torch.dtype = torch
                                                     axes_dims_rope=axes_dims_rope)
         log.info("%s: transformer %s", raw.name, config)
         return build_transformer(config, source, source_name=raw.name, key_map=mapping.get, dtype=dtype, fp8=fp8,
+                                 map_blocks=map_blocks,
                                  device=device, ops=ops)
 
 
@@ -303,6 +307,7 @@ def load_condition_encoder_file(path: str | os.PathLike, *, dtype: torch.dtype =
 
 
 def load_files(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+               map_blocks: bool = False,
                device: torch.device | str | None = None, load_encoder: bool = True,
                scheduler_config: SchedulerConfig | None = None) -> LoadedComponents:
     """Transformer + VAE (+ text encoder) from single files in any order, each recognised by its keys.
@@ -322,7 +327,8 @@ def load_files(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch
         if needed not in found:
             raise WeightFileError(f"{', '.join(map(str, paths)) or 'no files'}: no {needed} file among the model "
                                   "files (the VAE is e.g. qwen_image_vae.safetensors)")
-    transformer = load_transformer_file(found["transformer"], dtype=dtype, fp8=fp8, device=device)
+    transformer = load_transformer_file(found["transformer"], dtype=dtype, fp8=fp8, device=device,
+                                        map_blocks=map_blocks)
     vae = load_vae_file(found["vae"], dtype=dtype, device=device)
     encoder = None
     if "text_encoder" in found and load_encoder:

@@ -98,6 +98,7 @@ def _config(path: Path, cls: type, expected_class: str) -> Any:
 
 
 def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                         map_blocks: bool = False,
                          device: torch.device | str | None = None,
                          ops: SimpleNamespace = DEFAULT_OPS) -> FireRedTransformer:
     """``folder/transformer`` as a ``FireRedTransformer`` (Linear weights in fp8 when ``fp8``)."""
@@ -105,7 +106,7 @@ def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32
                      "QwenImageTransformer2DModel")
     with component_source(folder, "transformer") as source:
         return build_transformer(config, source, source_name=source.name, dtype=dtype, fp8=fp8, device=device,
-                                 ops=ops)
+                                 map_blocks=map_blocks, ops=ops)
 
 
 def load_vae_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
@@ -166,6 +167,7 @@ def _packaged_encoder(marker: Path, dtype: torch.dtype) -> Any:
 
 
 def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
+                          map_blocks: bool = False,
                           device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
     """Every component of a diffusers folder; ``encoder`` is None when the folder has no ``text_encoder/``."""
     root = Path(folder)
@@ -173,7 +175,7 @@ def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float3
         raise WeightFileError(f"{root}: folder not found")
     index = read_json(root / "model_index.json")
     log.info("%s: %s", root, index.get("_class_name", "pipeline of unknown class"))
-    transformer = load_transformer_dir(root, dtype=dtype, fp8=fp8, device=device)
+    transformer = load_transformer_dir(root, dtype=dtype, fp8=fp8, device=device, map_blocks=map_blocks)
     vae = load_vae_dir(root, dtype=dtype, device=device)
     scheduler = load_scheduler_config(root)
     encoder = None

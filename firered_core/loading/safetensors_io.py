@@ -260,6 +260,8 @@ class WeightSource:
                 self._infos[key] = info
         self._handles: dict[Path, object] = {}
 
+    can_map = True  # ``get(..., mapped=True)`` may return file-backed views (``loading.mapped``)
+
     # -- inspection (no tensor data read) ------------------------------------------------------------------------
     def keys(self) -> list[str]:
         return list(self._infos)
@@ -302,9 +304,18 @@ class WeightSource:
 
     # -- data ----------------------------------------------------------------------------------------------------
     def get(self, key: str, dtype: torch.dtype | None = None,
-            device: torch.device | str | None = None) -> torch.Tensor:
-        """The tensor ``key``, read now, optionally converted to ``dtype`` and moved to ``device``."""
+            device: torch.device | str | None = None, *, mapped: bool = False) -> torch.Tensor:
+        """The tensor ``key``, read now, optionally converted to ``dtype`` and moved to ``device``.
+
+        ``mapped``: where no conversion is asked for, a view of the file's bytes (``loading.mapped``: resident only
+        while used) instead of a copy; tensors that cannot be mapped are read as usual."""
         info = self.info(key)
+        if mapped and (dtype is None or dtype == info.dtype) and device is None:
+            from .mapped import map_tensor
+
+            view = map_tensor(info.path, info.start, info.dtype, info.shape)
+            if view is not None:
+                return view
         handle = self._handles.get(info.path)
         if handle is None:
             handle = self._handles[info.path] = open(info.path, "rb", buffering=0)

@@ -188,11 +188,13 @@ def _materialise_leftovers(module: nn.Module, device: torch.device | str | None)
 def load_into(module: nn.Module, source: TensorSource, *, source_name: str | None = None,
               key_map: KeyMap | None = None, dtype: torch.dtype | None = None,
               linear_weight_dtype: torch.dtype | None = None, strict: bool = True,
-              device: torch.device | str | None = None) -> LoadReport:
+              device: torch.device | str | None = None, mapped: Callable[[str], bool] | None = None) -> LoadReport:
     """Fill ``module`` (built on the meta device) from ``source``, one tensor at a time; see the module docstring.
 
-    ``device``: where the tensors go (default CPU). Returns a ``LoadReport``; raises ``WeightFileError`` when the
-    file does not fit the module.
+    ``device``: where the tensors go (default CPU). ``mapped``: module keys to keep file-backed
+    (``loading.mapped``) where the file already holds their storage dtype and the source can map (a
+    ``WeightSource``); they are read only when used. Returns a ``LoadReport``; raises ``WeightFileError`` when
+    the file does not fit the module.
     """
     name = source_name or getattr(source, "name", "weights")
     if dtype is not None and dtype.is_floating_point and dtype.itemsize == 1:
@@ -203,7 +205,8 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
     linear_names = _linear_weight_names(module) if linear_weight_dtype is not None else set()
     for target, file_key in plan.items():
         want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
-        raw = source.get(file_key)
+        can_map = mapped is not None and device is None and getattr(source, "can_map", False) and mapped(target)
+        raw = source.get(file_key, mapped=True) if can_map else source.get(file_key)  # a view unless converted
         value = _to_storage(raw, want, device)
         del raw
         _assign(module, target, value)
@@ -242,12 +245,19 @@ class LoadedComponents(NamedTuple):
 def build_transformer(config: TransformerConfig, source: TensorSource, *, source_name: str,
                       key_map: KeyMap | None = None, dtype: torch.dtype = torch.float32, fp8: bool = False,
                       device: torch.device | str | None = None, ops: SimpleNamespace = DEFAULT_OPS,
-                      strict: bool = True) -> FireRedTransformer:
-    """A ``FireRedTransformer`` built on meta and filled from ``source``; Linear weights in fp8 when ``fp8``."""
+                      strict: bool = True, map_blocks: bool = False) -> FireRedTransformer:
+    """A ``FireRedTransformer`` built on meta and filled from ``source``; Linear weights in fp8 when ``fp8``.
+    ``map_blocks`` keeps the blocks' weights file-backed where the file holds them in their storage dtype (for
+    block offloading, which streams them; see ``loading.mapped``)."""
     model = FireRedTransformer(config, ops=ops, device="meta", dtype=dtype)
     load_into(model, source, source_name=source_name, key_map=key_map, dtype=dtype,
-              linear_weight_dtype=FP8_DTYPE if fp8 else None, strict=strict, device=device)
+              linear_weight_dtype=FP8_DTYPE if fp8 else None, strict=strict, device=device,
+              mapped=_is_block_key if map_blocks else None)
     return model.eval()
+
+
+def _is_block_key(key: str) -> bool:
+    return key.startswith("transformer_blocks.")
 
 
 def build_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, source: TensorSource, *, source_name: str,
