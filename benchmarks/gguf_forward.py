@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from firered_core.config import get_preset
+from firered_core.config import TransformerConfig, get_preset
 from firered_core.loading import load_gguf_transformer
 from firered_core.transformer import FireRedTransformer
 
@@ -83,7 +83,7 @@ def stored_bytes(model: torch.nn.Module) -> int:
 # timing
 # ---------------------------------------------------------------------------------------------------------------
 
-def make_inputs(args: argparse.Namespace, cfg) -> tuple[dict, list[tuple[int, int, int]]]:
+def make_inputs(args: argparse.Namespace, cfg: TransformerConfig) -> tuple[dict, list[tuple[int, int, int]]]:
     side = max(args.image_px // 16, 1)  # one token covers 16x16 pixels
     shapes = [(1, side, side)] * (1 + args.refs)
     gen = torch.Generator().manual_seed(1)
@@ -94,7 +94,7 @@ def make_inputs(args: argparse.Namespace, cfg) -> tuple[dict, list[tuple[int, in
             for k, v in inputs.items()}, shapes
 
 
-def time_models(models: dict[str, torch.nn.Module], inputs: dict, shapes: list, runs: int,
+def time_models(models: dict[str, torch.nn.Module], inputs: dict, shapes: list[tuple[int, int, int]], runs: int,
                 warmup: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)

@@ -139,9 +139,24 @@ def _reference_with(path: Path, shapes: dict[str, tuple[int, ...]]) -> FireRedTr
     return model
 
 
+def test_quantised_bias_and_norm_weight(float_model: FireRedTransformer, tmp_path: Path) -> None:
+    """Converters never quantise 1-D tensors, but a file that does still works: ``bias_format`` and a norm's
+    ``weight_format`` are dequantised at compute time like Linear weights."""
+    state = float_model.state_dict()
+    tensors = {k: (encode(v, "F32"), "F32") for k, v in state.items()}
+    for key in ("transformer_blocks.0.attn.to_q.bias", "txt_norm.weight"):  # 32 values: one Q8_0 block each
+        tensors[key] = (encode(state[key], "Q8_0"), "Q8_0")
+    path = write_gguf(tmp_path / "odd-1d.gguf", tensors)
+    model = load_gguf_transformer(path)
+    assert model.transformer_blocks[0].attn.to_q.bias_format.name == "Q8_0"
+    assert model.txt_norm.weight_format.shape == (32,)
+    assert torch.equal(_run(model), _run(_reference(path)))
+
+
 def test_unnamed_architecture_is_judged_by_keys(float_model: FireRedTransformer, tmp_path: Path) -> None:
     path = write_transformer_gguf(float_model.state_dict(), tmp_path / "pig.gguf", arch="pig")
-    assert open_gguf(path).architecture == "pig"
+    with open_gguf(path) as source:
+        assert source.architecture == "pig" and source.type_counts["Q8_0"] == 2 * 14
     assert torch.equal(_run(load_gguf_transformer(path)), _run(_reference(path)))
 
 
