@@ -126,34 +126,35 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return b.contiguous().view(torch.float16).float()
 
 
-def _shifts(values: Sequence[int], like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8, device=like.device).reshape(shape)
+def _fields(q: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """The ``width``-bit fields of every byte of ``q`` (lowest first), stacked along a new axis ``dim``.
+
+    Shifts are Python ints, not tensors: nothing is created on (or copied to) the device per call.
+    """
+    mask = (1 << width) - 1
+    return torch.stack([(q >> shift) & mask for shift in range(0, 8, width)], dim=dim)
 
 
 def _nibbles(qs: torch.Tensor, group: int) -> torch.Tensor:
     """[n, k] bytes -> [n, 2k] 4-bit values: per ``group`` bytes, all low nibbles, then all high nibbles."""
     n = qs.shape[0]
-    split = qs.reshape(n, -1, 1, group) >> _shifts([0, 4], qs, (1, 1, 2, 1))  # [n, k/group, 2, group]
-    return (split & 0x0F).reshape(n, -1)
-
-
-def _bits(qh: torch.Tensor) -> torch.Tensor:
-    """[n, k] bytes -> [n, 8k] bits, bit b of byte i at position 8 i + b (little-endian bit order)."""
-    n = qh.shape[0]
-    return ((qh.reshape(n, -1, 1) >> _shifts(range(8), qh, (1, 1, 8))) & 1).reshape(n, -1)
-
-
-def _bit_planes(qh: torch.Tensor) -> torch.Tensor:
-    """[n, 32] bytes -> [n, 256] bits, bit b of byte i at position 32 b + i (the K-quants' high-bit masks)."""
-    n = qh.shape[0]
-    return ((qh.reshape(n, 1, 32) >> _shifts(range(8), qh, (1, 8, 1))) & 1).reshape(n, -1)
+    return _fields(qs.reshape(n, -1, group), 4, dim=-2).reshape(n, -1)  # [n, k/group, 2, group]
 
 
 def _crumbs(qs: torch.Tensor, group: int) -> torch.Tensor:
     """[n, k] bytes -> [n, 4k] 2-bit values: per ``group`` bytes, bits 0-1 of each, then 2-3, 4-5, 6-7."""
     n = qs.shape[0]
-    split = qs.reshape(n, -1, 1, group) >> _shifts([0, 2, 4, 6], qs, (1, 1, 4, 1))  # [n, k/group, 4, group]
-    return (split & 0x03).reshape(n, -1)
+    return _fields(qs.reshape(n, -1, group), 2, dim=-2).reshape(n, -1)  # [n, k/group, 4, group]
+
+
+def _bits(qh: torch.Tensor) -> torch.Tensor:
+    """[n, k] bytes -> [n, 8k] bits, bit b of byte i at position 8 i + b (little-endian bit order)."""
+    return _fields(qh, 1, dim=-1).reshape(qh.shape[0], -1)  # [n, k, 8]
+
+
+def _bit_planes(qh: torch.Tensor) -> torch.Tensor:
+    """[n, 32] bytes -> [n, 256] bits, bit b of byte i at position 32 b + i (the K-quants' high-bit masks)."""
+    return _fields(qh, 1, dim=-2).reshape(qh.shape[0], -1)  # [n, 8, 32]
 
 
 # ---------------------------------------------------------------------------------------------------------------
