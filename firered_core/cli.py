@@ -3,7 +3,8 @@
 ``firered edit [IMAGE...] --instruction TEXT -o OUT.png`` runs the edit pipeline with a progress bar and writes
 the result atomically (an existing file is kept unless ``--overwrite``). No image means text-to-image. Without
 ``--model`` the embedded default model (``firered_core/default/``) is used when it is installed. ``--model``
-takes a diffusers-format folder or ComfyUI single files (repeat it or separate with commas); ``--lora
+takes a diffusers-format folder or ComfyUI single files (repeat it or separate with commas; the transformer may
+be a ComfyUI-GGUF ``.gguf`` file, kept quantised); ``--lora
 PATH[:STRENGTH]`` may be repeated. Computation is float32 on the CPU unless ``--dtype``/``--device`` say
 otherwise (bfloat16 is the default on CUDA).
 
@@ -149,8 +150,8 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--instruction", "-p", required=True, help="what to do, e.g. 'make the sky purple'")
     parser.add_argument("-o", "--output", required=True, help="output image file (.png recommended)")
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
-                        help="diffusers folder or ComfyUI .safetensors files (repeat or comma-separate); "
-                        "default: the embedded model")
+                        help="diffusers folder or ComfyUI .safetensors files, the transformer possibly a .gguf "
+                        "(repeat or comma-separate); default: the embedded model")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                         help="LoRA file and strength (default 1.0); repeatable")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model folder's "

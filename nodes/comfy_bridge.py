@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft")  # pickled formats are refused by the core, so they are not offered
+# GGUF transformers (ComfyUI-GGUF's files) sit in diffusion_models (= unet); ComfyUI's own listing leaves .gguf out
+GGUF_SUFFIX = ".gguf"
+GGUF_KINDS = ("diffusion_models", "unet")
 
 
 def comfy_module(name: str) -> ModuleType | None:
@@ -65,7 +68,20 @@ def model_files(kind: str) -> list[str]:
     folder_paths = comfy_module("folder_paths")
     if folder_paths is None:
         return []
-    return sorted(n for n in folder_paths.get_filename_list(kind) if n.lower().endswith(WEIGHT_SUFFIXES))
+    names = {n for n in folder_paths.get_filename_list(kind) if n.lower().endswith(WEIGHT_SUFFIXES)}
+    if kind in GGUF_KINDS:
+        names.update(_gguf_files(folder_paths.get_folder_paths(kind)))
+    return sorted(names)
+
+
+def _gguf_files(bases: list[str]) -> set[str]:
+    """``.gguf`` files under the folders ``bases``, relative, '/'-separated (as ComfyUI names model files)."""
+    found = set()
+    for base in bases:
+        for root, _, files in os.walk(base, followlinks=True):
+            found.update(PurePath(os.path.relpath(os.path.join(root, f), base)).as_posix()
+                         for f in files if f.lower().endswith(GGUF_SUFFIX))
+    return found
 
 
 def diffusers_folders() -> list[str]:

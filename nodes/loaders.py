@@ -13,8 +13,9 @@ log = logging.getLogger(__name__)
 
 class FireRedModelLoader:
     DESCRIPTION = ("Loads a FireRed / Qwen-Image-Edit-2509-family edit model: the embedded default, a diffusers "
-                   "folder from models/diffusers, or a transformer file from models/diffusion_models together "
-                   "with a text encoder (models/text_encoders) and VAE (models/vae). Files are recognised by "
+                   "folder from models/diffusers, or a transformer file (.safetensors, or a quantised .gguf) from "
+                   "models/diffusion_models together with a text encoder (models/text_encoders) and VAE "
+                   "(models/vae). Files are recognised by "
                    "their contents. fp8_e4m3fn stores the transformer's weights in 8 bits and computes in "
                    "bfloat16 (float32 on the CPU).")
     CATEGORY = f"{CATEGORY}/loaders"
@@ -28,7 +29,8 @@ class FireRedModelLoader:
         return {"required": {
             "model": (model_sources.model_choices(), {
                 "default": model_sources.DEFAULT_CHOICE,
-                "tooltip": "firered-default (embedded), diffusers/<folder>, or a transformer file"}),
+                "tooltip": "firered-default (embedded), diffusers/<folder>, or a transformer file "
+                            "(.safetensors or .gguf)"}),
             "text_encoder": (model_sources.component_choices("text_encoders"), {
                 "default": model_sources.FROM_MODEL,
                 "tooltip": "Qwen2.5-VL file; needed with a single transformer file"}),

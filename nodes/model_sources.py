@@ -6,8 +6,9 @@ Choices of the loader's ``model`` input, in this order:
   installation lacks its weights). It brings its own condition encoder and VAE.
 * ``diffusers/<folder>`` - a diffusers-format folder under ComfyUI's ``models/diffusers`` (model_index.json,
   transformer/, vae/, text_encoder/...). ``text_encoder`` / ``vae`` may replace the folder's own.
-* a transformer file from ``models/diffusion_models`` (bare or ``model.diffusion_model.`` keys, plain or scaled
-  fp8). A single file carries no VAE or encoder: ``text_encoder`` (``models/text_encoders``, e.g.
+* a transformer file from ``models/diffusion_models`` (or ``models/unet``): safetensors (bare or
+  ``model.diffusion_model.`` keys, plain or scaled fp8) or GGUF (ComfyUI-GGUF's files, e.g. Q4_K_M; the weights
+  stay quantised and are dequantised per layer at compute time). A single file carries no VAE or encoder: ``text_encoder`` (``models/text_encoders``, e.g.
   qwen2.5vl-7b-bf16.safetensors) and ``vae`` (``models/vae``, e.g. qwen_image_vae.safetensors) must be chosen.
 
 Files are recognised by their keys (the core's ``loading`` package), never by their names.

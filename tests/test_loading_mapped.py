@@ -80,3 +80,20 @@ def test_release_gives_the_pages_back(tmp_path) -> None:
     assert released > nbytes * 0.9
     assert (touched - _rss_file_kib()) * 1024 > nbytes // 2
     assert sum(float(p.detach().float().sum()) for p in blocks) == checksum  # read back from the file
+
+
+def test_gguf_blocks_are_mapped_and_compute_like_a_normal_load(tmp_path) -> None:
+    from .gguf_fixtures import write_transformer_gguf
+
+    torch.manual_seed(0)
+    state = FireRedTransformer(get_preset("tiny").transformer).state_dict()
+    path = tmp_path / "transformer.gguf"
+    write_transformer_gguf(state, path, qtype="Q8_0")
+    mapped = load_transformer_file(path, map_blocks=True)
+    plain = load_transformer_file(path)
+    raw = {n: p for n, p in mapped.named_parameters() if p.dtype == torch.uint8}
+    assert raw and all(is_mapped(p) for n, p in raw.items() if n.startswith("transformer_blocks."))
+    assert not any(is_mapped(p) for p in plain.parameters())
+    assert torch.equal(_call(mapped), _call(plain))
+    release(mapped)
+    assert torch.equal(_call(mapped), _call(plain))

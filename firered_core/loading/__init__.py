@@ -8,6 +8,8 @@ One entry point covers every layout users have on disk::
                              "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True)
 
 A folder must be a diffusers folder (``model_index.json``); a list of files is sorted by content, never by name.
+The transformer may be a GGUF file (ComfyUI-GGUF's layout, e.g. ``Qwen-Image-Edit-2509-Q4_K_M.gguf``): its weights
+stay quantised in memory and are dequantised layer by layer at compute time.
 The package is layered, each file one job:
 
 ==========================  =====================================================================================
@@ -18,10 +20,13 @@ The package is layered, each file one job:
 ``detect.py``               what a file is and which config it has, from keys and shapes
 ``diffusers_folder.py``     diffusers folders (config.json + single or sharded weights, scheduler config)
 ``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, scaled fp8, Wan VAE names)
+``gguf_header.py``          a GGUF header walked with plain reads: truncation and damage found before parsing
+``gguf_file.py``            GGUF transformer files: validation, ``GGUFSource``, quantised weights kept quantised
 ``save.py``                 atomic saving as a diffusers folder (optionally sharded) or ComfyUI single files
 ==========================  =====================================================================================
 
-Nothing downloads and nothing is unpickled: ``.ckpt/.pt/.pth/.bin`` and pickle/zip contents are refused.
+Nothing downloads and nothing is unpickled: ``.ckpt/.pt/.pth/.bin`` and pickle/zip contents are refused. Saving a
+model loaded from GGUF is refused (its quantised weights have no safetensors form here).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import torch
 from .comfy_files import load_files, load_transformer_file, load_vae_file
 from .detect import FileKind, classify, infer_transformer_config, infer_vae_config, is_diffusers_folder
 from .diffusers_folder import load_diffusers_folder
+from .gguf_file import GGUFSource, load_gguf_transformer, open_gguf
+from .gguf_header import is_gguf_file
 from .safetensors_io import (PICKLE_SUFFIXES, TensorInfo, WeightFileError, WeightSource, open_sharded,
                              open_weights, read_header, read_metadata)
 from .save import save_comfy_transformer, save_comfy_vae, save_component_folder, save_diffusers_folder
@@ -45,7 +52,7 @@ __all__ = ["load_components", "LoadedComponents", "WeightFileError", "WeightSour
            "LoadReport", "build_transformer", "build_vae", "FileKind", "classify", "infer_transformer_config",
            "infer_vae_config", "is_diffusers_folder", "load_diffusers_folder", "load_files",
            "load_transformer_file", "load_vae_file", "save_component_folder", "save_diffusers_folder", "save_comfy_transformer",
-           "save_comfy_vae"]
+           "save_comfy_vae", "GGUFSource", "open_gguf", "load_gguf_transformer", "is_gguf_file"]
 
 PathLike = str | os.PathLike
 

@@ -53,7 +53,10 @@ from ..config import SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
-from .detect import ZERO_COND_T_MARKER, FileKind, classify, infer_transformer_config, infer_vae_config
+from .detect import (ZERO_COND_T_MARKER, FileKind, classify, infer_transformer_config, infer_vae_config,
+                     transformer_key_map)
+from .gguf_file import load_gguf_transformer
+from .gguf_header import is_gguf_file
 from .safetensors_io import WeightFileError, WeightSource, open_weights
 from .stream import LoadedComponents, build_transformer, build_vae
 
@@ -240,32 +243,24 @@ def _open_as(path: str | os.PathLike, expected: str) -> tuple[WeightSource, File
     return source, kind
 
 
-def _transformer_key_map(kind: FileKind, keys: list[str]) -> dict[str, str | None]:
-    """File key -> module key: prefix stripped; marker and foreign-prefixed keys (other components) dropped."""
-    out: dict[str, str | None] = {}
-    for k in keys:
-        if kind.prefix and not k.startswith(kind.prefix):
-            out[k] = None
-            continue
-        bare = k[len(kind.prefix):]
-        out[k] = None if bare == ZERO_COND_T_MARKER else bare
-    return out
-
-
 def load_transformer_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
                           map_blocks: bool = False,
                           device: torch.device | str | None = None, config: TransformerConfig | None = None,
                           axes_dims_rope: tuple[int, int, int] | None = None,
                           ops: SimpleNamespace = DEFAULT_OPS) -> FireRedTransformer:
-    """A transformer from one single file (bare, ``model.diffusion_model.``-prefixed, plain or scaled fp8).
+    """A transformer from one single file (bare, ``model.diffusion_model.``-prefixed, plain or scaled fp8; or a
+    GGUF file, recognised by its content and loaded by ``gguf_file`` with its weights kept quantised).
 
     The config is inferred from the shapes (see ``detect``) unless given; ``axes_dims_rope`` is needed for head
     dims other than 128 that no preset has.
     """
+    if is_gguf_file(path):
+        return load_gguf_transformer(path, dtype=dtype, fp8=fp8, device=device, config=config,
+                                     axes_dims_rope=axes_dims_rope, ops=ops, map_blocks=map_blocks)
     raw, kind = _open_as(path, "transformer")
     with raw:
         source = DequantizingSource(raw)
-        mapping = _transformer_key_map(kind, source.keys())
+        mapping = transformer_key_map(kind, source.keys())
         shapes = {m: raw.shape(k) for k, m in mapping.items() if m is not None}
         if f"{kind.prefix}{ZERO_COND_T_MARKER}" in raw:  # the 2511 marker is not a weight but sets zero_cond_t
             shapes[ZERO_COND_T_MARKER] = raw.shape(f"{kind.prefix}{ZERO_COND_T_MARKER}")
@@ -306,18 +301,23 @@ def load_condition_encoder_file(path: str | os.PathLike, *, dtype: torch.dtype =
     return loader(path, dtype=dtype)
 
 
+def _file_kind(path: Path) -> str:
+    with open_weights(path) as src:
+        return classify(src.keys(), src.name).kind
+
+
 def load_files(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
                map_blocks: bool = False,
                device: torch.device | str | None = None, load_encoder: bool = True,
                scheduler_config: SchedulerConfig | None = None) -> LoadedComponents:
-    """Transformer + VAE (+ text encoder) from single files in any order, each recognised by its keys.
+    """Transformer + VAE (+ text encoder) from single files in any order, each recognised by its keys (a GGUF
+    file, recognised by its magic, is the transformer).
 
     Single files carry no scheduler config: the FireRed default (``SchedulerConfig()``) is used unless given.
     """
     found: dict[str, Path] = {}
     for p in map(Path, paths):
-        with open_weights(p) as src:
-            kind = classify(src.keys(), src.name).kind
+        kind = "transformer" if is_gguf_file(p) else _file_kind(p)  # GGUF: only transformers (checked on load)
         if kind == "lora":
             raise WeightFileError(f"{p}: is a LoRA; apply it with load_lora / --lora, not as a model file")
         if kind in found:

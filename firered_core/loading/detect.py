@@ -39,8 +39,8 @@ using the VAE shapes in diffusers' naming. ``latents_mean``/``latents_std`` are 
 else from a preset with the same structure (the released VAE's values for the released structure), else
 identity statistics with a warning.
 
-Public API: ``FileKind``, ``classify``, ``is_diffusers_folder``, ``infer_transformer_config``,
-``infer_vae_config``, ``CONFIG_METADATA_KEY``, ``ZERO_COND_T_MARKER``.
+Public API: ``FileKind``, ``classify``, ``is_diffusers_folder``, ``transformer_key_map``,
+``infer_transformer_config``, ``infer_vae_config``, ``CONFIG_METADATA_KEY``, ``ZERO_COND_T_MARKER``.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from .safetensors_io import WeightFileError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FileKind", "classify", "is_diffusers_folder", "infer_transformer_config", "infer_vae_config",
-           "CONFIG_METADATA_KEY", "ZERO_COND_T_MARKER", "KNOWN_HEAD_DIM_AXES"]
+__all__ = ["FileKind", "classify", "is_diffusers_folder", "transformer_key_map", "infer_transformer_config",
+           "infer_vae_config", "CONFIG_METADATA_KEY", "ZERO_COND_T_MARKER", "KNOWN_HEAD_DIM_AXES"]
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -97,6 +97,19 @@ def _transformer_prefix(keys: set[str]) -> str | None:
             if f"{prefix}img_in.weight" in keys and f"{prefix}proj_out.weight" in keys:
                 return prefix
     return None
+
+
+def transformer_key_map(kind: FileKind, keys: list[str]) -> dict[str, str | None]:
+    """File key -> module key of a transformer file: prefix stripped; the 2511 marker and keys under other
+    prefixes (other components of a full checkpoint) map to None."""
+    out: dict[str, str | None] = {}
+    for k in keys:
+        if kind.prefix and not k.startswith(kind.prefix):
+            out[k] = None
+            continue
+        bare = k[len(kind.prefix):]
+        out[k] = None if bare == ZERO_COND_T_MARKER else bare
+    return out
 
 
 def _sample(keys: list[str], n: int = 8) -> str:

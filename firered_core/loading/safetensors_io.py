@@ -16,8 +16,9 @@ What ``read_header`` checks before anything is loaded:
 * the path exists and is a file;
 * it is not a pickle: ``.ckpt/.pt/.pth/.bin/.pkl`` are refused by extension, and a file of any name whose first
   bytes are a zip archive (``torch.save``) or a pickle stream is refused by content. Unpickling runs arbitrary
-  code, so this project never does it; the message says how to convert. GGUF files and Git LFS pointer files
-  (a download that fetched the pointer, not the weights) get their own messages;
+  code, so this project never does it; the message says how to convert. GGUF files (read by ``gguf_file``, for
+  transformers) and Git LFS pointer files (a download that fetched the pointer, not the weights) get their own
+  messages;
 * the header length is plausible, the header is a JSON object, every entry has a known dtype, a shape and data
   offsets whose size equals ``numel * itemsize``;
 * every tensor's bytes lie inside the file: a truncated download is reported with the first tensor it cuts off.
@@ -137,7 +138,8 @@ def _check_magic(path: Path, head: bytes) -> None:
             f"{path}: is a Python pickle, not safetensors; refused because unpickling can run arbitrary code; "
             f"{_CONVERT_HINT}")
     if head[:4] == b"GGUF":
-        raise WeightFileError(f"{path}: is a GGUF file; only .safetensors weights are supported")
+        raise WeightFileError(f"{path}: is a GGUF file, not safetensors; GGUF is read for the transformer only: pass "
+                              "it with the VAE and text-encoder files to load_components (or --model in the CLI)")
     if head.startswith(b"version https://git-lfs"):
         raise WeightFileError(
             f"{path}: is a Git LFS pointer (a few hundred bytes of text), not the weights; fetch the real file")

@@ -20,6 +20,8 @@
   loader restores settings that shapes cannot reveal (RoPE split, latent statistics). Other tools ignore it.
 * Unmerged LoRA adapters (``ops.Linear.adapters``) are not part of the base model's format: they are left out
   with a warning; merge them first (``firered_core.lora.merge_lora``) to bake them in.
+* A model loaded from a GGUF file (GGML-quantised weights, ``firered_core.quant``) is refused before anything is
+  written: its weights have no safetensors form here.
 
 Public API: ``save_diffusers_folder``, ``save_comfy_transformer``, ``save_comfy_vae``, ``write_safetensors``.
 """
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from ..config import SchedulerConfig
+from ..quant import quantised_parameters
 from .comfy_files import diffusers_to_wan_vae_keys
 from .detect import CONFIG_METADATA_KEY, ZERO_COND_T_MARKER
 from .safetensors_io import TORCH_TO_SAFETENSORS, WeightFileError
@@ -117,8 +120,18 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], *,
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_not_quantised(model: nn.Module) -> None:
+    quantised = quantised_parameters(model)
+    if quantised:
+        key, fmt = next(iter(quantised.items()))
+        raise WeightFileError(f"{type(model).__name__}: {len(quantised)} weights are stored GGML-quantised (loaded "
+                              f"from a GGUF file; e.g. '{key}' is {fmt}); saving them is not supported: save the "
+                              "model loaded from its safetensors or diffusers weights instead")
+
+
 def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors (no unmerged adapters), without copies."""
+    """The model's own tensors (no unmerged adapters), without copies; a GGUF-loaded model is refused."""
+    _check_not_quantised(model)
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
     adapters = [k for k in state if ".adapters." in k]
     if adapters:

@@ -22,6 +22,10 @@ Rules:
   embeddings and convolutions keep the compute dtype because they are small and precision-sensitive, and the
   ``ops`` layers upcast fp8 weights at compute time. Conversion to float8 saturates at the format's largest
   finite value (a plain cast would turn outliers into NaN). Integer tensors keep their dtype.
+* Quantised tensors (a source with ``weight_format(key)``, e.g. a GGUF file) stay quantised when the owning layer
+  casts its parameters at compute time (``ops.CastWeights``): the parameter becomes the raw bytes (uint8, no
+  gradient) and the layer gets ``<name>_format``, which ``ops.cast_param`` dequantises with at every call. Under
+  any other module (a host's own layer class) the tensor is dequantised while loading instead.
 * After loading, nothing may remain on the meta device: a non-persistent buffer is materialised by its owning
   module's ``materialize_buffers(device)`` method when it has one, otherwise it is an error.
 
@@ -43,7 +47,7 @@ import torch
 from torch import nn
 
 from ..config import CompactVAEConfig, PixelVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
-from ..ops import DEFAULT_OPS
+from ..ops import DEFAULT_OPS, CastWeights, WeightFormat
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
 from .safetensors_io import WeightFileError
@@ -63,7 +67,11 @@ _LIST_LIMIT = 12
 
 
 class TensorSource(Protocol):
-    """What ``load_into`` reads from: ``WeightSource`` or any adapter with the same methods."""
+    """What ``load_into`` reads from: ``WeightSource`` or any adapter with the same methods.
+
+    A source of quantised tensors also has ``weight_format(key) -> WeightFormat | None`` and ``raw(key, device)``
+    (the stored bytes); its ``get`` returns dequantised values and ``shape`` the logical shape.
+    """
 
     name: str
 
@@ -164,6 +172,26 @@ def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
         raise KeyError(name)  # _plan only yields state-dict names, so this is a bug
 
 
+def _stored_format(module: nn.Module, source: TensorSource, target: str, file_key: str) -> WeightFormat | None:
+    """The format to keep ``file_key`` in at ``target``: the source's, if it is quantised and the owning layer
+    dequantises at compute time; else None (the values are loaded)."""
+    format_of = getattr(source, "weight_format", None)
+    fmt = format_of(file_key) if callable(format_of) else None
+    if fmt is None:
+        return None
+    owner_name = target.rpartition(".")[0]
+    owner = module.get_submodule(owner_name) if owner_name else module
+    return fmt if isinstance(owner, CastWeights) else None
+
+
+def _assign_stored(module: nn.Module, name: str, raw: torch.Tensor, fmt: WeightFormat) -> None:
+    """Parameter ``name`` becomes the raw bytes ``raw``; its layer gets ``<leaf>_format`` to dequantise them."""
+    _assign(module, name, raw)
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    setattr(owner, f"{leaf}_format", fmt)
+
+
 def _target_dtype(meta: torch.Tensor, name: str, dtype: torch.dtype | None,
                   linear_weight_dtype: torch.dtype | None, linear_names: set[str]) -> torch.dtype:
     if not meta.is_floating_point():
@@ -203,13 +231,20 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
     plan, report = _plan(module, source, key_map, strict, name)
     metas = module.state_dict(keep_vars=True)
     linear_names = _linear_weight_names(module) if linear_weight_dtype is not None else set()
+    quantised = 0
     for target, file_key in plan.items():
-        want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
         can_map = mapped is not None and device is None and getattr(source, "can_map", False) and mapped(target)
-        raw = source.get(file_key, mapped=True) if can_map else source.get(file_key)  # a view unless converted
-        value = _to_storage(raw, want, device)
-        del raw
-        _assign(module, target, value)
+        fmt = _stored_format(module, source, target, file_key)
+        if fmt is not None:
+            value = source.raw(file_key, device=device, mapped=can_map)  # type: ignore[attr-defined]
+            _assign_stored(module, target, value, fmt)
+            quantised += 1
+        else:
+            want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
+            raw = source.get(file_key, mapped=True) if can_map else source.get(file_key)  # a view unless converted
+            value = _to_storage(raw, want, device)
+            del raw
+            _assign(module, target, value)
         report.loaded += 1
         report.bytes_loaded += value.numel() * value.element_size()
     for target in report.missing:
@@ -223,8 +258,8 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
         log.warning("%s: %d tensors the model does not use were ignored: %s", name, len(report.unexpected),
                     _listing(report.unexpected))
     _materialise_leftovers(module, device)
-    log.info("%s: loaded %d tensors (%.1f MiB) into %s", name, report.loaded, report.bytes_loaded / 2**20,
-             type(module).__name__)
+    log.info("%s: loaded %d tensors (%.1f MiB%s) into %s", name, report.loaded, report.bytes_loaded / 2**20,
+             f", {quantised} kept quantised" if quantised else "", type(module).__name__)
     return report
 
 

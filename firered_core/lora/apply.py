@@ -19,7 +19,9 @@ by name.
 
 Merging happens in float32 and is cast back to each weight's storage dtype. For float8 storage the merged
 weight is re-quantised (round to nearest, saturating at the format's maximum): deltas below fp8 resolution are
-lost, so keep LoRAs unmerged on fp8 models (the default of ``apply_lora``) unless speed matters more.
+lost, so keep LoRAs unmerged on fp8 models (the default of ``apply_lora``) unless speed matters more. Layers that
+hold GGML-quantised weights (GGUF files) take adapters like any other (shapes are checked against the logical
+shape), but merging into them is refused: it would need a quantiser this project does not have.
 
 Public API: ``LoRAReport``, ``apply_lora``, ``set_strength``, ``remove_lora``, ``list_loras``, ``merge_lora``,
 ``add_trainable_lora``, ``DEFAULT_TARGETS``, ``collect_lora``, ``lora_state_dict``.
@@ -35,6 +37,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..quant import logical_shape
 from .adapter import INITS, LoRAAdapter
 from .formats import LoRAEntry, LoRAError, LoRAWeights, encode_lora, load_lora, resolve
 
@@ -108,9 +111,9 @@ def _match(model: nn.Module, weights: LoRAWeights) -> tuple[dict[str, nn.Module]
         sample = ", ".join((weights.unmatched or [k for e in weights.entries for k in e.keys])[:4])
         raise LoRAError(f"{weights.source}: no key of this LoRA names a layer of {type(model).__name__}; it is for "
                         f"another architecture (or not a LoRA). Keys look like: {sample}")
-    bad = [f"{path}: LoRA {tuple(e.up.shape[:1]) + tuple(e.down.shape[1:])} vs layer {tuple(layers[path].weight.shape)}"
+    bad = [f"{path}: LoRA {tuple(e.up.shape[:1]) + tuple(e.down.shape[1:])} vs layer {logical_shape(layers[path])}"
            for path, e in resolved.items()
-           if (e.up.shape[0], e.down.shape[1]) != tuple(layers[path].weight.shape)]
+           if (e.up.shape[0], e.down.shape[1]) != logical_shape(layers[path])]
     if bad:
         raise LoRAError(f"{weights.source}: {len(bad)} of {len(resolved)} layers have other shapes than "
                         f"{type(model).__name__} ([out, in]); it is for another model size or architecture: "
@@ -130,6 +133,17 @@ def _match(model: nn.Module, weights: LoRAWeights) -> tuple[dict[str, nn.Module]
 def _check_materialised(layer: nn.Module, path: str, source: str) -> None:
     if layer.weight.is_meta:
         raise LoRAError(f"{source}: layer '{path}' has no weights yet (meta device); load the model first")
+
+
+def _check_mergeable(layers: dict[str, nn.Module], source: str) -> None:
+    """Refuse (before anything is changed) to fold into quantised weights: that would mean re-quantising them."""
+    quantised = [(path, fmt) for path, layer in layers.items()
+                 if (fmt := getattr(layer, "weight_format", None)) is not None]
+    if quantised:
+        path, fmt = quantised[0]
+        raise LoRAError(f"{source}: cannot merge into layer '{path}': its weight is stored quantised ({fmt}) and "
+                        f"{len(quantised)} of {len(layers)} target layers are; keep the LoRA unmerged "
+                        "(apply_lora), which works on quantised layers")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,6 +224,7 @@ def merge_lora(model: nn.Module, lora: LoRASource | None = None, *, strength: fl
     if lora is not None:
         weights = _as_weights(lora)
         layers, resolved, unmatched = _match(model, weights)
+        _check_mergeable({path: layers[path] for path in resolved}, weights.source)
         for path, entry in resolved.items():
             _check_materialised(layers[path], path, weights.source)
             delta = entry.up.float() @ entry.down.float() * (strength * entry.scale)
@@ -219,6 +234,7 @@ def merge_lora(model: nn.Module, lora: LoRASource | None = None, *, strength: fl
     found = list(_adapters(model, name))
     if not found:
         raise KeyError(f"no LoRA {'named ' + repr(name) + ' ' if name else ''}is applied to merge")
+    _check_mergeable({path: layer for path, layer, _ in found}, "attached adapters")
     for path, layer, adapter in found:
         _check_materialised(layer, path, adapter.name)
         _fold(layer.weight, adapter.delta_weight(torch.float32))
@@ -263,7 +279,7 @@ def add_trainable_lora(model: nn.Module, rank: int, alpha: float | None = None,
     params: list[nn.Parameter] = []
     for path, layer in layers.items():
         _check_materialised(layer, path, "add_trainable_lora")
-        out_f, in_f = layer.weight.shape
+        out_f, in_f = logical_shape(layer)
         adapter = LoRAAdapter(in_f, out_f, rank, alpha=alpha, dropout=dropout, name=name,
                               device=layer.weight.device, dtype=dtype)
         adapter.reset_parameters(init)
