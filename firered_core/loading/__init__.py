@@ -51,11 +51,15 @@ PathLike = str | os.PathLike
 
 
 def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
-                    device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
+                    device: torch.device | str | None = None, load_encoder: bool = True,
+                    fp8_encoder: bool | None = None) -> LoadedComponents:
     """Transformer, VAE, condition encoder (or None) and scheduler config from a diffusers folder or single files.
 
-    ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; ``device`` is
-    where the weights are placed (default CPU).
+    ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; a scaled-fp8
+    transformer file then stays as stored (float8 + scales), otherwise it is dequantised to ``dtype``.
+    ``fp8_encoder`` does the same for the condition encoder's Linear weights (language model and vision tower);
+    its default None means "as the file is": fp8 when the encoder's weights are stored in fp8 (scaled or plain),
+    ``dtype`` otherwise. ``device`` is where the transformer and VAE are placed (default CPU).
     """
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -63,7 +67,8 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
             if not is_diffusers_folder(path):
                 raise WeightFileError(f"{path}: folder has no model_index.json, so it is not a diffusers model "
                                       "folder; pass the .safetensors files instead")
-            return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)
+            return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder,
+                                         fp8_encoder=fp8_encoder)
         if not path.exists():
             raise WeightFileError(f"{path}: not found")
         model = [path]
@@ -71,4 +76,5 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
     folders = [p for p in paths if p.is_dir()]
     if folders:
         raise WeightFileError(f"{folders[0]}: a folder cannot be combined with other model files")
-    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder)
+    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder,
+                      fp8_encoder=fp8_encoder)

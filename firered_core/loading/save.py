@@ -118,7 +118,13 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], *,
 
 
 def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors (no unmerged adapters), without copies."""
+    """The model's own tensors (no unmerged adapters), without copies; refused when some are held quantised."""
+    held = [(f"{n}.{leaf}" if n else leaf, fmt) for n, m in model.named_modules() for leaf in ("weight", "bias")
+            if (fmt := getattr(m, f"{leaf}_format", None)) is not None]
+    if held:
+        raise WeightFileError(f"{type(model).__name__}: {len(held)} weights are held in a quantised format (e.g. "
+                              f"'{held[0][0]}': {held[0][1]!r}) that these files cannot record; load the model "
+                              "without fp8 storage to save it")
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
     adapters = [k for k in state if ".adapters." in k]
     if adapters:

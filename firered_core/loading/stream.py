@@ -22,6 +22,10 @@ Rules:
   embeddings and convolutions keep the compute dtype because they are small and precision-sensitive, and the
   ``ops`` layers upcast fp8 weights at compute time. Conversion to float8 saturates at the format's largest
   finite value (a plain cast would turn outliers into NaN). Integer tensors keep their dtype.
+* Quantised storage: when a tensor's storage dtype is fp8 and the source can hand it over still quantised
+  (``quantized(key)`` -> raw tensor + weight format, as ``scaled_fp8.ScaledFP8Source`` does for scaled-fp8
+  files), the raw tensor is stored as it is and the format is set on its module as ``<name>_format``
+  (``ops.WeightFormat``; the ``ops`` layers dequantise at every call). Such parameters never require grad.
 * After loading, nothing may remain on the meta device: a non-persistent buffer is materialised by its owning
   module's ``materialize_buffers(device)`` method when it has one, otherwise it is an error.
 
@@ -43,7 +47,7 @@ import torch
 from torch import nn
 
 from ..config import CompactVAEConfig, PixelVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
-from ..ops import DEFAULT_OPS
+from ..ops import DEFAULT_OPS, WeightFormat
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
 from .safetensors_io import WeightFileError
@@ -150,18 +154,38 @@ def _to_storage(t: torch.Tensor, dtype: torch.dtype, device: torch.device | str 
     return t.to(device=device, dtype=dtype)
 
 
-def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace the meta tensor ``name`` (a parameter or buffer) by ``value`` without any copy."""
+def _assign(module: nn.Module, name: str, value: torch.Tensor, fmt: WeightFormat | None = None) -> None:
+    """Replace the meta tensor ``name`` (a parameter or buffer) by ``value`` without any copy; ``fmt`` (or None)
+    becomes its module's ``<leaf>_format``, the quantised storage ``ops.cast_param`` dequantises."""
     owner_name, _, leaf = name.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     if leaf in owner._parameters:
         old = owner._parameters[leaf]
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=bool(old is not None and old.requires_grad)
-                                               and value.is_floating_point())
+                                               and value.is_floating_point() and fmt is None)
     elif leaf in owner._buffers:
         owner._buffers[leaf] = value
     else:
         raise KeyError(name)  # _plan only yields state-dict names, so this is a bug
+    if fmt is not None:
+        setattr(owner, f"{leaf}_format", fmt)
+    elif getattr(owner, f"{leaf}_format", None) is not None:
+        delattr(owner, f"{leaf}_format")
+
+
+def _read(source: TensorSource, key: str, want: torch.dtype,
+          device: torch.device | str | None) -> tuple[torch.Tensor, WeightFormat | None]:
+    """What to store for file tensor ``key``: when fp8 storage is wanted and the source keeps the tensor in a
+    quantised format (``scaled_fp8.ScaledFP8Source.quantized``), the stored bytes and their format; otherwise the
+    values converted to ``want``."""
+    quantized = getattr(source, "quantized", None)
+    if quantized is not None and want.is_floating_point and want.itemsize == 1:
+        kept = quantized(key)
+        if kept is not None:
+            raw, fmt = kept
+            return (raw if device is None else raw.to(device)), fmt
+    raw = source.get(key)
+    return _to_storage(raw, want, device), None
 
 
 def _target_dtype(meta: torch.Tensor, name: str, dtype: torch.dtype | None,
@@ -203,10 +227,8 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
     linear_names = _linear_weight_names(module) if linear_weight_dtype is not None else set()
     for target, file_key in plan.items():
         want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
-        raw = source.get(file_key)
-        value = _to_storage(raw, want, device)
-        del raw
-        _assign(module, target, value)
+        value, fmt = _read(source, file_key, want, device)
+        _assign(module, target, value, fmt)
         report.loaded += 1
         report.bytes_loaded += value.numel() * value.element_size()
     for target in report.missing:

@@ -132,6 +132,15 @@ def _check_materialised(layer: nn.Module, path: str, source: str) -> None:
         raise LoRAError(f"{source}: layer '{path}' has no weights yet (meta device); load the model first")
 
 
+def _check_foldable(layer: nn.Module, path: str, source: str) -> None:
+    """Merging adds to the stored tensor, which a quantised format (e.g. scaled fp8) does not hold as values."""
+    _check_materialised(layer, path, source)
+    fmt = getattr(layer, "weight_format", None)
+    if fmt is not None:
+        raise LoRAError(f"{source}: layer '{path}' keeps its weight in a quantised format ({fmt!r}), which cannot "
+                        "be merged into; apply the LoRA unmerged (apply_lora)")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Unmerged
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,7 +220,7 @@ def merge_lora(model: nn.Module, lora: LoRASource | None = None, *, strength: fl
         weights = _as_weights(lora)
         layers, resolved, unmatched = _match(model, weights)
         for path, entry in resolved.items():
-            _check_materialised(layers[path], path, weights.source)
+            _check_foldable(layers[path], path, weights.source)
             delta = entry.up.float() @ entry.down.float() * (strength * entry.scale)
             _fold(layers[path].weight, delta)
         return LoRAReport(name=name or weights.name, applied=len(resolved), unmatched=unmatched,
@@ -220,7 +229,7 @@ def merge_lora(model: nn.Module, lora: LoRASource | None = None, *, strength: fl
     if not found:
         raise KeyError(f"no LoRA {'named ' + repr(name) + ' ' if name else ''}is applied to merge")
     for path, layer, adapter in found:
-        _check_materialised(layer, path, adapter.name)
+        _check_foldable(layer, path, adapter.name)
         _fold(layer.weight, adapter.delta_weight(torch.float32))
     names = sorted({a.name for _, _, a in found})
     for n in names:
