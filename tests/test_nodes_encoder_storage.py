@@ -31,7 +31,7 @@ def test_encoder_storage_is_the_last_input_and_optional() -> None:
     assert choices == ["default", "fp8", "weight_dtype"] and options["default"] == "default"
 
 
-def test_fp8_encoder_from_a_file_and_from_a_folder(comfy) -> None:
+def test_fp8_encoder_from_a_file_and_from_a_folder(comfy) -> None:  # noqa: F811
     (files,) = FireRedModelLoader().load(SINGLE[0], SINGLE[1], SINGLE[2], "float32", "fp8")
     assert _encoder_weight(files).dtype == FP8
     assert files.loaded.pipeline.transformer.img_in.weight.dtype == torch.float32  # the transformer is not fp8
@@ -42,14 +42,14 @@ def test_fp8_encoder_from_a_file_and_from_a_folder(comfy) -> None:
     assert image.shape == (1, 32, 32, 3) and torch.isfinite(image).all()
 
 
-def test_default_and_weight_dtype_keep_a_full_precision_file_as_it_is(comfy) -> None:
+def test_default_and_weight_dtype_keep_a_full_precision_file_as_it_is(comfy) -> None:  # noqa: F811
     (default,) = FireRedModelLoader().load(SINGLE[0], SINGLE[1], SINGLE[2], "float32")
     assert _encoder_weight(default).dtype == torch.float32
     (forced,) = FireRedModelLoader().load(SINGLE[0], SINGLE[1], SINGLE[2], "bfloat16", "weight_dtype")
     assert _encoder_weight(forced).dtype == torch.bfloat16
 
 
-def test_bad_choice_and_the_embedded_default_are_refused(comfy) -> None:
+def test_bad_choice_and_the_embedded_default_are_refused(comfy) -> None:  # noqa: F811
     with pytest.raises(FireRedNodeError, match=r"encoder_storage: 'int4' is not one of default, fp8, weight_dtype"):
         FireRedModelLoader().load(SINGLE[0], SINGLE[1], SINGLE[2], "float32", "int4")
     with pytest.raises(FireRedNodeError, match="fp8 storage is for the large models"):

@@ -224,6 +224,11 @@ def load_folder_model(text_encoder_dir: Path, *, dtype: torch.dtype | None = Non
 
 
 def folder_stores_fp8(text_encoder_dir: Path) -> bool:
-    """Whether a ``text_encoder/`` folder's weights are float8 (scaled or plain); reads headers only."""
-    with component_source(text_encoder_dir.parent, text_encoder_dir.name) as raw:
+    """Whether a ``text_encoder/`` folder's weights are float8 (scaled or plain); reads headers only. A folder
+    without safetensors weights is left to transformers' loader, which reports what it finds."""
+    try:
+        raw = component_source(text_encoder_dir.parent, text_encoder_dir.name)
+    except WeightFileError:
+        return False
+    with raw:
         return ScaledFP8Source(raw).has_fp8_weights

@@ -5,7 +5,7 @@ One entry point covers every layout users have on disk::
     from firered_core.loading import load_components
     transformer, vae, encoder, scheduler_config = load_components("FireRed-Image-Edit-1.1", dtype=torch.bfloat16)
     parts = load_components(["FireRed-Image-Edit-1.1-transformer.safetensors", "qwen_image_vae.safetensors",
-                             "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True)
+                             "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True, fp8_encoder=True)
 
 A folder must be a diffusers folder (``model_index.json``); a list of files is sorted by content, never by name.
 The package is layered, each file one job:
@@ -17,7 +17,9 @@ The package is layered, each file one job:
                             mismatch report; ``build_transformer``, ``build_vae``, ``LoadedComponents``
 ``detect.py``               what a file is and which config it has, from keys and shapes
 ``diffusers_folder.py``     diffusers folders (config.json + single or sharded weights, scheduler config)
-``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, scaled fp8, Wan VAE names)
+``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, Wan VAE names)
+``scaled_fp8.py``           scaled-fp8 files (both ComfyUI layouts): checks, dequantised reads, or the stored fp8
+                            tensors with a ``ScaledFP8`` weight format, which ``fp8`` storage keeps as they are
 ``save.py``                 atomic saving as a diffusers folder (optionally sharded) or ComfyUI single files
 ==========================  =====================================================================================
 
