@@ -103,6 +103,15 @@ def test_kept_fp8_is_closer_to_the_file_than_re_rounding(tmp_path: Path, transfo
     assert (rerounded - truth).abs().max() > 0  # small tiny-model weights sit in fp8's coarse subnormal range
 
 
+def test_the_scale_follows_the_weight_to_each_device() -> None:
+    raw = torch.randn(4, 3).to(torch.float8_e4m3fn)
+    fmt = ScaledFP8(torch.tensor([0.5, 1.0, 2.0, 4.0]).reshape(4, 1), tuple(raw.shape))
+    assert torch.equal(fmt.dequantize(raw, torch.float16), (raw.float() * fmt.scale).half())
+    on_meta = fmt.dequantize(raw.to("meta"), torch.bfloat16)  # a second device, as a GPU would be
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.bfloat16 and on_meta.shape == (4, 3)
+    assert fmt.scale.device.type == "cpu"  # the original stays; each device gets its own copy once
+
+
 def test_parameters_take_half_the_bytes_of_bf16(tmp_path: Path, transformer) -> None:
     path, _ = _scaled_file(tmp_path, transformer, layout="older")
     kept = load_transformer_file(path, dtype=torch.bfloat16, fp8=True)

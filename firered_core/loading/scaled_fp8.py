@@ -67,12 +67,13 @@ def is_float8(dtype: torch.dtype) -> bool:
 class ScaledFP8:
     """Weight format of a scaled-fp8 tensor (``ops.WeightFormat``): stored raw float8 values times ``scale``.
 
-    ``scale`` is float32, shaped ``()`` (per tensor) or ``[out, 1, ...]`` (per output row), so it broadcasts over
-    the raw tensor. It is kept on the device it came from and copied once to every device the layer computes on.
+    ``scale`` is float32, one number per tensor or one per output row, kept with at least one dimension (``[1]``
+    or ``[out, 1, ...]``) so it broadcasts over the raw tensor and, unlike a 0-dim tensor, takes part in type
+    promotion. It stays on the device it came from and is copied once to every device the layer computes on.
     """
 
     def __init__(self, scale: torch.Tensor, shape: tuple[int, ...]) -> None:
-        self.scale = scale.to(torch.float32)
+        self.scale = scale.to(torch.float32).reshape(scale.shape if scale.ndim else (1,))
         self.shape = tuple(shape)
         self._placed: dict[torch.device, torch.Tensor] = {self.scale.device: self.scale}
 
@@ -83,12 +84,15 @@ class ScaledFP8:
         return placed
 
     def dequantize(self, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``raw * scale`` in ``dtype`` on ``raw``'s device, computed in float32 like the load-time path."""
-        values = raw.to(torch.float32) * self._scale_on(raw.device)
-        return values if dtype == torch.float32 else values.to(dtype)
+        """``raw * scale`` in ``dtype`` on ``raw``'s device: equal, bit for bit, to the load-time path.
+
+        fp8 values are exact in every wider dtype, and multiplying a ``dtype`` tensor in place by the float32
+        scale computes each product in float32 and rounds it once to ``dtype``, as ``ScaledFP8Source.get``
+        followed by the storage conversion does, while the only full-size temporary is the ``dtype`` copy."""
+        return raw.to(dtype).mul_(self._scale_on(raw.device))
 
     def __repr__(self) -> str:
-        kind = "per tensor" if self.scale.ndim == 0 else "per row"
+        kind = "per tensor" if self.scale.numel() == 1 else "per row"
         return f"ScaledFP8(shape={list(self.shape)}, scale {kind})"
 
 
