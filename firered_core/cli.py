@@ -165,7 +165,12 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="compute dtype (default float32 on "
                         "CPU, bfloat16 on CUDA)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory)")
+    parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory; "
+                        "scaled-fp8 files stay as stored)")
+    parser.add_argument("--fp8-encoder", action=argparse.BooleanOptionalAction, default=None,
+                        help="store the condition encoder's weights in fp8 (~half its memory); default: as its "
+                        "file is (fp8 files such as qwen_2.5_vl_7b_fp8_scaled stay fp8, --no-fp8-encoder expands "
+                        "them)")
     parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
                         help="keep Picture 1's own pixels outside the area the edit changed (default: the model "
                         "folder's defaults.json; on for the embedded model, off otherwise)")
@@ -214,7 +219,8 @@ def run_edit(args: argparse.Namespace) -> int:
     else:
         from .default import apply_defaults, pipe_defaults
 
-        pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device)
+        pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device,
+                                                   fp8_encoder=args.fp8_encoder)
         apply_defaults(pipe, pipe_defaults(model))  # a folder from firered export-default: its steps, CFG, area
     if device.type != "cpu":
         pipe.to(device)  # the condition encoder is loaded on the CPU

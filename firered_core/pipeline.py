@@ -121,16 +121,18 @@ class FireRedEditPipeline:
     @classmethod
     def from_pretrained(cls, path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                         dtype: torch.dtype = torch.float32, fp8: bool = False,
-                        device: str | torch.device | None = None) -> "FireRedEditPipeline":
+                        device: str | torch.device | None = None,
+                        fp8_encoder: bool | None = None) -> "FireRedEditPipeline":
         """Load every component from a diffusers-format folder or ComfyUI single files (``loading``).
 
-        ``fp8`` stores the transformer's linear weights in float8 (computed in ``dtype``); ``device`` is where the
-        weights go (default CPU).
+        ``fp8`` stores the transformer's linear weights in float8 (computed in ``dtype``); ``fp8_encoder`` the
+        condition encoder's (None: as its file is, fp8 for fp8 files); ``device`` is where the weights go (default
+        CPU).
         """
         from .loading import load_components
 
         transformer, vae, encoder, scheduler_config = load_components(path_or_files, dtype=dtype, fp8=fp8,
-                                                                      device=device)
+                                                                      device=device, fp8_encoder=fp8_encoder)
         return cls(transformer, vae, encoder, scheduler_config)
 
     def load_lora(self, path: str | os.PathLike[str], strength: float = 1.0) -> "LoRAReport":

@@ -17,7 +17,8 @@ class FireRedModelLoader:
                    "models/diffusion_models together with a text encoder (models/text_encoders) and VAE "
                    "(models/vae). Files are recognised by "
                    "their contents. fp8_e4m3fn stores the transformer's weights in 8 bits and computes in "
-                   "bfloat16 (float32 on the CPU).")
+                   "bfloat16 (float32 on the CPU); encoder_storage does the same for the text encoder (fp8 "
+                   "text-encoder files stay fp8 by default).")
     CATEGORY = f"{CATEGORY}/loaders"
     RETURN_TYPES = (SOCKET,)
     RETURN_NAMES = ("model",)
@@ -40,10 +41,17 @@ class FireRedModelLoader:
             "weight_dtype": (list(model_sources.DTYPES), {
                 "default": "default",
                 "tooltip": "default: bfloat16 where the GPU supports it, else float32"}),
+        }, "optional": {
+            "encoder_storage": (list(model_sources.ENCODER_STORAGES), {
+                "default": "default",
+                "tooltip": "the text encoder's weights. default: as its file is (fp8 files such as "
+                           "qwen_2.5_vl_7b_fp8_scaled stay fp8, others follow weight_dtype); fp8: 8-bit Linear "
+                           "weights, about half the memory of bfloat16; weight_dtype: always weight_dtype"}),
         }}
 
-    def load(self, model: str, text_encoder: str, vae: str, weight_dtype: str) -> tuple[FireRedModel]:
-        precision = model_sources.Precision.parse(weight_dtype)
+    def load(self, model: str, text_encoder: str, vae: str, weight_dtype: str,
+             encoder_storage: str = "default") -> tuple[FireRedModel]:
+        precision = model_sources.Precision.parse(weight_dtype, encoder_storage)
         with node_errors(f"FireRed Model Loader ({model})"):
             pipeline = model_sources.load_pipeline(model, text_encoder, vae, precision)
         log.info("FireRed: loaded %s (%s%s)", model, str(precision.dtype).removeprefix("torch."),

@@ -11,6 +11,10 @@ Choices of the loader's ``model`` input, in this order:
   stay quantised and are dequantised per layer at compute time). A single file carries no VAE or encoder: ``text_encoder`` (``models/text_encoders``, e.g.
   qwen2.5vl-7b-bf16.safetensors) and ``vae`` (``models/vae``, e.g. qwen_image_vae.safetensors) must be chosen.
 
+Storage: ``weight_dtype`` fp8_e4m3fn keeps the transformer's Linear weights in 8 bits (a scaled-fp8 file stays as
+stored); ``encoder_storage`` does the same for the condition encoder, whose default keeps fp8 files (e.g.
+qwen_2.5_vl_7b_fp8_scaled.safetensors) in fp8 and loads other files in the compute dtype.
+
 Files are recognised by their keys (the core's ``loading`` package), never by their names.
 """
 
@@ -34,6 +38,8 @@ DEFAULT_CHOICE = "firered-default"  # equals firered_core.default.DEFAULT_NAME (
 FROM_MODEL = "(from model)"
 DIFFUSERS_PREFIX = "diffusers/"
 DTYPES = ("default", "float32", "bfloat16", "float16", "fp8_e4m3fn")
+# the condition encoder's storage: as its file is (fp8 files stay fp8), fp8 always, or weight_dtype always
+ENCODER_STORAGES = {"default": None, "fp8": True, "weight_dtype": False}
 
 
 def model_choices() -> list[str]:
@@ -49,22 +55,28 @@ def component_choices(kind: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Precision:
-    """Compute dtype and whether transformer Linear weights are stored as float8 (upcast at compute)."""
+    """Compute dtype, whether transformer Linear weights are stored as float8 (upcast at compute), and the same
+    for the condition encoder's (None: as its file is)."""
 
     dtype: "torch.dtype"
     fp8: bool
+    fp8_encoder: bool | None = None
 
     @classmethod
-    def parse(cls, choice: str) -> "Precision":
+    def parse(cls, choice: str, encoder_storage: str = "default") -> "Precision":
         import torch
 
         if choice not in DTYPES:
             raise FireRedNodeError(f"weight_dtype: {choice!r} is not one of {', '.join(DTYPES)}")
+        if encoder_storage not in ENCODER_STORAGES:
+            raise FireRedNodeError(f"encoder_storage: {encoder_storage!r} is not one of "
+                                   f"{', '.join(ENCODER_STORAGES)}")
+        fp8_encoder = ENCODER_STORAGES[encoder_storage]
         if choice == "fp8_e4m3fn":
-            return cls(comfy_bridge.default_dtype(), True)
+            return cls(comfy_bridge.default_dtype(), True, fp8_encoder)
         if choice == "default":
-            return cls(comfy_bridge.default_dtype(), False)
-        return cls(getattr(torch, choice), False)
+            return cls(comfy_bridge.default_dtype(), False, fp8_encoder)
+        return cls(getattr(torch, choice), False, fp8_encoder)
 
 
 def load_pipeline(model: str, text_encoder: str, vae: str, precision: Precision) -> "FireRedEditPipeline":
@@ -93,7 +105,7 @@ def _load_default(text_encoder: str, vae: str, precision: Precision) -> "FireRed
     if text_encoder != FROM_MODEL or vae != FROM_MODEL:
         raise FireRedNodeError(f"{DEFAULT_CHOICE} brings its own condition encoder and VAE: set text_encoder and "
                                f"vae to {FROM_MODEL!r}")
-    if precision.fp8:
+    if precision.fp8 or precision.fp8_encoder:
         raise FireRedNodeError(f"fp8 storage is for the large models; load {DEFAULT_CHOICE} in float32 or bfloat16")
     if not is_available():
         raise FireRedNodeError(f"the embedded default model ({DEFAULT_CHOICE}) is not installed: this copy of the "
@@ -113,11 +125,12 @@ def _load_folder(folder: Path, encoder_file: Path | None, vae_file: Path | None,
     from firered_core.pipeline import FireRedEditPipeline
 
     transformer, vae, encoder, scheduler = load_components(folder, dtype=precision.dtype, fp8=precision.fp8,
-                                                           load_encoder=encoder_file is None)
+                                                           load_encoder=encoder_file is None,
+                                                           fp8_encoder=precision.fp8_encoder)
     if vae_file is not None:
         vae = load_vae_file(vae_file, dtype=precision.dtype)
     if encoder_file is not None:
-        encoder = load_condition_encoder_file(encoder_file, dtype=precision.dtype)
+        encoder = load_condition_encoder_file(encoder_file, dtype=precision.dtype, fp8=precision.fp8_encoder)
     if encoder is None:
         raise FireRedNodeError(f"model folder {folder.name!r} has no text_encoder/: choose a text_encoder file "
                                "(e.g. qwen2.5vl-7b-bf16.safetensors)")
@@ -129,7 +142,8 @@ def _load_files(files: list[Path], precision: Precision) -> "FireRedEditPipeline
     from firered_core.loading import load_components
     from firered_core.pipeline import FireRedEditPipeline
 
-    transformer, vae, encoder, scheduler = load_components(files, dtype=precision.dtype, fp8=precision.fp8)
+    transformer, vae, encoder, scheduler = load_components(files, dtype=precision.dtype, fp8=precision.fp8,
+                                                           fp8_encoder=precision.fp8_encoder)
     if encoder is None:
         raise FireRedNodeError(f"none of {', '.join(f.name for f in files)} is a condition-encoder file")
     return FireRedEditPipeline(transformer, vae, encoder, scheduler)

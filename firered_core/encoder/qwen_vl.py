@@ -35,6 +35,14 @@ the architecture the file's shapes/metadata imply), streams the tensors in one a
 ``firered_core.loading`` (any key layout of ``qwen_keys``; ``lm_head`` is skipped) and pairs it with the offline
 tokenizer of ``qwen_tokenizer``. transformers is imported only inside these functions.
 
+fp8 storage (``fp8=True``): the network's layers become ``firered_core.ops``' casting classes (``ops.adopt``) and
+every Linear weight of the language model and the vision tower is stored as float8_e4m3fn (embeddings, norms and
+the patch convolution keep ``dtype``), streamed in one tensor at a time from single files and folders alike, and
+upcast to the activations' dtype at every call: the 7B encoder takes 8.3 GB instead of 15.5 GB in bf16. Files
+already stored in fp8 (ComfyUI's ``qwen_2.5_vl_7b_fp8_scaled.safetensors``) stay fp8 by default (``fp8=None``):
+their scaled weights are kept as stored with their scales (``loading.scaled_fp8``), so nothing is rounded twice;
+``fp8=False`` expands them to ``dtype``.
+
 Public API: ``QwenVLConditionEncoder``.
 """
 
@@ -157,26 +165,30 @@ class QwenVLConditionEncoder(FrozenModelEncoder):
     @classmethod
     def from_pretrained_dir(cls, text_encoder_dir: PathLike, tokenizer_dir: PathLike | None = None,
                             processor_dir: PathLike | None = None, *, dtype: torch.dtype | None = None,
-                            device: torch.device | str | None = None, **options: Any) -> "QwenVLConditionEncoder":
+                            device: torch.device | str | None = None, fp8: bool | None = None,
+                            **options: Any) -> "QwenVLConditionEncoder":
         """From diffusers-layout folders, offline. ``text_encoder_dir`` may also be the pipeline folder itself;
         ``tokenizer_dir``/``processor_dir`` default to its ``tokenizer/``/``processor/`` siblings. ``dtype`` None
-        keeps the stored dtype. ``options`` go to the constructor."""
+        keeps the stored dtype. ``fp8``: Linear weights stored as float8 (None: only when the folder's already
+        are). ``options`` go to the constructor."""
         from .qwen_loading import load_pretrained_parts
 
-        model, processor = load_pretrained_parts(text_encoder_dir, tokenizer_dir, processor_dir, dtype=dtype)
-        encoder = cls(model, processor, **options)
-        return encoder.to(device) if device is not None else encoder
+        model, processor = load_pretrained_parts(text_encoder_dir, tokenizer_dir, processor_dir, dtype=dtype,
+                                                 fp8=fp8, device=device)
+        return cls(model, processor, **options)
 
     @classmethod
     def from_single_file(cls, path: PathLike, *, dtype: torch.dtype | None = None,
                          config: "Mapping[str, Any] | Qwen2_5_VLConfig | None" = None,
                          device: torch.device | str | None = None, processor: QwenVLProcessor | None = None,
-                         **options: Any) -> "QwenVLConditionEncoder":
+                         fp8: bool | None = None, **options: Any) -> "QwenVLConditionEncoder":
         """From one ``.safetensors`` file (ComfyUI's or transformers' key layout); see the module docstring.
 
         ``dtype`` None keeps the file's dtype; ``config`` (``Qwen2_5_VLConfig`` or its keyword arguments)
-        overrides the detected architecture; ``processor`` defaults to the offline Qwen2.5-VL one."""
+        overrides the detected architecture; ``processor`` defaults to the offline Qwen2.5-VL one. ``fp8``:
+        Linear weights stored as float8; None does so exactly when the file stores fp8 weights (scaled or plain),
+        False expands them to ``dtype``."""
         from .qwen_loading import load_single_file_model
 
-        model = load_single_file_model(Path(path), dtype=dtype, config=config, device=device)
+        model = load_single_file_model(Path(path), dtype=dtype, config=config, device=device, fp8=fp8)
         return cls(model, processor if processor is not None else build_qwen_vl_processor(), **options)

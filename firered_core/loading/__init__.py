@@ -5,7 +5,7 @@ One entry point covers every layout users have on disk::
     from firered_core.loading import load_components
     transformer, vae, encoder, scheduler_config = load_components("FireRed-Image-Edit-1.1", dtype=torch.bfloat16)
     parts = load_components(["FireRed-Image-Edit-1.1-transformer.safetensors", "qwen_image_vae.safetensors",
-                             "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True)
+                             "qwen2.5vl-7b-bf16.safetensors"], dtype=torch.bfloat16, fp8=True, fp8_encoder=True)
 
 A folder must be a diffusers folder (``model_index.json``); a list of files is sorted by content, never by name.
 The transformer may be a GGUF file (ComfyUI-GGUF's layout, e.g. ``Qwen-Image-Edit-2509-Q4_K_M.gguf``): its weights
@@ -19,9 +19,12 @@ The package is layered, each file one job:
                             mismatch report; ``build_transformer``, ``build_vae``, ``LoadedComponents``
 ``detect.py``               what a file is and which config it has, from keys and shapes
 ``diffusers_folder.py``     diffusers folders (config.json + single or sharded weights, scheduler config)
-``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, scaled fp8, Wan VAE names)
+``comfy_files.py``          ComfyUI single files (prefixes, 2511 marker, Wan VAE names)
+``scaled_fp8.py``           scaled-fp8 files (both ComfyUI layouts): checks, dequantised reads, or the stored fp8
+                            tensors with a ``ScaledFP8`` weight format, which ``fp8`` storage keeps as they are
 ``gguf_header.py``          a GGUF header walked with plain reads: truncation and damage found before parsing
 ``gguf_file.py``            GGUF transformer files: validation, ``GGUFSource``, quantised weights kept quantised
+``mapped.py``               file-backed tensors (a memory map used in place) and handing their pages back
 ``save.py``                 atomic saving as a diffusers folder (optionally sharded) or ComfyUI single files
 ==========================  =====================================================================================
 
@@ -59,12 +62,16 @@ PathLike = str | os.PathLike
 
 def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
                     device: torch.device | str | None = None, load_encoder: bool = True,
-                    map_blocks: bool = False) -> LoadedComponents:
+                    map_blocks: bool = False, fp8_encoder: bool | None = None) -> LoadedComponents:
     """Transformer, VAE, condition encoder (or None) and scheduler config from a diffusers folder or single files.
 
-    ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; ``device`` is
-    where the weights are placed (default CPU). ``map_blocks`` leaves the transformer blocks' weights in the file
-    (memory-mapped, read when used) wherever the file holds them in their storage dtype: for block offloading.
+    ``fp8`` stores the transformer's Linear weights as float8 (e4m3fn), upcast at compute time; a scaled-fp8
+    transformer file then stays as stored (float8 + scales), otherwise it is dequantised to ``dtype``.
+    ``fp8_encoder`` does the same for the condition encoder's Linear weights (language model and vision tower);
+    its default None means "as the file is": fp8 when the encoder's weights are stored in fp8 (scaled or plain),
+    ``dtype`` otherwise. ``device`` is where the transformer and VAE are placed (default CPU). ``map_blocks``
+    leaves the transformer blocks' weights in the file (memory-mapped, read when used) wherever the file holds
+    them in their storage dtype: for block offloading.
     """
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -73,7 +80,7 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
                 raise WeightFileError(f"{path}: folder has no model_index.json, so it is not a diffusers model "
                                       "folder; pass the .safetensors files instead")
             return load_diffusers_folder(path, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder,
-                                         map_blocks=map_blocks)
+                                         map_blocks=map_blocks, fp8_encoder=fp8_encoder)
         if not path.exists():
             raise WeightFileError(f"{path}: not found")
         model = [path]
@@ -81,4 +88,5 @@ def load_components(model: PathLike | Sequence[PathLike], *, dtype: torch.dtype 
     folders = [p for p in paths if p.is_dir()]
     if folders:
         raise WeightFileError(f"{folders[0]}: a folder cannot be combined with other model files")
-    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder, map_blocks=map_blocks)
+    return load_files(paths, dtype=dtype, fp8=fp8, device=device, load_encoder=load_encoder, map_blocks=map_blocks,
+                      fp8_encoder=fp8_encoder)

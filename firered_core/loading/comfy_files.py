@@ -7,9 +7,10 @@ The files people download for ComfyUI (``FireRed-Image-Edit-1.1-transformer.safe
   Qwen-Image-Edit-2511 files add an empty ``__index_timestep_zero__`` tensor, the marker for ``zero_cond_t``.
   Community fp8 files come in two flavours: plain float8 weights (loaded like any dtype) and "scaled" fp8, where
   each quantised weight has a scale tensor (``<layer>.weight_scale`` plus ``input_scale``/``comfy_quant`` in the
-  newer format; ``<layer>.scale_weight`` plus a ``scaled_fp8`` marker in the older one). Scaled weights are
-  dequantised on the fly (``weight * scale``, then stored in the requested dtype; with ``fp8=True`` that is a
-  second, unscaled fp8 rounding); other quantisations (int4/nvfp4...) are refused by name.
+  newer format; ``<layer>.scale_weight`` plus a ``scaled_fp8`` marker in the older one; see ``scaled_fp8``).
+  With ``fp8=True`` scaled weights stay as stored (float8 + scale, dequantised at compute time); otherwise they
+  are dequantised while loading (``weight * scale``, then stored in the requested dtype). Other quantisations
+  (int4/nvfp4...) are refused by name.
 * The VAE uses the original Wan-2.1 module names (ComfyUI runs it with its Wan VAE code), not diffusers':
 
   ==========================================  ===============================================================
@@ -40,7 +41,6 @@ Public API: ``load_transformer_file``, ``load_vae_file``, ``load_files``, ``load
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -58,6 +58,7 @@ from .detect import (ZERO_COND_T_MARKER, FileKind, classify, infer_transformer_c
 from .gguf_file import load_gguf_transformer
 from .gguf_header import is_gguf_file
 from .safetensors_io import WeightFileError, WeightSource, open_weights
+from .scaled_fp8 import ScaledFP8Source
 from .stream import LoadedComponents, build_transformer, build_vae
 
 log = logging.getLogger(__name__)
@@ -67,69 +68,8 @@ __all__ = ["load_transformer_file", "load_vae_file", "load_files", "load_conditi
 
 COMFY_PREFIX = "model.diffusion_model."
 
-# ---------------------------------------------------------------------------------------------------------------
-# Scaled fp8
-# ---------------------------------------------------------------------------------------------------------------
-
-_SCALE_SUFFIXES = (".weight_scale", ".scale_weight")
-_AUX_SUFFIXES = (".input_scale", ".scale_input", ".comfy_quant")
-
-
-class DequantizingSource:
-    """A ``TensorSource`` view that hides scaled-fp8 bookkeeping keys and returns ``weight * scale``."""
-
-    def __init__(self, inner: WeightSource) -> None:
-        self.inner = inner
-        self.name = inner.name
-        keys = inner.keys()
-        self._scales: dict[str, str] = {}
-        hidden: set[str] = set()
-        for k in keys:
-            for suffix in _SCALE_SUFFIXES:
-                if k.endswith(suffix):
-                    self._scales[k[: -len(suffix)] + ".weight"] = k
-                    hidden.add(k)
-            if k.endswith(_AUX_SUFFIXES) or k.rsplit(".", 1)[-1] == "scaled_fp8":
-                hidden.add(k)
-            if k.endswith(".comfy_quant"):
-                self._check_quant_format(k)
-        self._keys = [k for k in keys if k not in hidden]
-        if self._scales:
-            log.info("%s: %d scaled-fp8 weights are dequantised while loading", self.name, len(self._scales))
-
-    def _check_quant_format(self, key: str) -> None:
-        raw = bytes(self.inner.get(key).to(torch.uint8).tolist())
-        try:
-            fmt = json.loads(raw.decode("utf-8")).get("format", "")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            raise WeightFileError(f"{self.name}: tensor '{key}' is not valid quantisation JSON") from None
-        if not str(fmt).startswith("float8"):
-            raise WeightFileError(f"{self.name}: layer '{key[: -len('.comfy_quant')]}' is quantised as {fmt!r}, "
-                                  "which is not supported; use a bf16, fp16 or fp8 file")
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.inner.shape(key)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return torch.float32 if key in self._scales else self.inner.dtype(key)
-
-    can_map = True  # unscaled tensors may come back file-backed (``WeightSource.get(mapped=True)``)
-
-    def get(self, key: str, dtype: torch.dtype | None = None,
-            device: torch.device | str | None = None, *, mapped: bool = False) -> torch.Tensor:
-        t = self.inner.get(key, mapped=mapped and key not in self._scales)
-        if key in self._scales:
-            scale = self.inner.get(self._scales[key]).float()
-            if scale.numel() != 1:
-                if scale.shape[0] != t.shape[0]:
-                    raise WeightFileError(f"{self.name}: scale of '{key}' has shape {list(scale.shape)}, which does "
-                                          f"not broadcast over the weight {list(t.shape)}")
-                scale = scale.reshape(-1, *([1] * (t.ndim - 1)))
-            t = t.float() * scale
-        return t if dtype is None and device is None else t.to(device=device, dtype=dtype or t.dtype)
+# a scaled-fp8 view of a file (the name this module has always exported)
+DequantizingSource = ScaledFP8Source
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,15 +230,19 @@ def load_vae_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
                          ops=ops)
 
 
-def load_condition_encoder_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> Any:
-    """The condition encoder from ComfyUI's text-encoder file, by ``firered_core.encoder`` (imported lazily)."""
+def load_condition_encoder_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                                fp8: bool | None = None) -> Any:
+    """The condition encoder from ComfyUI's text-encoder file, by ``firered_core.encoder`` (imported lazily).
+
+    ``fp8``: Linear weights stored as float8; None does so exactly when the file's weights are fp8 already (e.g.
+    ``qwen_2.5_vl_7b_fp8_scaled.safetensors``), False expands such a file to ``dtype``."""
     from ..encoder.qwen_vl import QwenVLConditionEncoder  # heavy; only needed when an encoder file is given
 
     loader = getattr(QwenVLConditionEncoder, "from_single_file", None)
     if loader is None:
         raise WeightFileError(f"{path}: this build's QwenVLConditionEncoder cannot load single text-encoder files "
                               "(no from_single_file); use a diffusers folder")
-    return loader(path, dtype=dtype)
+    return loader(path, dtype=dtype, fp8=fp8)
 
 
 def _file_kind(path: Path) -> str:
@@ -309,11 +253,13 @@ def _file_kind(path: Path) -> str:
 def load_files(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch.float32, fp8: bool = False,
                map_blocks: bool = False,
                device: torch.device | str | None = None, load_encoder: bool = True,
-               scheduler_config: SchedulerConfig | None = None) -> LoadedComponents:
+               scheduler_config: SchedulerConfig | None = None, fp8_encoder: bool | None = None) -> LoadedComponents:
     """Transformer + VAE (+ text encoder) from single files in any order, each recognised by its keys (a GGUF
     file, recognised by its magic, is the transformer).
 
     Single files carry no scheduler config: the FireRed default (``SchedulerConfig()``) is used unless given.
+    ``fp8`` / ``fp8_encoder``: fp8 storage of the transformer's / the encoder's Linear weights (see
+    ``load_components``).
     """
     found: dict[str, Path] = {}
     for p in map(Path, paths):
@@ -332,7 +278,7 @@ def load_files(paths: Sequence[str | os.PathLike], *, dtype: torch.dtype = torch
     vae = load_vae_file(found["vae"], dtype=dtype, device=device)
     encoder = None
     if "text_encoder" in found and load_encoder:
-        encoder = load_condition_encoder_file(found["text_encoder"], dtype=dtype)
+        encoder = load_condition_encoder_file(found["text_encoder"], dtype=dtype, fp8=fp8_encoder)
     elif load_encoder:
         log.warning("no text-encoder file among %s: the pipeline will have no condition encoder",
                     ", ".join(map(str, paths)))

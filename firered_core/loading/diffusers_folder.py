@@ -12,7 +12,7 @@
 
 Usage::
 
-    parts = load_diffusers_folder("FireRed-Image-Edit-1.1", dtype=torch.bfloat16, fp8=True)
+    parts = load_diffusers_folder("FireRed-Image-Edit-1.1", dtype=torch.bfloat16, fp8=True, fp8_encoder=True)
     transformer, vae, encoder, scheduler_config = parts
 
 Configs come from the config.json files (the source of truth for what the weights were trained with); the
@@ -137,18 +137,23 @@ def load_scheduler_config(folder: PathLike) -> SchedulerConfig:
 ENCODER_MARKER = "firered_encoder.json"  # text_encoder/ of a folder whose encoder installs as a package
 
 
-def load_condition_encoder(folder: PathLike, dtype: torch.dtype = torch.float32) -> Any:
+def load_condition_encoder(folder: PathLike, dtype: torch.dtype = torch.float32, *,
+                           fp8: bool | None = None) -> Any:
     """The Qwen2.5-VL condition encoder of a diffusers folder (text_encoder/, tokenizer/, processor/).
 
     ``firered_core.encoder`` owns that format; it is imported here, lazily, because it is large and not needed
-    for the transformer/VAE-only uses of this package.
+    for the transformer/VAE-only uses of this package. ``fp8``: Linear weights stored as float8 (None: only when
+    the folder's weights are fp8 already); small packaged encoders ignore it.
     """
     marker = Path(folder) / "text_encoder" / ENCODER_MARKER
     if marker.is_file():
+        if fp8:
+            log.warning("%s: fp8 storage is for the Qwen2.5-VL encoder; this small encoder stays in %s", marker,
+                        dtype)
         return _packaged_encoder(marker, dtype)
     from ..encoder.qwen_vl import QwenVLConditionEncoder
 
-    return QwenVLConditionEncoder.from_pretrained_dir(Path(folder), dtype=dtype)
+    return QwenVLConditionEncoder.from_pretrained_dir(Path(folder), dtype=dtype, fp8=fp8)
 
 
 def _packaged_encoder(marker: Path, dtype: torch.dtype) -> Any:
@@ -168,8 +173,10 @@ def _packaged_encoder(marker: Path, dtype: torch.dtype) -> Any:
 
 def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float32, fp8: bool = False,
                           map_blocks: bool = False,
-                          device: torch.device | str | None = None, load_encoder: bool = True) -> LoadedComponents:
-    """Every component of a diffusers folder; ``encoder`` is None when the folder has no ``text_encoder/``."""
+                          device: torch.device | str | None = None, load_encoder: bool = True,
+                          fp8_encoder: bool | None = None) -> LoadedComponents:
+    """Every component of a diffusers folder; ``encoder`` is None when the folder has no ``text_encoder/``.
+    ``fp8`` / ``fp8_encoder``: fp8 storage of the transformer's / the encoder's Linear weights."""
     root = Path(folder)
     if not root.is_dir():
         raise WeightFileError(f"{root}: folder not found")
@@ -180,7 +187,7 @@ def load_diffusers_folder(folder: PathLike, *, dtype: torch.dtype = torch.float3
     scheduler = load_scheduler_config(root)
     encoder = None
     if load_encoder and (root / "text_encoder").is_dir():
-        encoder = load_condition_encoder(root, dtype=dtype)
+        encoder = load_condition_encoder(root, dtype=dtype, fp8=fp8_encoder)
     elif load_encoder:
         log.warning("%s: no text_encoder/ folder: the pipeline will have no condition encoder", root)
     return LoadedComponents(transformer, vae, encoder, scheduler)

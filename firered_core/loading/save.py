@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 from ..config import SchedulerConfig
-from ..quant import quantised_parameters
 from .comfy_files import diffusers_to_wan_vae_keys
 from .detect import CONFIG_METADATA_KEY, ZERO_COND_T_MARKER
 from .safetensors_io import TORCH_TO_SAFETENSORS, WeightFileError
@@ -121,16 +120,18 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, torch.Tensor], *,
 
 
 def _check_not_quantised(model: nn.Module) -> None:
-    quantised = quantised_parameters(model)
-    if quantised:
-        key, fmt = next(iter(quantised.items()))
-        raise WeightFileError(f"{type(model).__name__}: {len(quantised)} weights are stored GGML-quantised (loaded "
-                              f"from a GGUF file; e.g. '{key}' is {fmt}); saving them is not supported: save the "
-                              "model loaded from its safetensors or diffusers weights instead")
+    """Refuse a model holding weights in a quantised format (GGUF blocks, scaled fp8): these files cannot record it."""
+    held = [(f"{n}.{leaf}" if n else leaf, fmt) for n, m in model.named_modules() for leaf in ("weight", "bias")
+            if (fmt := getattr(m, f"{leaf}_format", None)) is not None]
+    if held:
+        raise WeightFileError(f"{type(model).__name__}: {len(held)} weights are held in a quantised format (e.g. "
+                              f"'{held[0][0]}': {held[0][1]!r}) that these files cannot record; save the model "
+                              "loaded from unquantised weights (safetensors or a diffusers folder, without fp8 "
+                              "storage of scaled files) instead")
 
 
 def _base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's own tensors (no unmerged adapters), without copies; a GGUF-loaded model is refused."""
+    """The model's own tensors (no unmerged adapters), without copies; refused when some are held quantised."""
     _check_not_quantised(model)
     state = {k: v.detach() for k, v in model.state_dict(keep_vars=True).items()}
     adapters = [k for k in state if ".adapters." in k]

@@ -26,6 +26,10 @@ Rules:
   casts its parameters at compute time (``ops.CastWeights``): the parameter becomes the raw bytes (uint8, no
   gradient) and the layer gets ``<name>_format``, which ``ops.cast_param`` dequantises with at every call. Under
   any other module (a host's own layer class) the tensor is dequantised while loading instead.
+* Quantised storage: when a tensor's storage dtype is fp8 and the source can hand it over still quantised
+  (``quantized(key)`` -> raw tensor + weight format, as ``scaled_fp8.ScaledFP8Source`` does for scaled-fp8
+  files), the raw tensor is stored as it is and the format is set on its module as ``<name>_format``
+  (``ops.WeightFormat``; the ``ops`` layers dequantise at every call). Such parameters never require grad.
 * After loading, nothing may remain on the meta device: a non-persistent buffer is materialised by its owning
   module's ``materialize_buffers(device)`` method when it has one, otherwise it is an error.
 
@@ -158,18 +162,42 @@ def _to_storage(t: torch.Tensor, dtype: torch.dtype, device: torch.device | str 
     return t.to(device=device, dtype=dtype)
 
 
-def _assign(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace the meta tensor ``name`` (a parameter or buffer) by ``value`` without any copy."""
+def _assign(module: nn.Module, name: str, value: torch.Tensor, fmt: WeightFormat | None = None) -> None:
+    """Replace the meta tensor ``name`` (a parameter or buffer) by ``value`` without any copy; ``fmt`` (or None)
+    becomes its module's ``<leaf>_format``, the quantised storage ``ops.cast_param`` dequantises."""
     owner_name, _, leaf = name.rpartition(".")
     owner = module.get_submodule(owner_name) if owner_name else module
     if leaf in owner._parameters:
         old = owner._parameters[leaf]
         owner._parameters[leaf] = nn.Parameter(value, requires_grad=bool(old is not None and old.requires_grad)
-                                               and value.is_floating_point())
+                                               and value.is_floating_point() and fmt is None)
     elif leaf in owner._buffers:
         owner._buffers[leaf] = value
     else:
         raise KeyError(name)  # _plan only yields state-dict names, so this is a bug
+    if fmt is not None:
+        setattr(owner, f"{leaf}_format", fmt)
+    elif getattr(owner, f"{leaf}_format", None) is not None:
+        delattr(owner, f"{leaf}_format")
+
+
+def _read(module: nn.Module, source: TensorSource, target: str, key: str, want: torch.dtype,
+          device: torch.device | str | None, mapped: bool) -> tuple[torch.Tensor, WeightFormat | None]:
+    """What to store at ``target`` for file tensor ``key``: the stored bytes and their format when the source keeps
+    the tensor quantised (a GGUF tensor under a casting layer, ``_stored_format``; a scaled-fp8 tensor when fp8
+    storage is wanted, ``ScaledFP8Source.quantized``); otherwise the values converted to ``want``. ``mapped``:
+    file-backed where nothing needs converting (``loading.mapped``)."""
+    fmt = _stored_format(module, source, target, key)
+    if fmt is not None:
+        return source.raw(key, device=device, mapped=mapped), fmt  # type: ignore[attr-defined]
+    quantized = getattr(source, "quantized", None)
+    if quantized is not None and want.is_floating_point and want.itemsize == 1:
+        kept = quantized(key, mapped=mapped)
+        if kept is not None:
+            raw, fmt = kept
+            return (raw if device is None else raw.to(device)), fmt
+    raw = source.get(key, mapped=True) if mapped else source.get(key)  # a view unless converted
+    return _to_storage(raw, want, device), None
 
 
 def _stored_format(module: nn.Module, source: TensorSource, target: str, file_key: str) -> WeightFormat | None:
@@ -182,14 +210,6 @@ def _stored_format(module: nn.Module, source: TensorSource, target: str, file_ke
     owner_name = target.rpartition(".")[0]
     owner = module.get_submodule(owner_name) if owner_name else module
     return fmt if isinstance(owner, CastWeights) else None
-
-
-def _assign_stored(module: nn.Module, name: str, raw: torch.Tensor, fmt: WeightFormat) -> None:
-    """Parameter ``name`` becomes the raw bytes ``raw``; its layer gets ``<leaf>_format`` to dequantise them."""
-    _assign(module, name, raw)
-    owner_name, _, leaf = name.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
-    setattr(owner, f"{leaf}_format", fmt)
 
 
 def _target_dtype(meta: torch.Tensor, name: str, dtype: torch.dtype | None,
@@ -233,18 +253,11 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
     linear_names = _linear_weight_names(module) if linear_weight_dtype is not None else set()
     quantised = 0
     for target, file_key in plan.items():
+        want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
         can_map = mapped is not None and device is None and getattr(source, "can_map", False) and mapped(target)
-        fmt = _stored_format(module, source, target, file_key)
-        if fmt is not None:
-            value = source.raw(file_key, device=device, mapped=can_map)  # type: ignore[attr-defined]
-            _assign_stored(module, target, value, fmt)
-            quantised += 1
-        else:
-            want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
-            raw = source.get(file_key, mapped=True) if can_map else source.get(file_key)  # a view unless converted
-            value = _to_storage(raw, want, device)
-            del raw
-            _assign(module, target, value)
+        value, fmt = _read(module, source, target, file_key, want, device, can_map)
+        _assign(module, target, value, fmt)
+        quantised += fmt is not None
         report.loaded += 1
         report.bytes_loaded += value.numel() * value.element_size()
     for target in report.missing:
