@@ -42,6 +42,8 @@ aten = torch.ops.aten
 
 # ops whose whole point is to cross devices
 _COPIES = {aten._to_copy.default, aten.copy_.default, aten._copy_from_and_resize.default, aten._copy_from.default}
+# tensor constructors from Python data, which initialise CUDA before dispatching
+_FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray}
 # ops CUDA runs with CPU index tensors
 _INDEXING = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
 
@@ -62,6 +64,9 @@ class EmulatedTensor(torch.Tensor):
 
     def untyped_storage(self) -> torch.UntypedStorage:  # type: ignore[override]
         return self.inner.untyped_storage()
+
+    def tolist(self) -> Any:  # type: ignore[override]
+        return self.inner.tolist()  # a read back to the host, as CUDA does it
 
     def numpy(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
@@ -130,6 +135,10 @@ class _SameKernels(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
+        if func in _FROM_DATA and _is_device(kwargs.get("device")):
+            # built on the host, then copied: these constructors would initialise CUDA before any mode sees them
+            host_args = pytree.tree_map(lambda x: x.inner if isinstance(x, EmulatedTensor) else x, args)
+            return func(*host_args, **{**kwargs, "device": "cpu"}).to(DEVICE)
         if func is F.scaled_dot_product_attention:
             leaves = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
             if leaves and all(isinstance(t, EmulatedTensor) for t in leaves):
@@ -167,6 +176,10 @@ class EmulatedCuda:
         torch._C._ensureCUDADeviceGuardSet()  # device guards of cuda tensors must not need a driver
         self._lift = torch._C._only_lift_cpu_tensors()
         torch._C._set_only_lift_cpu_tensors(True)  # torch.tensor(..., device='cuda') builds on the CPU first
+        # Module.to() must register new parameter objects: ``param.data = device_tensor`` would leave a plain
+        # Parameter claiming cuda:0 without the values behind it
+        self._overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+        torch.__future__.set_overwrite_module_params_on_conversion(True)
         self._modes = [_SameKernels(), _DeviceMode()]
         for mode in self._modes:
             mode.__enter__()
@@ -176,3 +189,4 @@ class EmulatedCuda:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
         torch._C._set_only_lift_cpu_tensors(self._lift)
+        torch.__future__.set_overwrite_module_params_on_conversion(self._overwrite)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ from .base import DeviceLedger, check_max_vram, check_mode, format_gb, resolve_d
 from .copier import Copier, make_copier, pin_host_tensors
 from .plan import BudgetError, PartPlan, plan_part, required_bytes
 from .streamer import BlockStreamer
-from .weights import place_weights, restore_weights
+from .weights import place_weights, restore_weights, tensor_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class OffloadPlacement:
             if self.mode == "none":
                 self._keep(module)
             else:
-                _move_for_good(module, self.offload_device)
+                _move_for_good(module, self.offload_device, lambda t: t.to(self.offload_device))
 
     @contextlib.contextmanager
     def use(self, part: str, module: nn.Module) -> Iterator[None]:
@@ -102,8 +102,7 @@ class OffloadPlacement:
             return
         plan = self.plan(part, module)
         streamed = plan.streamed_blocks
-        placed = place_weights(module, self.device, self._copy, skip=streamed)
-        self.ledger.add(placed.nbytes)
+        placed = place_weights(module, self.device, self._copy, skip=streamed)  # counted as they are copied
         log.debug("%s on %s: %s placed, %d of %d blocks streamed", part, self.device, format_gb(placed.nbytes),
                   len(streamed), len(plan.blocks))
         try:
@@ -119,6 +118,8 @@ class OffloadPlacement:
             self.ledger.remove(placed.nbytes)
 
     def _copy(self, host: torch.Tensor) -> torch.Tensor:
+        """``host`` on the device, counted in the ledger before the memory is taken."""
+        self.ledger.add(tensor_nbytes(host))
         return host.to(self.device)
 
     def _stream_copier(self) -> Copier:
@@ -128,16 +129,15 @@ class OffloadPlacement:
 
     def _keep(self, module: nn.Module) -> None:
         """Move ``module``'s tensors that are not on the device there for good (``none``)."""
-        self.ledger.add(_move_for_good(module, self.device))
+        _move_for_good(module, self.device, self._copy)
 
 
-def _move_for_good(module: nn.Module, device: torch.device) -> int:
-    """Move every tensor of ``module`` that is not on ``device`` there, dropping the old copy; returns the bytes
-    moved. The new tensors are ordinary (not inference) tensors and keep their ``requires_grad``."""
+def _move_for_good(module: nn.Module, device: torch.device, copy: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace every tensor of ``module`` not on ``device`` by ``copy(tensor)``, dropping the old one. The new
+    tensors are ordinary (not inference) tensors and keep their ``requires_grad``."""
     with torch.inference_mode(False), torch.no_grad():
-        placed = place_weights(module, device, lambda t: t.to(device))
+        placed = place_weights(module, device, copy)
     for owner, name, is_param, host in placed.entries:
         if is_param and host.requires_grad:
             owner._parameters[name].requires_grad_(True)
-    return placed.nbytes
 

@@ -66,8 +66,8 @@ class BlockStreamer:
 
     def __enter__(self) -> "BlockStreamer":
         device = self.copier.device
+        self.ledger.add(self.slot_bytes * len(self._holder))  # counted before the memory is taken
         self._slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in self._holder]
-        self.ledger.add(self.slot_bytes * len(self._slots))
         for index, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(functools.partial(self._before, index)))
             self._handles.append(block.register_forward_hook(functools.partial(self._after, index),
