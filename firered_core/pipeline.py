@@ -46,17 +46,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from PIL import Image
-from torch import nn
 
 from .config import SchedulerConfig
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
-from .offload import OffloadPlacement, Placement, ResidentPlacement, check_max_vram, check_mode, format_gb
-from .placement import compute_dtype, module_device
+from .offload import Placement, check_max_vram, check_mode
+from .pipeline_placement import PlacedPipeline
+from .placement import compute_dtype
 from .preserve import PreserveConfig, keep_unedited
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import VelocityFn, euler_sample, initial_noise
@@ -105,7 +105,7 @@ class _Prepared:
     first_ref_latents: torch.Tensor | None = None  # its latents as encoded for the sequence (reused when sizes match)
 
 
-class FireRedEditPipeline:
+class FireRedEditPipeline(PlacedPipeline):
     """The edit pipeline over a transformer, a VAE, a condition encoder and a scheduler config."""
 
     output_area: int = 1024 * 1024  # default output size when width/height are not given
@@ -129,7 +129,7 @@ class FireRedEditPipeline:
         self.encoder = encoder
         self.scheduler_config = scheduler_config
         # where computation happens and how components get there; resident: where the transformer's weights are
-        self.placement: Placement = ResidentPlacement(lambda: module_device(self.transformer))
+        self.placement: Placement = self._resident()
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -160,43 +160,6 @@ class FireRedEditPipeline:
         pipe = cls(transformer, vae, encoder, scheduler_config)
         return pipe if offload is None else pipe.set_offload(offload, device=device, max_vram=max_vram)
 
-    def set_offload(self, offload: str | None, device: str | torch.device | None = None,
-                    max_vram: int | None = None) -> "FireRedEditPipeline":
-        """Choose where and how the pipeline computes; returns ``self``.
-
-        ``offload``: "none" moves every component to ``device`` now; "model" keeps them on the CPU and puts each
-        on ``device`` only while it runs; "blocks" does the same but streams the transformer's blocks through
-        two device slots, keeping as many resident as ``max_vram`` allows; None goes back to computing where the
-        weights are. ``device`` defaults to CUDA when available. ``max_vram`` (bytes, None: no limit) bounds the
-        weights on the device; a budget the mode cannot work in is refused with a ValueError naming the minimum
-        (``offload.BudgetError``), before anything moves.
-        """
-        if offload is None:
-            if max_vram is not None:
-                raise ValueError("max_vram needs an offload mode: pass offload='none', 'model' or 'blocks'")
-            if device is not None:
-                return self.to(device)
-            self.placement = ResidentPlacement(lambda: module_device(self.transformer))
-            return self
-        placement = OffloadPlacement(offload, device, max_vram)
-        parts = self.components()
-        plans = placement.check(parts)
-        placement.prepare(parts)
-        self.placement = placement
-        log.info("%r: %s", placement, ", ".join(f"{p.part} {format_gb(p.peak_bytes)}" + (
-            f" ({len(p.streamed)} of {len(p.block_bytes)} blocks streamed)" if p.streamed else "")
-            for p in plans.values()))
-        return self
-
-    def components(self) -> dict[str, nn.Module]:
-        """The weight-holding network of each part ("encoder", "transformer", "vae"): for the encoder its
-        ``model`` (or itself when it is a module); parts without a network are left out."""
-        encoder = self.encoder
-        if not isinstance(encoder, nn.Module):
-            encoder = getattr(encoder, "model", None)
-        parts = {"encoder": encoder, "transformer": self.transformer, "vae": self.vae}
-        return {part: module for part, module in parts.items() if isinstance(module, nn.Module)}
-
     def load_lora(self, path: str | os.PathLike[str], strength: float = 1.0) -> "LoRAReport":
         """Apply the LoRA at ``path`` to the transformer (unmerged, scaled by ``strength``); returns its report."""
         from .lora import apply_lora
@@ -207,22 +170,6 @@ class FireRedEditPipeline:
                         path, len(report.unmatched), ", ".join(report.unmatched[:3]))
         log.info("LoRA %s: %d layers at strength %s", path, report.applied, strength)
         return report
-
-    def to(self, device: str | torch.device) -> "FireRedEditPipeline":
-        """Move every component to ``device`` and compute there (the resident placement); returns ``self``."""
-        for part in (self.transformer, self.vae, self.encoder):
-            move = getattr(part, "to", None)
-            if callable(move):
-                move(device)
-        self.placement = ResidentPlacement(lambda: module_device(self.transformer))
-        return self
-
-    # -- properties ---------------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        """Where the pipeline computes: its placement's device."""
-        return self.placement.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -303,11 +250,6 @@ class FireRedEditPipeline:
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
                                   progress=progress, cancel=cancel, step_noise=generator if stochastic else None)
         return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
-
-    def _use(self, part: str) -> ContextManager[None]:
-        """``placement.use`` for ``part``'s network; nothing to place for an encoder without one."""
-        module = self.components().get(part)
-        return self.placement.use(part, module) if module is not None else contextlib.nullcontext()
 
     def _tiling(self) -> dict[str, int]:
         """The ``tile`` keyword for the VAE's encode/decode when ``vae_tile`` is set (VAEs without tiling ignore
