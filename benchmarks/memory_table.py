@@ -46,7 +46,7 @@ from firered_core.encoder.qwen_keys import QWEN25_VL_7B  # noqa: E402
 from firered_core.offload import GB, find_blocks  # noqa: E402
 from firered_core.offload.plan import STREAM_SLOTS  # noqa: E402
 from firered_core.offload.weights import PACK_ALIGN, weight_entries  # noqa: E402
-from memory_phases import PHASES, Workload, build_on_meta, can_fake, measure  # noqa: E402
+from memory_phases import PHASES, Workload, build_on_meta, fake_device, measure  # noqa: E402
 
 FORMATS = ("fp32", "bf16", "fp8", "q8_0", "q4_k")
 MODES = ("none", "model", "blocks", "blocks@min")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update", type=Path, metavar="README", help="rewrite the block between the memory-table "
                    "markers of this file")
     args = p.parse_args(argv)
-    device = "cuda:0" if can_fake("cuda:0") else "meta"
+    device = fake_device()
     started = time.perf_counter()
     encoder, transformer, vae = build_on_meta(workload(args.smoke, 1))
     parts = {"encoder": encoder, "transformer": transformer, "vae": vae}

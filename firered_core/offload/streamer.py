@@ -68,6 +68,9 @@ class BlockStreamer:
         device = self.copier.device
         self.ledger.add(self.slot_bytes * len(self._holder))  # counted before the memory is taken
         self._slots = [torch.empty(self.slot_bytes, dtype=torch.uint8, device=device) for _ in self._holder]
+        # the slots come from the compute stream's pool: memory it may still be reading for an earlier tensor, so
+        # the first copy into each waits for the compute stream too
+        self._free_after = [self.copier.computed() for _ in self._holder]
         for index, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(functools.partial(self._before, index)))
             self._handles.append(block.register_forward_hook(functools.partial(self._after, index),
