@@ -252,9 +252,11 @@ class FireRedEditPipeline(PlacedPipeline):
         return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
 
     def _tiling(self) -> dict[str, int]:
-        """The ``tile`` keyword for the VAE's encode/decode when ``vae_tile`` is set (VAEs without tiling ignore
-        it); nothing otherwise, so any VAE object works."""
-        return {} if self.vae_tile is None else {"tile": self.vae_tile}
+        """The tiling keywords for the VAE's encode/decode when ``vae_tile`` is set (VAEs without tiling ignore
+        them; the overlap is 8 latent pixels, at most half a tile); nothing otherwise, so any VAE object works."""
+        if self.vae_tile is None:
+            return {}
+        return {"tile": self.vae_tile, "tile_overlap": min(8, self.vae_tile // 2)}
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:

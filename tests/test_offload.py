@@ -14,9 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-import dataclasses
-
-from firered_core.config import SchedulerConfig
 from firered_core.default import is_available, load_default_pipeline
 from firered_core.offload import (BudgetError, DeviceLedger, OffloadPlacement, ResidentPlacement, find_blocks,
                                   format_gb, plan_part, required_bytes)
@@ -24,22 +21,16 @@ from firered_core.offload.copier import InlineCopier
 from firered_core.offload.streamer import BlockStreamer
 from firered_core.offload.weights import module_bytes, packed_bytes
 from firered_core.pipeline import FireRedEditPipeline
-from firered_core.transformer import FireRedTransformer
-from tests.node_fixtures import TINY, REF_AREA, StubEncoder, randomise, tiny_pipeline
+from tests.node_fixtures import tiny_pipeline
+from tests.offload_scenarios import build_pipeline
 
 CPU = torch.device("cpu")
 
 
 def deep_pipeline(layers: int = 4) -> FireRedEditPipeline:
     """The tiny test model with ``layers`` blocks four times as wide (each block then outweighs the VAE), so a
-    budget can keep some blocks resident and stream the rest."""
-    config = dataclasses.replace(TINY.transformer, num_layers=layers, num_attention_heads=4, attention_head_dim=32,
-                                 axes_dims_rope=(8, 12, 12))
-    transformer = randomise(FireRedTransformer(config), 1).eval()
-    pipe = tiny_pipeline()
-    pipe = FireRedEditPipeline(transformer, pipe.vae, StubEncoder(), SchedulerConfig())
-    pipe.reference_area = pipe.output_area = REF_AREA
-    return pipe
+    budget can keep some blocks resident and stream the rest; the same weights on every call."""
+    return build_pipeline("stub", layers=layers)
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (64, 64)) -> Image.Image:
@@ -217,3 +208,45 @@ def test_slots_hold_the_largest_block_packed() -> None:
     with BlockStreamer(list(stack), InlineCopier(CPU), DeviceLedger()) as streamer:
         assert streamer.slot_bytes == max(packed_bytes(b) for b in stack)
     assert packed_bytes(stack[1]) == 1280 + 256  # weight 40x8 fp32 (1280 B), bias 160 B padded to 256
+
+
+def _lora_file(path, blocks: int, width: int, rank: int = 2):  # noqa: ANN001, ANN202 - Path
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(7)
+    tensors = {}
+    for block in range(blocks):
+        for layer in ("to_q", "to_v", "add_k_proj"):
+            base = f"diffusion_model.transformer_blocks.{block}.attn.{layer}"
+            tensors[f"{base}.lora_down.weight"] = 0.5 * torch.randn(rank, width, generator=gen)
+            tensors[f"{base}.lora_up.weight"] = 0.5 * torch.randn(width, rank, generator=gen)
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_lora_loaded_while_offloaded_streams_with_its_blocks(tmp_path) -> None:  # noqa: ANN001 - tmp_path
+    lora = _lora_file(tmp_path / "style.safetensors", blocks=4, width=128)
+    resident = deep_pipeline()
+    resident.load_lora(lora, 0.8)
+    reference = _edit(resident)
+    pipe = deep_pipeline().set_offload("blocks", device="cpu", max_vram=_budget_for_resident_blocks(deep_pipeline(), 1))
+    pipe.load_lora(lora, 0.8)  # adapters land next to the host weights and travel inside their blocks' slots
+    assert _same(_edit(pipe), reference)
+
+
+@pytest.mark.parametrize("tile,exact", [(64, True), (4, False)])
+def test_vae_tile_reaches_the_vae(tile: int, exact: bool) -> None:
+    pipe = tiny_pipeline()
+    reference = _edit(pipe)
+    pipe.vae_tile = tile  # 64 latent pixels cover the 16x16 latents: one tile, the same numbers
+    tiled = _edit(pipe)
+    assert _same(tiled, reference) == exact
+
+
+@pytest.mark.skipif(not is_available(), reason="the embedded default model is not in this checkout")
+def test_the_embedded_defaults_compact_vae_ignores_tiling() -> None:
+    pipe = load_default_pipeline()
+    image = _image(3, (64, 64))
+    reference = pipe.edit([image], "make the square blue", steps=2, seed=1)
+    pipe.vae_tile = 2
+    assert _same(pipe.edit([image], "make the square blue", steps=2, seed=1), reference)
