@@ -6,7 +6,9 @@ the result atomically (an existing file is kept unless ``--overwrite``). No imag
 takes a diffusers-format folder or ComfyUI single files (repeat it or separate with commas; the transformer may
 be a ComfyUI-GGUF ``.gguf`` file, kept quantised); ``--lora
 PATH[:STRENGTH]`` may be repeated. Computation is float32 on the CPU unless ``--dtype``/``--device`` say
-otherwise (bfloat16 is the default on CUDA).
+otherwise (bfloat16 is the default on CUDA). ``--offload none|model|blocks`` and ``--max-vram GB`` choose how the
+model shares the device's memory (``FireRedEditPipeline.set_offload``; docs/MEMORY.md): everything on the device
+(the default), one component at a time, or the transformer's blocks streamed within the budget.
 
 Subcommands are pluggable: besides the built-in ``edit``, any installed distribution can add one through the
 entry-point group ``firered.commands``. The entry point's name is the subcommand; its object is a function
@@ -171,6 +173,12 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         help="store the condition encoder's weights in fp8 (~half its memory); default: as its "
                         "file is (fp8 files such as qwen_2.5_vl_7b_fp8_scaled stay fp8, --no-fp8-encoder expands "
                         "them)")
+    parser.add_argument("--offload", default="none", metavar="MODE",
+                        help="how weights share the device: none (default: all on --device), model (one component "
+                        "at a time), blocks (also stream the transformer's blocks); see docs/MEMORY.md")
+    parser.add_argument("--max-vram", default=None, metavar="GB",
+                        help="most weights to keep on the device, in GB (2^30 bytes); with --offload blocks as many "
+                        "transformer blocks stay resident as fit (default: no limit)")
     parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
                         help="keep Picture 1's own pixels outside the area the edit changed (default: the model "
                         "folder's defaults.json; on for the embedded model, off otherwise)")
@@ -205,25 +213,26 @@ def run_edit(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be a positive integer, got {value}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    offload, max_vram = parse_offload(args.offload, args.max_vram)
     loras = [parse_lora(spec) for spec in args.lora]
     model = resolve_model(args.model)
     refs = [load_image(Path(p).expanduser()) for p in args.images]
     device = _resolve_device(args.device)
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
 
-    log.info("loading %s (%s on %s)", model, dtype, device)
+    log.info("loading %s (%s on %s, offload %s)", model, dtype, device, offload)
     if model == DEFAULT_MODEL_DIR:
         from .default import load_default_pipeline
 
-        pipe = load_default_pipeline(dtype=dtype, device=device)
+        pipe = load_default_pipeline(dtype=dtype, device=device if offload == "none" else "cpu")
+        pipe.set_offload(offload, device=device, max_vram=max_vram)
     else:
         from .default import apply_defaults, pipe_defaults
 
         pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device,
-                                                   fp8_encoder=args.fp8_encoder)
+                                                   fp8_encoder=args.fp8_encoder, offload=offload,
+                                                   max_vram=max_vram)
         apply_defaults(pipe, pipe_defaults(model))  # a folder from firered export-default: its steps, CFG, area
-    if device.type != "cpu":
-        pipe.to(device)  # the condition encoder is loaded on the CPU
     for path, strength in loras:
         pipe.load_lora(path, strength)
     with tqdm_progress("firered edit") as progress:
@@ -244,6 +253,23 @@ def run_edit(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)", flush=True)
     return EXIT_OK
+
+
+def parse_offload(mode: str, max_vram_gb: str | None) -> tuple[str, int | None]:
+    """``--offload`` and ``--max-vram`` checked: (mode, budget in bytes or None)."""
+    from .offload import GB, OFFLOAD_MODES
+
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
+    if max_vram_gb is None:
+        return mode, None
+    try:
+        gb = float(max_vram_gb)
+    except ValueError:
+        raise ValueError(f"--max-vram must be a number of GB, got {max_vram_gb!r}") from None
+    if not math.isfinite(gb) or gb <= 0:
+        raise ValueError(f"--max-vram must be a positive number of GB, got {max_vram_gb!r}")
+    return mode, int(gb * GB)
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:

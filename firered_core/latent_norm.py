@@ -5,7 +5,7 @@ Outside a VAE, latents are always normalised: ``(z - latents_mean) / latents_std
 the VAE's config. A class using the mixin provides ``config.latents_mean``, ``config.latents_std``, ``z_dim`` and
 ``_check_latents(z, where)``.
 
-``WholeImageVAE`` adds, on top of it, the public encode/decode of a VAE that decodes a latent in one piece
+``WholeImageVAE`` adds, on top of it, the public encode/decode of a VAE that works on a whole image in one piece
 (``CompactVAE``, ``PixelVAE``): the class provides ``encode_raw`` and ``_decode_tile`` (raw latents -> unclamped
 images).
 
@@ -48,9 +48,14 @@ class LatentNormalization:
 class WholeImageVAE(LatentNormalization):
     """``encode`` / ``decode`` / ``decode_raw`` of a VAE without tiling (tiling options are accepted and ignored)."""
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] in [-1, 1] -> normalised latents."""
-        return self.normalize(self.encode_raw(images))  # type: ignore[attr-defined]
+    def encode(self, images: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
+               progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] in [-1, 1] -> normalised latents (tiling options accepted and ignored)."""
+        check_cancel(cancel, "VAE encode")
+        out = self.normalize(self.encode_raw(images))  # type: ignore[attr-defined]
+        if progress is not None:
+            progress(1, 1, None)
+        return out
 
     def decode_raw(self, z: torch.Tensor, *, tile: int | None = None, tile_overlap: int = 8,
                    progress: ProgressFn | None = None, cancel: CancelFn | None = None) -> torch.Tensor:

@@ -20,6 +20,13 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    own pixels wherever the result's latents match Picture 1's (``preserve.py``), so a local edit leaves the rest of
    the image exactly as it was instead of sending it through the VAE.
 
+Where it computes: ``placement`` (``firered_core.offload``) names the compute device and wraps each phase -
+condition encoding (the encoder's network), reference encoding, sampling and decoding - in ``placement.use(part,
+module)``, so a component may live on the CPU and visit the device only while it runs. The default,
+``ResidentPlacement``, computes where the transformer's weights are and moves nothing; ``set_offload`` (or
+``from_pretrained(..., offload=...)``) switches to offload ``none`` / ``model`` / ``blocks`` under a ``max_vram``
+budget (docs/MEMORY.md). Every tensor passed between phases lives on ``placement.device``.
+
 Choices where the reference gives no rule:
 
 - An empty or whitespace-only instruction is refused (``ValueError``): the model would edit at random.
@@ -33,6 +40,7 @@ Choices where the reference gives no rule:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,6 +54,8 @@ from PIL import Image
 from .config import SchedulerConfig
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
+from .offload import Placement, check_max_vram, check_mode
+from .pipeline_placement import PlacedPipeline
 from .placement import compute_dtype
 from .preserve import PreserveConfig, keep_unedited
 from .progress import CancelFn, ProgressFn, check_cancel
@@ -95,7 +105,7 @@ class _Prepared:
     first_ref_latents: torch.Tensor | None = None  # its latents as encoded for the sequence (reused when sizes match)
 
 
-class FireRedEditPipeline:
+class FireRedEditPipeline(PlacedPipeline):
     """The edit pipeline over a transformer, a VAE, a condition encoder and a scheduler config."""
 
     output_area: int = 1024 * 1024  # default output size when width/height are not given
@@ -107,6 +117,9 @@ class FireRedEditPipeline:
     # a model folder's defaults.json says it was tuned for (firered_core.default.apply_defaults)
     default_steps: int = 40
     default_true_cfg_scale: float = 4.0
+    # VAE tile side in latent pixels for reference encoding and decoding; None: the VAE's own rule (tiles only
+    # above its max_untiled_pixels). Tiles bound the VAE's activation memory, see FireRedVAE.
+    vae_tile: int | None = None
 
     def __init__(self, transformer: Any, vae: Any, encoder: Any, scheduler_config: SchedulerConfig) -> None:
         if not isinstance(scheduler_config, SchedulerConfig):
@@ -115,25 +128,40 @@ class FireRedEditPipeline:
         self.vae = vae
         self.encoder = encoder
         self.scheduler_config = scheduler_config
+        # where computation happens and how components get there; resident: where the transformer's weights are
+        self.placement: Placement = self._resident()
 
     # -- construction -------------------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path_or_files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                         dtype: torch.dtype = torch.float32, fp8: bool = False,
-                        device: str | torch.device | None = None,
-                        fp8_encoder: bool | None = None) -> "FireRedEditPipeline":
+                        device: str | torch.device | None = None, fp8_encoder: bool | None = None,
+                        offload: str | None = None, max_vram: int | None = None) -> "FireRedEditPipeline":
         """Load every component from a diffusers-format folder or ComfyUI single files (``loading``).
 
         ``fp8`` stores the transformer's linear weights in float8 (computed in ``dtype``); ``fp8_encoder`` the
-        condition encoder's (None: as its file is, fp8 for fp8 files); ``device`` is where the weights go (default
-        CPU).
+        condition encoder's (None: as its file is, fp8 for fp8 files). Without ``offload``, ``device`` is where the
+        weights go (default CPU) and computation follows them. With ``offload`` ("none", "model" or "blocks", see
+        ``set_offload``) ``device`` is the compute device, the weights are loaded on the CPU (on the device for
+        "none"; for "blocks" the transformer blocks stay file-backed where the file holds their storage dtype, so
+        host memory need not hold them either) and ``max_vram`` bytes bound what sits on the device.
         """
         from .loading import load_components
 
+        if offload is None:
+            if max_vram is not None:
+                raise ValueError("max_vram needs an offload mode: pass offload='none', 'model' or 'blocks'")
+            load_device = device
+        else:
+            check_mode(offload)
+            check_max_vram(max_vram)
+            load_device = "cpu" if offload != "none" else device
         transformer, vae, encoder, scheduler_config = load_components(path_or_files, dtype=dtype, fp8=fp8,
-                                                                      device=device, fp8_encoder=fp8_encoder)
-        return cls(transformer, vae, encoder, scheduler_config)
+                                                                      device=load_device, fp8_encoder=fp8_encoder,
+                                                                      map_blocks=offload == "blocks")
+        pipe = cls(transformer, vae, encoder, scheduler_config)
+        return pipe if offload is None else pipe.set_offload(offload, device=device, max_vram=max_vram)
 
     def load_lora(self, path: str | os.PathLike[str], strength: float = 1.0) -> "LoRAReport":
         """Apply the LoRA at ``path`` to the transformer (unmerged, scaled by ``strength``); returns its report."""
@@ -145,20 +173,6 @@ class FireRedEditPipeline:
                         path, len(report.unmatched), ", ".join(report.unmatched[:3]))
         log.info("LoRA %s: %d layers at strength %s", path, report.applied, strength)
         return report
-
-    def to(self, device: str | torch.device) -> "FireRedEditPipeline":
-        """Move every component to ``device``; returns ``self``."""
-        for part in (self.transformer, self.vae, self.encoder):
-            move = getattr(part, "to", None)
-            if callable(move):
-                move(device)
-        return self
-
-    # -- properties ---------------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.transformer.parameters())).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -207,27 +221,45 @@ class FireRedEditPipeline:
         with torch.inference_mode():
             prepared = self._prepare(refs, width, height, cancel)
             check_cancel(cancel, "edit before encoding the instruction")
-            cond = self._predictor(self._encode(instruction, refs), prepared)
-            uncond = self._predictor(self._encode(negative_prompt, refs), prepared) if guided else None
-            latent_shape = (1, self.transformer.config.latent_channels,
-                            prepared.height // self.compression, prepared.width // self.compression)
+            with self._use("encoder"):
+                condition = self._encode(instruction, refs)
+                negative = self._encode(negative_prompt, refs) if guided else None
+            cond = self._predictor(condition, prepared)
+            uncond = self._predictor(negative, prepared) if negative is not None else None
             generator = torch.Generator(device="cpu").manual_seed(seed)
-            x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
-                              generator=generator)
-            sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
-            tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
-                                  num_train_timesteps=self.scheduler_config.num_train_timesteps,
-                                  progress=progress, cancel=cancel,
-                                  step_noise=generator if stochastic else None)
-            latents = unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
+            latents = self._sample(prepared, cond, uncond, steps, true_cfg_scale, seed, generator,
+                                   stochastic, progress, cancel)
             check_cancel(cancel, "edit before decoding")
-            pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel)
-            preserved = False
-            if preserve is not None and prepared.first_ref is not None:
-                pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
+            with self._use("vae"):
+                pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel, **self._tiling())
+                preserved = False
+                if preserve is not None and prepared.first_ref is not None:
+                    pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
                           height=prepared.height, seed=seed, preserved=preserved, stochastic=stochastic,
                           steps=steps, true_cfg_scale=float(true_cfg_scale))
+
+    def _sample(self, prepared: "_Prepared", cond: VelocityFn, uncond: VelocityFn | None, steps: int,
+                true_cfg_scale: float, seed: int, generator: torch.Generator, stochastic: bool,
+                progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
+        """Seeded noise -> sampled latents ``[1, C, h, w]`` on the compute device, the transformer placed."""
+        latent_shape = (1, self.transformer.config.latent_channels,
+                        prepared.height // self.compression, prepared.width // self.compression)
+        x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
+                          generator=generator)
+        sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
+        with self._use("transformer"):
+            tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
+                                  num_train_timesteps=self.scheduler_config.num_train_timesteps,
+                                  progress=progress, cancel=cancel, step_noise=generator if stochastic else None)
+        return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
+
+    def _tiling(self) -> dict[str, int]:
+        """The tiling keywords for the VAE's encode/decode when ``vae_tile`` is set (VAEs without tiling ignore
+        them; the overlap is 8 latent pixels, at most half a tile); nothing otherwise, so any VAE object works."""
+        if self.vae_tile is None:
+            return {}
+        return {"tile": self.vae_tile, "tile_overlap": min(8, self.vae_tile // 2)}
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:
@@ -279,15 +311,16 @@ class FireRedEditPipeline:
         shapes = [(1, out_h // unit, out_w // unit)]
         packed = []
         first_latents = None
-        for i, ref in enumerate(refs):
-            check_cancel(cancel, f"edit before encoding reference image {i + 1}")
-            ref_w, ref_h = calculate_dimensions(self.reference_area, ref.width / ref.height)
-            pixels = to_tensor(ref, ref_w, ref_h).to(self.device, self._vae_dtype())
-            latents = self.vae.encode(pixels).to(self.dtype)  # [1, C, ref_h/8, ref_w/8], normalised
-            packed.append(pack_latents(latents, self.patch))
-            shapes.append((1, ref_h // unit, ref_w // unit))
-            if i == 0:
-                first_latents = latents
+        with self._use("vae") if refs else contextlib.nullcontext():
+            for i, ref in enumerate(refs):
+                check_cancel(cancel, f"edit before encoding reference image {i + 1}")
+                ref_w, ref_h = calculate_dimensions(self.reference_area, ref.width / ref.height)
+                pixels = to_tensor(ref, ref_w, ref_h).to(self.device, self._vae_dtype())
+                latents = self.vae.encode(pixels, **self._tiling()).to(self.dtype)  # [1, C, h/8, w/8], normalised
+                packed.append(pack_latents(latents, self.patch))
+                shapes.append((1, ref_h // unit, ref_w // unit))
+                if i == 0:
+                    first_latents = latents
         ref_tokens = torch.cat(packed, dim=1) if packed else None
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,

@@ -21,10 +21,9 @@ import types
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -33,6 +32,9 @@ from firered_core.encoder.base import EncodedCondition
 from firered_core.pipeline import FireRedEditPipeline
 from firered_core.transformer import FireRedTransformer
 from firered_core.vae import FireRedVAE
+
+if TYPE_CHECKING:  # pytest is not installed where ComfyUI's venv runs these fixtures
+    import pytest
 
 TINY = get_preset("tiny")
 REF_AREA = 64 * 64  # references are VAE-encoded at this area to keep the tiny model fast

@@ -178,6 +178,11 @@ def test_progress_interruption_and_model_management(model, monkeypatch, tmp_path
         assert patchers["vae"].model.vae is model.loaded.pipeline.vae
         _edit(managed, image1=image_tensor(2, 32, 32), steps=3)
         assert comfy.progress == [(i, 6) for i in range(1, 7)]  # one bar across both edits
+        # each phase asks ComfyUI for its own component, never a forced full load: per edit the VAE (references),
+        # the transformer (sampling), the VAE (decoding)
+        order = [(patchers["vae"],), (patchers["transformer"],), (patchers["vae"],)]
+        assert [tuple(models) for models, _ in comfy.loaded] == order * 2
+        assert not any(full for _, full in comfy.loaded)
 
         comfy.polls, comfy.interrupt_after_polls = 0, 2
         with pytest.raises(Interrupted):  # ComfyUI's own exception, so it reports "interrupted"

@@ -252,9 +252,10 @@ def load_into(module: nn.Module, source: TensorSource, *, source_name: str | Non
     metas = module.state_dict(keep_vars=True)
     linear_names = _linear_weight_names(module) if linear_weight_dtype is not None else set()
     quantised = 0
+    on_host = device is None or torch.device(device).type == "cpu"  # only host tensors can be file-backed
     for target, file_key in plan.items():
         want = _target_dtype(metas[target], target, dtype, linear_weight_dtype, linear_names)
-        can_map = mapped is not None and device is None and getattr(source, "can_map", False) and mapped(target)
+        can_map = mapped is not None and on_host and getattr(source, "can_map", False) and mapped(target)
         value, fmt = _read(module, source, target, file_key, want, device, can_map)
         _assign(module, target, value, fmt)
         quantised += fmt is not None
