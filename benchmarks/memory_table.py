@@ -49,6 +49,8 @@ from firered_core.offload.weights import PACK_ALIGN, weight_entries  # noqa: E40
 from memory_phases import PHASES, Workload, build_on_meta, fake_device, measure  # noqa: E402
 
 FORMATS = ("fp32", "bf16", "fp8", "q8_0", "q4_k")
+GGUF_FORMATS = ("q8_0", "q4_k")  # GGUF files hold the transformer only: the encoder is counted in fp8 beside them
+LABELS = {"q8_0": "GGUF Q8_0", "q4_k": "GGUF Q4_K"}
 MODES = ("none", "model", "blocks", "blocks@min")
 CARDS = (8, 12, 16, 24, 48, 80)
 PART_OF_PHASE = {"encoder": "encoder", "vae_encode": "vae", "transformer": "transformer", "vae_decode": "vae"}
@@ -149,7 +151,8 @@ def gb(nbytes: float) -> str:
 
 def tables(sizes: dict[str, dict[str, Sizes]], activations: dict[tuple[str, int], dict[str, int]],
            refs: list[int], reserve: float, how: str, side: int) -> str:
-    lines = [f"Weights (GB; {how})", "", "| component | " + " | ".join(FORMATS) + " |",
+    lines = [f"Weights (GB = 2^30 bytes; {how}; GGUF columns: the transformer from a GGUF file, the encoder "
+             "stored in fp8)", "", "| component | " + " | ".join(LABELS.get(f, f) for f in FORMATS) + " |",
              "|---|" + "---:|" * len(FORMATS)]
     for part in ("transformer", "encoder", "vae"):
         lines.append(f"| {part} | " + " | ".join(gb(sizes[f][part].total) for f in FORMATS) + " |")
@@ -159,7 +162,8 @@ def tables(sizes: dict[str, dict[str, Sizes]], activations: dict[tuple[str, int]
                   f"(GB; weights + measured activations)", "",
                   "| storage | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]
         for f in FORMATS:
-            lines.append(f"| {f} | " + " | ".join(gb(peak(sizes[f], activations[(f, n)], m)) for m in MODES) + " |")
+            lines.append(f"| {LABELS.get(f, f)} | " + " | ".join(gb(peak(sizes[f], activations[(f, n)], m))
+                                                              for m in MODES) + " |")
     n = max(refs)
     lines += ["", f"Which modes fit a card ({n} reference{'s' if n > 1 else ''}; peak + {reserve:g} GB reserve)", "",
               "| storage | " + " | ".join(f"{c} GB" for c in CARDS) + " |", "|---|" + "---|" * len(CARDS)]
@@ -168,7 +172,7 @@ def tables(sizes: dict[str, dict[str, Sizes]], activations: dict[tuple[str, int]
         for card in CARDS:
             fit = [m for m in MODES if peak(sizes[f], activations[(f, n)], m) + reserve * GB <= card * GB]
             cells.append(", ".join(fit) if fit else "-")
-        lines.append(f"| {f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS.get(f, f)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     encoder, transformer, vae = build_on_meta(workload(args.smoke, 1))
     parts = {"encoder": encoder, "transformer": transformer, "vae": vae}
-    sizes = {f: {part: component_sizes(m, f) for part, m in parts.items()} for f in FORMATS}
+    sizes = {f: {part: component_sizes(m, "fp8" if f in GGUF_FORMATS and part != "transformer" else f)
+                 for part, m in parts.items()} for f in FORMATS}
     measured = {}
     for refs in (1, 2):
         w = workload(args.smoke, refs)
