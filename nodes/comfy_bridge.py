@@ -290,6 +290,16 @@ def weights_changed(patcher: Any | None) -> None:
         patcher.size = 0
 
 
+def fits_whole(patcher: Any) -> bool:
+    """Whether ``patcher``'s whole model fits in the compute device's free memory beside ComfyUI's inference
+    reserve (what it has loaded already counts as free)."""
+    management = comfy_module("comfy.model_management")
+    if management is None or patcher is None:
+        return False
+    free = management.get_free_memory(patcher.load_device) + patcher.loaded_size()
+    return free >= patcher.model_size() + management.minimum_inference_memory()
+
+
 def load_for_use(patchers: "Sequence[Any]", memory_required: int = 0, full: bool = False) -> None:
     """Ask ComfyUI to put these patchers' models on the compute device, freeing or offloading others as needed.
 

@@ -5,6 +5,11 @@ the references, sample, decode). Here that request goes to ComfyUI: ``load_model
 ``ModelPatcher``, so ComfyUI loads it whole or partially (the layers it leaves off the device stream their weights)
 and may first evict the other components, exactly as it does between core's CLIP and MODEL. Nothing is moved back
 afterwards: whether a component stays on the device is ComfyUI's decision, made when memory is next needed.
+
+One exception to "let ComfyUI choose": ComfyUI only moves layers whose parameters are all their own, and a layer
+carrying one of the plugin's unmerged LoRA adapters is not one. When the component fits on the device whole, its
+load is asked as a full load (which moves the whole module), so such layers do not stream needlessly; when it does
+not fit, ComfyUI loads it partially and those layers stream their weights.
 Outside ComfyUI there is no model management and the pipeline keeps its own placement.
 """
 
@@ -29,5 +34,9 @@ class ComfyPlacement:
 
     @contextmanager
     def use(self, part: str, module: "nn.Module") -> Iterator[None]:
-        comfy_bridge.load_for_use([self.patchers.get(part)])
+        from firered_core.lora import list_loras
+
+        patcher = self.patchers.get(part)
+        full = bool(list_loras(module)) and comfy_bridge.fits_whole(patcher)
+        comfy_bridge.load_for_use([patcher], full=full)
         yield

@@ -110,6 +110,7 @@ class FakeComfy:
         self.loaded: list[object] = []
         self.polls = 0
         self.interrupt_after_polls: int | None = None
+        self.free_memory = 1 << 40  # bytes the compute device reports free
 
     # -- model folders ----------------------------------------------------------------------------------------
     def folder(self, kind: str) -> Path:
@@ -163,6 +164,8 @@ class FakeComfy:
         management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
         management.load_models_gpu = lambda models, force_full_load=False, **kw: fake.loaded.append(
             (list(models), force_full_load))
+        management.get_free_memory = lambda device=None: fake.free_memory
+        management.minimum_inference_memory = lambda: 1 << 20
 
         patcher = types.ModuleType("comfy.model_patcher")
 
@@ -170,6 +173,12 @@ class FakeComfy:
             def __init__(self, model, load_device, offload_device) -> None:
                 self.model, self.load_device, self.offload_device = model, load_device, offload_device
                 self.size = 0  # ComfyUI caches the measured size here
+
+            def model_size(self) -> int:
+                return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+
+            def loaded_size(self) -> int:
+                return 0
 
         patcher.ModelPatcher = ModelPatcher
         comfy = types.ModuleType("comfy")

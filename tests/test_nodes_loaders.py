@@ -254,3 +254,23 @@ def test_bad_lora_strength(folder_model, comfy, strength) -> None:
 def test_lora_loader_needs_a_model(comfy) -> None:
     with pytest.raises(FireRedNodeError, match="FIRERED_MODEL"):
         FireRedLoraLoader().load_lora(None, "style.safetensors", 1.0)
+
+
+def test_a_component_with_our_lora_is_loaded_whole_when_it_fits(folder_model, comfy) -> None:
+    """ComfyUI never moves a layer that carries adapters on a partial load, so the placement asks for a full load
+    of a component with LoRAs whenever the device has room for all of it; otherwise ComfyUI decides."""
+    def transformer_loads() -> list[bool]:
+        patcher = styled.loaded.transformer_patcher
+        return [full for models, full in comfy.loaded if models == [patcher]]
+
+    styled, _ = FireRedLoraLoader().load_lora(folder_model, "style.safetensors", 1.0)
+    comfy.loaded.clear()
+    _edit(folder_model)
+    assert transformer_loads() == [False]  # no LoRA attached: ComfyUI's own choice
+    comfy.loaded.clear()
+    _edit(styled)
+    assert transformer_loads() == [True]
+    comfy.loaded.clear()
+    comfy.free_memory = 1 << 10  # a card too small for the whole transformer
+    _edit(styled)
+    assert transformer_loads() == [False]
