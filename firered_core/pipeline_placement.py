@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, ContextManager, Self
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import torch
 from torch import nn
 
 from .offload import OffloadPlacement, Placement, ResidentPlacement, format_gb
 from .placement import module_device
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11+; annotations are never evaluated here
 
 log = logging.getLogger(__name__)
 
