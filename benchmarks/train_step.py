@@ -40,8 +40,13 @@ from firered_core.config import get_preset
 from firered_core.lora import DEFAULT_TARGETS, add_trainable_lora
 from firered_core.transformer import FireRedTransformer
 from firered_train.batch import TrainBatch
+from firered_train.config.sections import ObjectiveConfig
 from firered_train.step import step_loss
 from procmem import measure_in_child, print_peak_extra
+
+
+# the trainer's objective reduced to the plain per-sample MSE the reference side computes (no outlier mask)
+PLAIN_MSE = ObjectiveConfig(outlier_threshold=None)
 
 
 def mse_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,7 +92,7 @@ def build(args: argparse.Namespace, which: str) -> Callable[[], float]:
         optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, foreach=True)
 
         def ours_step() -> float:
-            out = step_loss(ours, batch, s, noise, mse_per_sample, patch=cfg.patch_size)
+            out = step_loss(ours, batch, s, noise, PLAIN_MSE, patch=cfg.patch_size)
             out.loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
