@@ -4,7 +4,8 @@
 
     .venv/bin/python scripts/make_workflows.py                 # every workflow
     .venv/bin/python scripts/make_workflows.py basic_edit      # some of them
-    .venv/bin/python -m pytest tests/test_comfyui_frontend.py  # then: checks them, refreshes docs/workflows/*.png
+    FIRERED_REFRESH_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_comfyui_frontend.py  # checks them and
+                                                                            # refreshes docs/workflows/*.png
 
 Needs ``bash scripts/comfyui_env.sh`` and ``bash scripts/frontend_env.sh``. It starts ComfyUI 0.3.75 on 127.0.0.1
 with this plugin, opens its page in headless Chromium, and for each graph below creates the nodes with the front

@@ -7,13 +7,15 @@ workflow: no toast (the schema alert "Invalid workflow against zod schema" is on
 dialog (the missing-node warning is one), every node type known to the front end, no two node rectangles (title
 bar included) overlapping, the front end keeps every saved value, and its own API conversion
 (``app.graphToPrompt``) equals ours (tests/workflow_convert.py), which test_comfyui_workflows.py sends to /prompt.
-A screenshot of each loaded workflow is written to docs/workflows/<name>.png (palette PNG, small). No model
-weights are needed.
+A screenshot of each loaded workflow is taken (palette PNG, small) into the test's temp folder; with
+``FIRERED_REFRESH_SCREENSHOTS=1`` into docs/workflows/<name>.png instead, which is how the committed pictures are
+refreshed by hand (the tests never write into the checkout otherwise). No model weights are needed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from .workflow_inputs import write_example_inputs
 pytestmark = pytest.mark.slow
 
 WORKFLOWS_DIR = REPO / "workflows"
-SCREENSHOTS_DIR = REPO / "docs" / "workflows"
+DOCS_SCREENSHOTS = REPO / "docs" / "workflows"
+REFRESH_ENV = "FIRERED_REFRESH_SCREENSHOTS"
 EXPECTED = ("basic_edit", "multi_image_edit", "text_edit", "identity_edit", "lightning_edit", "train_lora_then_edit")
 NODE_FIELDS = ("id", "type", "pos", "size", "flags", "order", "mode", "properties")  # what the schema requires
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
@@ -44,14 +47,16 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     require_frontend()
     base = tmp_path_factory.mktemp("comfyui-frontend")
     write_example_inputs(base / "input")  # the Load Image previews (a user's own pictures in real life)
-    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
-    tasks = [{"name": p.stem, "load": _load(p), "screenshot": SCREENSHOTS_DIR / f"{p.stem}.png"} for p in WORKFLOWS]
+    shots = DOCS_SCREENSHOTS if os.environ.get(REFRESH_ENV) == "1" else base / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    tasks = [{"name": p.stem, "load": _load(p), "screenshot": shots / f"{p.stem}.png"} for p in WORKFLOWS]
     with start_server(base) as server:
         object_info = server.get_json("/object_info")
         result = run_frontend(server.url, tasks)
     for task in tasks:
         shrink_png(task["screenshot"])
-    return {"setup": result["setup"], "tasks": {t["name"]: t for t in result["tasks"]}, "object_info": object_info}
+    return {"setup": result["setup"], "tasks": {t["name"]: t for t in result["tasks"]}, "object_info": object_info,
+            "screenshots": shots}
 
 
 def test_every_use_has_a_workflow() -> None:
@@ -81,7 +86,7 @@ def test_workflow_loads_without_warnings(loaded: dict[str, Any], path: Path) -> 
     task = loaded["tasks"][path.stem]
     assert not problems(task), problems(task)
     assert len(task["rects"]) == len(_load(path)["nodes"])
-    screenshot = SCREENSHOTS_DIR / f"{path.stem}.png"
+    screenshot = loaded["screenshots"] / f"{path.stem}.png"
     assert screenshot.is_file() and 5_000 < screenshot.stat().st_size < 400_000, screenshot
 
 
