@@ -16,7 +16,7 @@ from diffusers import AutoencoderKLQwenImage
 from firered_core.config import VAEConfig, get_preset
 from firered_core.vae import FireRedVAE, _tile_spans
 
-TOL = 1e-4
+TOL = 1e-5
 
 SMALL = VAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=2, temperal_downsample=(False, True, True),
                   latents_mean=(0.3, -0.5, 0.1, 0.9), latents_std=(2.0, 0.7, 1.3, 1.1))
