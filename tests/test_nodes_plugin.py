@@ -148,7 +148,7 @@ def test_bridge_without_comfyui() -> None:
     assert comfy_bridge.devices() == (torch.device("cpu"), torch.device("cpu"))
     assert comfy_bridge.default_dtype() == torch.float32
     assert comfy_bridge.manage(torch.nn.Linear(2, 2)) is None
-    comfy_bridge.load_for_use(None)  # nothing to do, no error
+    comfy_bridge.load_for_use([None])  # nothing to do, no error
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "..\\x", "x\x00.safetensors", "", "  ", None, 3])
