@@ -40,3 +40,11 @@ def measure_in_child(script: str, which: str, forwarded: list[str], threads: int
     cmd = [sys.executable, script, "--memory-child", which, *forwarded]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def ratio_text(ours_mb: float, reference_mb: float) -> str:
+    """``ours / reference`` to three places, or a note when the reference peak was too small to measure (tiny
+    settings: the kernel's accounting works in pages, so a forward can show no extra memory at all)."""
+    if reference_mb <= 0:
+        return "n/a (the reference's peak is below what the kernel's accounting shows)"
+    return f"{ours_mb / reference_mb:.3f}"

@@ -42,7 +42,7 @@ from firered_core.transformer import FireRedTransformer
 from firered_train.batch import TrainBatch
 from firered_train.config.sections import ObjectiveConfig
 from firered_train.step import step_loss
-from procmem import measure_in_child, print_peak_extra
+from procmem import measure_in_child, print_peak_extra, ratio_text
 
 
 # the trainer's objective reduced to the plain per-sample MSE the reference side computes (no outlier mask)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
           f"diffusers+peft {times['diffusers'] * 1e3:.0f} ms -> ratio {times['ours'] / times['diffusers']:.3f}")
     print(f"peak extra memory of one step: ours {memory['ours']['peak_extra_mb']:.1f} MB, diffusers+peft "
           f"{memory['diffusers']['peak_extra_mb']:.1f} MB -> ratio "
-          f"{memory['ours']['peak_extra_mb'] / memory['diffusers']['peak_extra_mb']:.3f}")
+          f"{ratio_text(memory['ours']['peak_extra_mb'], memory['diffusers']['peak_extra_mb'])}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 
 from firered_core.config import TransformerConfig, get_preset
 from firered_core.transformer import FireRedTransformer
-from procmem import measure_in_child, print_peak_extra
+from procmem import measure_in_child, print_peak_extra, ratio_text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{times['ours'] / times['diffusers']:.3f}")
     print(f"peak extra memory of one forward: ours {memory['ours']['peak_extra_mb']:.1f} MB, diffusers "
           f"{memory['diffusers']['peak_extra_mb']:.1f} MB -> ratio ours/diffusers "
-          f"{memory['ours']['peak_extra_mb'] / memory['diffusers']['peak_extra_mb']:.3f}")
+          f"{ratio_text(memory['ours']['peak_extra_mb'], memory['diffusers']['peak_extra_mb'])}")
     rate = {name: flops[name] / t / 1e9 for name, t in times.items()}
     print(f"forward matmul work: ours {flops['ours'] / 1e9:.1f} GFLOP (lean last block), diffusers "
           f"{flops['diffusers'] / 1e9:.1f} GFLOP")
