@@ -300,16 +300,16 @@ def fits_whole(patcher: Any) -> bool:
     return free >= patcher.model_size() + management.minimum_inference_memory()
 
 
-def load_for_use(patchers: "Sequence[Any]", memory_required: int = 0, full: bool = False) -> None:
+def load_for_use(patchers: "Sequence[Any]", full: bool = False) -> None:
     """Ask ComfyUI to put these patchers' models on the compute device, freeing or offloading others as needed.
 
-    No full load is forced: where the device is short of memory ComfyUI loads what fits and leaves the rest of
-    the layers on the offload device, which stream their weights at compute time (every FireRed layer speaks
-    ComfyUI's ``comfy_cast_weights`` protocol, see ``firered_core.ops``). ``memory_required``: bytes the coming
-    computation needs beside the weights (ComfyUI keeps that much free). ``full`` loads every weight (training,
-    whose trainer computes where the transformer's parameters are).
+    Unless ``full``, no full load is forced: where the device is short of memory ComfyUI loads what fits and
+    leaves the rest of the layers on the offload device, which stream their weights at compute time (every FireRed
+    layer speaks ComfyUI's ``comfy_cast_weights`` protocol, see ``firered_core.ops``); ComfyUI's inference reserve
+    stands for the activations. ``full`` loads every weight (training, whose trainer computes where the
+    transformer's parameters are; a component with LoRA adapters that fits whole).
     """
     management = comfy_module("comfy.model_management")
     live = [p for p in patchers if p is not None]
     if management is not None and live:
-        management.load_models_gpu(live, memory_required=memory_required, force_full_load=full)
+        management.load_models_gpu(live, force_full_load=full)

@@ -35,10 +35,6 @@ class ComponentWeights(nn.Module):
         adopt(module)
         self.add_module(self.part, module)
 
-    @property
-    def component(self) -> nn.Module:
-        return getattr(self, self.part)
-
 
 class FireRedEncoderWeights(ComponentWeights):
     part = "encoder"

@@ -199,7 +199,7 @@ def load_transformer_file(path: str | os.PathLike, *, dtype: torch.dtype = torch
                                      axes_dims_rope=axes_dims_rope, ops=ops, map_blocks=map_blocks)
     raw, kind = _open_as(path, "transformer")
     with raw:
-        source = DequantizingSource(raw)
+        source = ScaledFP8Source(raw)
         mapping = transformer_key_map(kind, source.keys())
         shapes = {m: raw.shape(k) for k, m in mapping.items() if m is not None}
         if f"{kind.prefix}{ZERO_COND_T_MARKER}" in raw:  # the 2511 marker is not a weight but sets zero_cond_t
@@ -221,7 +221,7 @@ def load_vae_file(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
     """The VAE from one single file, in ComfyUI's Wan names or diffusers' names."""
     raw, kind = _open_as(path, "vae")
     with raw:
-        source = DequantizingSource(raw)
+        source = ScaledFP8Source(raw)
         keys = source.keys()
         mapping = wan_to_diffusers_vae_keys(keys, raw.name) if kind.layout == "wan" else {k: k for k in keys}
         shapes = {mapping[k]: raw.shape(k) for k in keys}
