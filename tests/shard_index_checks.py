@@ -16,7 +16,7 @@ from PIL import Image
 
 from firered_train.data import SkipLog
 from firered_train.data.readers import shard_index
-from firered_train.records import read_records
+from firered_train.data.records import read_records
 
 INDEX_LOGGER = "firered_train.data.readers.shard_index"
 

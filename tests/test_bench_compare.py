@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from firered_train.synthetic.bench import run_benchmark, summarise
-from firered_train.synthetic.bench_compare import (compare, format_comparison, load_runs, register_bench_compare,
+from firered_bench.evaluate.bench import run_benchmark
+from firered_bench.evaluate.summary import summarise
+from firered_bench.evaluate.compare import (compare, format_comparison, load_runs, register_bench_compare,
                                                    sign_test)
-from firered_train.synthetic.bench_report import write_report
+from firered_bench.evaluate.report import write_report
 
 TASKS = ("color", "remove", "t2i")
 

@@ -8,7 +8,7 @@ test closes the loop from the training side, with the file a training run export
    seeded random weights, saved with ``save_comfy_transformer`` into a ComfyUI base directory, and a small random
    VAE with the 16 latent channels that transformer expects (``save_comfy_vae``).
 2. A latent cache of a few synthetic edit pairs (``tests/train_fixtures.py``), built with ``build_cache`` from
-   that VAE and a random tiny Qwen2.5-VL encoder (``firered_train.tiny_encoder``) of width 3584, the transformer's
+   that VAE and a random tiny Qwen2.5-VL encoder (``firered_train.model.tiny_encoder``) of width 3584, the transformer's
    ``joint_attention_dim``: the cheapest real condition of the right width. The single files carry no text
    encoder, so the run must read a cache.
 3. ``firered train tiny_lora`` in a subprocess, ``model.weights`` pointing at the two files, for ``STEPS`` LoRA
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from firered_train.cache_build import build_cache, make_cache_spec
+from firered_train.cache.build import build_cache, make_cache_spec
 from firered_train.config import TrainConfig, load_config
-from firered_train.records import read_records
-from firered_train.tiny_encoder import tiny_qwen_vl_encoder
+from firered_train.data.records import read_records
+from firered_train.model.tiny_encoder import tiny_qwen_vl_encoder
 
 from firered_core.config import VAEConfig
 from firered_core.loading import (

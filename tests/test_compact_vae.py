@@ -14,10 +14,10 @@ from firered_core.config import CompactVAEConfig, VAEConfig, get_preset
 from firered_core.loading import save_component_folder
 from firered_core.loading.diffusers_folder import load_vae_dir
 from firered_core.vae import FireRedVAE
-from firered_train.checkpoint import list_checkpoints
+from firered_train.state.checkpoint import list_checkpoints
 from firered_train.config import load_config
-from firered_train.model import load_trained_vae
-from firered_train.vae_trainer import VAETrainer, psnr_db
+from firered_train.model.components import load_trained_vae
+from firered_train.loop.vae_trainer import VAETrainer, psnr_db
 
 from .train_fixtures import make_pairs
 

@@ -15,7 +15,7 @@ from firered_core.loading import save_component_folder
 from firered_core.loading.save import write_safetensors
 from firered_core.pipeline import FireRedEditPipeline
 from firered_core.transformer import FireRedTransformer
-from firered_train.default_export import export_default
+from firered_train.export.default_model import export_default
 
 DEFAULTS = {"steps": 2, "true_cfg_scale": 3.0, "area": 4096}
 
@@ -88,7 +88,7 @@ def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts
     import sys
 
     from firered_core.default import apply_defaults, pipe_defaults
-    from firered_train.synthetic.bench import _pipeline
+    from firered_bench.evaluate.bench import _pipeline
 
     out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
     assert pipe_defaults(out) == DEFAULTS and pipe_defaults(tmp_path) == {}
@@ -136,8 +136,8 @@ def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_p
     import argparse
 
     from firered_core.preserve import PreserveConfig
-    from firered_train.default_export import register_export_default
-    from firered_train.synthetic.bench import _pipeline
+    from firered_train.export.default_model import register_export_default
+    from firered_bench.evaluate.bench import _pipeline
 
     parser = argparse.ArgumentParser()
     run = register_export_default(parser)
@@ -154,8 +154,8 @@ def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp
     """``--stochastic-sampling`` goes into the folder's scheduler config, which the loader (and diffusers) read."""
     import argparse
 
-    from firered_train.default_export import register_export_default
-    from firered_train.synthetic.bench import _pipeline
+    from firered_train.export.default_model import register_export_default
+    from firered_bench.evaluate.bench import _pipeline
 
     parser = argparse.ArgumentParser()
     run = register_export_default(parser)

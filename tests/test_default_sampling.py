@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from firered_core.default import is_available, load_default_pipeline
-from firered_train.synthetic import generate
-from firered_train.synthetic.generator import GeneratorConfig
+from firered_bench import generate
+from firered_bench.generate.generator import GeneratorConfig
 
 from .edit_cli import edit_with_each
 
@@ -51,7 +51,7 @@ def test_the_shipped_scheduler_samples_stochastically_and_a_seed_still_fixes_the
 
 
 def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from firered_train.synthetic.bench import register_bench
+    from firered_bench.evaluate.bench import register_bench
 
     parser = argparse.ArgumentParser()
     run = register_bench(parser)

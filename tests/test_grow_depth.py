@@ -15,8 +15,8 @@ from firered_core.loading import save_component_folder
 from firered_core.loading.diffusers_folder import load_transformer_dir
 from firered_core.loading.save import write_safetensors
 from firered_core.transformer import FireRedTransformer
-from firered_train.default_export import export_default
-from firered_train.grow_depth import grow_depth, grow_state
+from firered_train.export.default_model import export_default
+from firered_train.export.grow_depth import grow_depth, grow_state
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from firered_core.loading import save_component_folder
 from firered_core.loading.diffusers_folder import load_vae_dir
 from firered_core.pixel_vae import PixelVAE
 from firered_train.config import load_config
-from firered_train.model import load_trained_vae
-from firered_train.vae_trainer import VAETrainer
+from firered_train.model.components import load_trained_vae
+from firered_train.loop.vae_trainer import VAETrainer
 
 from .train_fixtures import make_pairs
 
@@ -97,8 +97,8 @@ def test_a_pixel_model_exports_and_edits(tmp_path: Path) -> None:
     from firered_core.loading.save import write_safetensors
     from firered_core.pipeline import FireRedEditPipeline
     from firered_core.transformer import FireRedTransformer
-    from firered_train.default_export import export_default
-    from firered_train.synthetic.bench import vae_round_trip
+    from firered_train.export.default_model import export_default
+    from firered_bench.evaluate.bench import vae_round_trip
 
     torch.manual_seed(0)
     preset = get_preset("firered-pixel")

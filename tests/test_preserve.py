@@ -12,9 +12,9 @@ from PIL import Image
 from firered_core.default import apply_defaults, is_available, load_default_pipeline
 from firered_core.images import to_tensor
 from firered_core.preserve import PreserveConfig, blend_unedited, edited_mask
-from firered_train.synthetic import generate
-from firered_train.synthetic.bench import vae_round_trip
-from firered_train.synthetic.generator import GeneratorConfig
+from firered_bench import generate
+from firered_bench.evaluate.bench import vae_round_trip
+from firered_bench.generate.generator import GeneratorConfig
 
 from .edit_cli import edit_with_each
 
@@ -179,7 +179,7 @@ def test_the_cli_switch_and_the_written_metadata(tmp_path: Path) -> None:
 
 
 def test_the_benchmark_says_whether_it_was_on() -> None:
-    from firered_train.synthetic.bench_report import settings_line
+    from firered_bench.evaluate.report import settings_line
 
     summary = {"steps": 40, "true_cfg_scale": 1.0, "seed": 1, "per_category": 20}
     assert settings_line({**summary, "preserve_unedited": True}) == (

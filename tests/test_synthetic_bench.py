@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from firered_train.synthetic import TASK_OPS
-from firered_train.synthetic.bench import format_table, most_missed, run_benchmark, summarise
-from firered_train.synthetic.bench_report import (TABLE_END, TABLE_START, markdown_table, update_marked_table,
+from firered_bench import TASK_OPS
+from firered_bench.evaluate.bench import run_benchmark
+from firered_bench.evaluate.summary import format_table, most_missed, summarise
+from firered_bench.evaluate.report import (TABLE_END, TABLE_START, markdown_table, update_marked_table,
                                                   write_report)
 
 
@@ -50,7 +51,7 @@ def test_vae_round_trip_keeps_size_and_mode() -> None:
 
     from firered_core.compact_vae import create_vae
     from firered_core.config import get_preset
-    from firered_train.synthetic.bench import vae_round_trip
+    from firered_bench.evaluate.bench import vae_round_trip
 
     torch.manual_seed(0)
     vae = create_vae(get_preset("firered-default").vae)
@@ -82,7 +83,7 @@ def test_report_folder_is_complete_and_never_silently_replaced(tmp_path: Path, g
 
 
 def test_bench_command_refuses_bad_arguments(tmp_path: Path) -> None:
-    from firered_train.synthetic.bench import register_bench
+    from firered_bench.evaluate.bench import register_bench
 
     parser = argparse.ArgumentParser()
     run = register_bench(parser)
@@ -138,8 +139,8 @@ def test_the_summary_counts_the_checks_each_category_missed(graded: dict[str, tu
 
 
 def test_a_result_of_the_wrong_size_misses_the_size_check() -> None:
-    from firered_train.synthetic.checks import check
-    from firered_train.synthetic.generator import generate
+    from firered_bench.grade.checks import check
+    from firered_bench.generate.generator import generate
 
     sample = next(iter(generate("heldout", 1)))
     verdict = check(list(sample.sources), sample.target.resize((32, 32)), sample.spec)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from firered_train.synthetic import TASK_OPS, check, generate, psnr, ssim
-from firered_train.synthetic.criteria import background_of, dilate, inside, spec_shape_mask, spec_text_mask
-from firered_train.synthetic.pixel_ops import apply_op
-from firered_train.synthetic.render import render_scene
-from firered_train.synthetic.scene import scene_from_dict
+from firered_bench import TASK_OPS, check, generate, psnr, ssim
+from firered_bench.grade.criteria import background_of, dilate, inside, spec_shape_mask, spec_text_mask
+from firered_bench.scenes.pixel_ops import apply_op
+from firered_bench.scenes.render import render_scene
+from firered_bench.scenes.scene import scene_from_dict
 
 ALL_OPS = sorted({op for ops in TASK_OPS.values() for op in ops})
 PER_OP = 4

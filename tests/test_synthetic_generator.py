@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from firered_train.data.readers import read_jsonl
-from firered_train.synthetic import TASK_OPS, GeneratorConfig, SceneOptions, check, generate, write_dataset
-from firered_train.synthetic.checks import CheckThresholds
-from firered_train.synthetic.cli import main as cli_main
-from firered_train.synthetic.generator import is_heldout, png_bytes
-from firered_train.synthetic.palette import BACKGROUND_COLORS, CANVAS, OBJECT_COLORS, SHAPE_KINDS
-from firered_train.synthetic.phrasing import TEMPLATES
-from firered_train.synthetic.render import render_scene, text_fits
-from firered_train.synthetic.scene import Scene, Shape, scene_from_dict
-from firered_train.synthetic.palette import WORDS
+from firered_bench import TASK_OPS, GeneratorConfig, SceneOptions, check, generate, write_dataset
+from firered_bench.grade.checks import CheckThresholds
+from firered_bench.cli import main as cli_main
+from firered_bench.generate.generator import is_heldout, png_bytes
+from firered_bench.scenes.palette import BACKGROUND_COLORS, CANVAS, OBJECT_COLORS, SHAPE_KINDS
+from firered_bench.generate.phrasing import TEMPLATES
+from firered_bench.scenes.render import render_scene, text_fits
+from firered_bench.scenes.scene import Scene, Shape, scene_from_dict
+from firered_bench.scenes.palette import WORDS
 
 N_TASKS = len(TASK_OPS)
 

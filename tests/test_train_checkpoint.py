@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from firered_train import checkpoint as ckpt_mod
-from firered_train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+from firered_train.state import checkpoint as ckpt_mod
+from firered_train.state.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       resolve_checkpoint, save_checkpoint)
-from firered_train.rng_state import capture_rng_states, restore_rng_states
-from firered_train.state_codec import StateCodecError, decode_state, encode_state
+from firered_train.state.rng import capture_rng_states, restore_rng_states
+from firered_train.state.codec import StateCodecError, decode_state, encode_state
 
 
 # ---------------------------------------------------------------- a tiny training setup
@@ -134,7 +134,7 @@ def test_failed_save_leaves_latest_on_the_previous_checkpoint(tmp_path: Path,
 def test_sigkill_mid_save_leaves_no_partial_checkpoint(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, torch
-        from firered_train.checkpoint import save_checkpoint
+        from firered_train.state.checkpoint import save_checkpoint
         root = {str(tmp_path)!r}
         save_checkpoint(root, 1, model_state={{"w": torch.zeros(3)}})
         real_replace = os.replace

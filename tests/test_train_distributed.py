@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from firered_train.config import ModelConfig
-from firered_train.model import build_components
+from firered_train.model.components import build_components
 
 from tests.train_fixtures import cli, cli_env, free_port, make_pairs, read_tensors, tiny_overrides
 
@@ -72,7 +72,7 @@ def test_train_command_leaves_its_process_group_even_when_it_fails(tmp_path: Pat
     import torch.distributed as dist
 
     from firered_train.cli import run_train
-    from firered_train.distributed import leave_process_group
+    from firered_train.scale.distributed import leave_process_group
 
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from firered_train.config import LoRAConfig, ModelConfig
-from firered_train.model import build_components, make_trainable
-from firered_train.sharding import materialize, meta_copy
+from firered_train.model.components import build_components, make_trainable
+from firered_train.scale.sharding import materialize, meta_copy
 
 from tests.train_fixtures import cli, cli_env, free_port, make_pairs, read_tensors, tiny_overrides
 

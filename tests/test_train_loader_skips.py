@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from firered_train.data import BucketBatchSampler, BucketSamplerConfig, SIAConfig, SkipLog
-from firered_train.loader import StepDataset, make_loader
-from firered_train.records import read_records
+from firered_train.loop.loader import StepDataset, make_loader
+from firered_train.data.records import read_records
 
 from tests.train_fixtures import make_pairs
 

@@ -17,10 +17,10 @@ import torch
 
 from firered_core.lora import apply_lora, list_loras
 from firered_core.loading import open_weights
-from firered_train.cache_run import cache_from_config
+from firered_train.cache.command import cache_from_config
 from firered_train.config import ModelConfig, load_config
-from firered_train.model import build_components
-from firered_train.trainer import Trainer
+from firered_train.model.components import build_components
+from firered_train.loop.trainer import Trainer
 
 from tests.train_fixtures import make_pairs, tiny_overrides
 
@@ -90,11 +90,11 @@ def test_tiny_lora_run_exports_a_lora_that_firered_core_loads(cached_data: Path)
 @pytest.mark.slow
 def test_training_from_the_cache_sees_exactly_what_online_encoding_gives(cached_data: Path) -> None:
     """The cache is an exact stand-in: same latents, same condition, same null condition."""
-    from firered_train.batch import NullCondition, encode_pixel_batch
-    from firered_train.cache import LatentCache
+    from firered_train.loop.batch import NullCondition, encode_pixel_batch
+    from firered_train.cache.store import LatentCache
     from firered_train.data import BucketBatchSampler, SIAConfig
-    from firered_train.loader import StepDataset
-    from firered_train.records import read_records
+    from firered_train.loop.loader import StepDataset
+    from firered_train.data.records import read_records
 
     cfg = load_config("tiny_sft", tiny_overrides(cached_data, steps=10))
     comps = build_components(cfg.model, seed=cfg.seed)
@@ -152,7 +152,7 @@ def test_held_out_loss_is_also_logged_per_task(tmp_path: Path) -> None:
 def test_loss_by_task_groups_and_checks_lengths() -> None:
     from types import SimpleNamespace
 
-    from firered_train.validation import loss_by_task
+    from firered_train.loop.validation import loss_by_task
 
     samples = [SimpleNamespace(task=t) for t in ("remove", "add", "remove")]
     assert loss_by_task(samples, [1.0, 4.0, 3.0]) == {"add": 4.0, "remove": 2.0}

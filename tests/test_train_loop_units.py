@@ -11,16 +11,16 @@ import torch
 from PIL import Image
 
 from firered_core.config import ConfigError
-from firered_train.batch import pad_conditions, placeholder_batch
-from firered_train.cache import CachedSample, CacheError, CacheSpec, CacheWriter, LatentCache
+from firered_train.loop.batch import pad_conditions, placeholder_batch
+from firered_train.cache.store import CachedSample, CacheError, CacheSpec, CacheWriter, LatentCache
 from firered_train.cli import split_overrides
 from firered_train.config import OptimConfig
 from firered_train.data import BucketBatchSampler, BucketSamplerConfig, SIAConfig, SkipLog
 from firered_train.data.buckets import BucketDims, Dims
-from firered_train.distributed import fsdp_plugin, sample_generator
-from firered_train.optim import build_lr_schedule, build_optimizer, lr_factor
-from firered_train.pixels import fit_image, load_pixel_batch
-from firered_train.records import read_records
+from firered_train.scale.distributed import fsdp_plugin, sample_generator
+from firered_train.loop.optim import build_lr_schedule, build_optimizer, lr_factor
+from firered_train.data.pixels import fit_image, load_pixel_batch
+from firered_train.data.records import read_records
 
 from tests.train_fixtures import ROOT, make_pairs
 

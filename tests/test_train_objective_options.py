@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from firered_core.config import ConfigError
-from firered_train.batch import TrainBatch
+from firered_train.loop.batch import TrainBatch
 from firered_train.config import EMAConfig, ObjectiveConfig, TrainConfig, load_config
-from firered_train.distributed import sample_generator
+from firered_train.scale.distributed import sample_generator
 from firered_train.objectives import (EMA, TimestepConfig, TimestepSampler, flow_matching_loss, timestep_generator,
                                       timestep_generators)
-from firered_train.step import changed_token_weights, pack_batch, seeded_levels, step_loss
+from firered_train.loop.step import changed_token_weights, pack_batch, seeded_levels, step_loss
 
 
 def _uniform(**kw: object) -> TimestepSampler:

@@ -13,7 +13,7 @@ import pytest
 from firered_train.data import BadSampleError, SkipLog
 from firered_train.data.readers import iter_parquet_samples, parquet_index, shard_index
 from firered_train.data.readers.parquet import ParquetCell
-from firered_train.records import read_records
+from firered_train.data.records import read_records
 
 from .shard_index_checks import damaged_index_is_rebuilt, png, second_read_uses_the_index, unwritable_folder_reads_lazily
 

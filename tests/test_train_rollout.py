@@ -1,4 +1,4 @@
-"""Rollout inputs (``objective.rollout``, ``firered_train.rollout``): the corrected velocity target, which
+"""Rollout inputs (``objective.rollout``, ``firered_train.loop.rollout``): the corrected velocity target, which
 micro-steps roll out and at which sampler level, the sampler state by hand, and real tiny training runs with the
 option on (reproducible, and not the plain run)."""
 
@@ -12,14 +12,14 @@ from torch import nn
 
 from firered_core.config import ConfigError, SchedulerConfig
 from firered_core.schedule import flow_sigmas
-from firered_train.batch import TrainBatch
-from firered_train.cache_run import cache_from_config
+from firered_train.loop.batch import TrainBatch
+from firered_train.cache.command import cache_from_config
 from firered_train.config import ObjectiveConfig, RolloutConfig, load_config
 from firered_train.objectives import corrected_target, flow_target, noisy_sample
 from firered_train.observe.metrics_log import read_metrics
-from firered_train.rollout import RolloutLevel, rollout_level, rollout_start
-from firered_train.step import pack_batch, seeded_noise, step_loss
-from firered_train.trainer import Trainer
+from firered_train.loop.rollout import RolloutLevel, rollout_level, rollout_start
+from firered_train.loop.step import pack_batch, seeded_noise, step_loss
+from firered_train.loop.trainer import Trainer
 
 from tests.train_fixtures import make_pairs, tiny_overrides
 

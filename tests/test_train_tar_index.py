@@ -12,7 +12,7 @@ import pytest
 
 from firered_train.data import EditRecord, ImageRef, SkipLog
 from firered_train.data.readers import iter_tar_samples, tar_index, write_tar_shards
-from firered_train.records import read_records
+from firered_train.data.records import read_records
 
 from .shard_index_checks import damaged_index_is_rebuilt, png, second_read_uses_the_index, unwritable_folder_reads_lazily
 
