@@ -329,10 +329,10 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     # The embedded default (firered_core.default): a 6-block MMDiT over the 16-channel, 4x-compressed latent of a
     # small convolutional VAE, conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by
-    # train/configs/default_*.yaml (docs/default_model/RECIPE.md says why its VAE is not the Qwen-Image architecture).
+    # recipes/default_model/ (docs/default_model/RECIPE.md says why its VAE is not the Qwen-Image architecture).
     "firered-default": ModelPreset(transformer=_DEFAULT_TRANSFORMER, vae=_DEFAULT_VAE),
     # firered-default grown to 8 blocks (firered grow-depth: copies of blocks 1 and 3 with zeroed gates), the
-    # shipped default's architecture from step 10 of its recipe (docs/default_model/RECIPE.md).
+    # shipped default's architecture from recipes/default_model/10_deep.yaml on.
     "firered-default-deep": ModelPreset(transformer=dataclasses.replace(_DEFAULT_TRANSFORMER, num_layers=8),
                                         vae=_DEFAULT_VAE),
     # The same MMDiT in pixel space: a lossless 4x space-to-depth autoencoder (PixelVAE, 48 channels), so the
