@@ -304,7 +304,7 @@ class ModelPreset:
 _TINY_VAE = VAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(False, True),
                       latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.8, 1.2, 1.0))
 
-# The embedded default model (docs/DEFAULT_MODEL.md): a 6-block MMDiT of width 192 over CompactVAE's 16 channels.
+# The embedded default model (docs/default_model/RECIPE.md): a 6-block MMDiT of width 192 over CompactVAE's 16 channels.
 _DEFAULT_TRANSFORMER = TransformerConfig(patch_size=2, in_channels=64, out_channels=16, num_layers=6,
                                          attention_head_dim=32, num_attention_heads=6, joint_attention_dim=384,
                                          axes_dims_rope=(8, 12, 12))
@@ -329,15 +329,15 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     # The embedded default (firered_core.default): a 6-block MMDiT over the 16-channel, 4x-compressed latent of a
     # small convolutional VAE, conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by
-    # train/configs/default_*.yaml (docs/DEFAULT_MODEL.md says why its VAE is not the Qwen-Image architecture).
+    # recipes/default_model/ (docs/default_model/RECIPE.md says why its VAE is not the Qwen-Image architecture).
     "firered-default": ModelPreset(transformer=_DEFAULT_TRANSFORMER, vae=_DEFAULT_VAE),
     # firered-default grown to 8 blocks (firered grow-depth: copies of blocks 1 and 3 with zeroed gates), the
-    # shipped default's architecture from step 10 of its recipe (docs/DEFAULT_MODEL.md).
+    # shipped default's architecture from recipes/default_model/10_deep.yaml on.
     "firered-default-deep": ModelPreset(transformer=dataclasses.replace(_DEFAULT_TRANSFORMER, num_layers=8),
                                         vae=_DEFAULT_VAE),
     # The same MMDiT in pixel space: a lossless 4x space-to-depth autoencoder (PixelVAE, 48 channels), so the
     # transformer's 8x8-pixel patches are the pixels themselves. Measured against firered-default on the same data
-    # (docs/DEFAULT_MODEL.md, "Why not pixel space"): it learns far more slowly at this width.
+    # (docs/default_model/RECIPE.md, "Why not pixel space"): it learns far more slowly at this width.
     "firered-pixel": ModelPreset(
         transformer=dataclasses.replace(_DEFAULT_TRANSFORMER, in_channels=192, out_channels=48),
         vae=PixelVAEConfig(factor=4),

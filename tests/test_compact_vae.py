@@ -72,20 +72,26 @@ def test_folder_round_trip_is_exact(tmp_path: Path) -> None:
         load_trained_vae(str(tmp_path / "missing"))
 
 
-def _vae_cfg(tmp_path: Path, steps: int, extra: tuple[str, ...] = ()):  # noqa: ANN202
+@pytest.fixture
+def vae_step(recipes_dir: Path) -> Path:
+    """The embedded default's VAE run (step 1 of its recipe), the VAE training config these tests vary."""
+    return recipes_dir / "default_model" / "01_vae.yaml"
+
+
+def _vae_cfg(config: Path, tmp_path: Path, steps: int, extra: tuple[str, ...] = ()):  # noqa: ANN202
     make_pairs(tmp_path / "pairs", 12)
     (tmp_path / "pairs" / "broken.png").write_bytes(b"not a png")
     (tmp_path / "pairs" / "broken_target.png").write_bytes(b"not a png either")
     (tmp_path / "pairs" / "broken.txt").write_text("make it blue")
-    return load_config("default_vae", [f"--data.path={tmp_path / 'pairs'}", "--data.reader=folder",
-                                       f"--output_dir={tmp_path / 'run'}", f"--schedule.max_steps={steps}",
-                                       "--optim.warmup_steps=1", "--vae.batch_size=4", "--vae.crop=16",
-                                       "--vae.stats_images=8", "--vae.val_images=4", "--checkpoint.every_steps=3",
-                                       "--logging.every_steps=1", *extra])
+    return load_config(config, [f"--data.path={tmp_path / 'pairs'}", "--data.reader=folder",
+                                f"--output_dir={tmp_path / 'run'}", f"--schedule.max_steps={steps}",
+                                "--optim.warmup_steps=1", "--vae.batch_size=4", "--vae.crop=16",
+                                "--vae.stats_images=8", "--vae.val_images=4", "--checkpoint.every_steps=3",
+                                "--logging.every_steps=1", *extra])
 
 
-def test_vae_run_learns_exports_and_resumes_exactly(tmp_path: Path) -> None:
-    cfg = _vae_cfg(tmp_path, steps=6)
+def test_vae_run_learns_exports_and_resumes_exactly(vae_step: Path, tmp_path: Path) -> None:
+    cfg = _vae_cfg(vae_step, tmp_path, steps=6)
     first = VAETrainer(cfg)
     assert first.skips.total >= 1  # the broken pair is counted and skipped, never fatal
     before = first.validate()
@@ -107,8 +113,8 @@ def test_vae_run_learns_exports_and_resumes_exactly(tmp_path: Path) -> None:
         assert torch.equal(a, b), name
 
 
-def test_batches_depend_on_seed_and_step_only(tmp_path: Path) -> None:
-    trainer = VAETrainer(_vae_cfg(tmp_path, steps=2))
+def test_batches_depend_on_seed_and_step_only(vae_step: Path, tmp_path: Path) -> None:
+    trainer = VAETrainer(_vae_cfg(vae_step, tmp_path, steps=2))
     assert torch.equal(trainer.batch(5), trainer.batch(5))
     assert not torch.equal(trainer.batch(5), trainer.batch(6))
     assert trainer.batch(0).shape == (4, 3, 16, 16)
@@ -121,24 +127,24 @@ def test_psnr_db_on_levels() -> None:
     assert abs(float(psnr_db(a, b)) - 10 * torch.log10(torch.tensor(255.0 ** 2 / 1.0)).item()) < 0.2
 
 
-def test_bad_vae_section_names_the_key(tmp_path: Path) -> None:
+def test_bad_vae_section_names_the_key(vae_step: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="vae.batch_size"):
-        load_config("default_vae", ["--vae.batch_size=0"])
+        load_config(vae_step, ["--vae.batch_size=0"])
     with pytest.raises(Exception, match="target"):
-        load_config("default_vae", ["--target=decoder"])
+        load_config(vae_step, ["--target=decoder"])
     make_pairs(tmp_path / "wide", 2, size=(64, 32))
-    cfg = load_config("default_vae", [f"--data.path={tmp_path / 'wide'}", "--data.reader=folder",
-                                      f"--output_dir={tmp_path / 'run'}", "--vae.crop=48", "--vae.val_images=0"])
+    cfg = load_config(vae_step, [f"--data.path={tmp_path / 'wide'}", "--data.reader=folder",
+                                 f"--output_dir={tmp_path / 'run'}", "--vae.crop=48", "--vae.val_images=0"])
     with pytest.raises(ValueError, match="vae.crop"):
         VAETrainer(cfg).batch(0)
 
 
-def test_decoder_only_run_keeps_the_latents_exactly(tmp_path: Path) -> None:
+def test_decoder_only_run_keeps_the_latents_exactly(vae_step: Path, tmp_path: Path) -> None:
     """vae.train_parts: decoder continues an exported VAE with its encoder frozen: the latents (and the statistics
     they are normalised with) stay bitwise the same, so a transformer trained on them stays valid."""
-    VAETrainer(_vae_cfg(tmp_path, steps=3)).run()
+    VAETrainer(_vae_cfg(vae_step, tmp_path, steps=3)).run()
     base = load_trained_vae(str(tmp_path / "run" / "export"))
-    cfg = _vae_cfg(tmp_path, steps=4, extra=(f"--model.vae_weights={tmp_path / 'run' / 'export'}",
+    cfg = _vae_cfg(vae_step, tmp_path, steps=4, extra=(f"--model.vae_weights={tmp_path / 'run' / 'export'}",
                                             "--vae.train_parts=decoder", f"--output_dir={tmp_path / 'decoder'}"))
     trainer = VAETrainer(cfg)
     names = {n for n, p in trainer.vae.named_parameters() if p.requires_grad}
@@ -154,8 +160,8 @@ def test_decoder_only_run_keeps_the_latents_exactly(tmp_path: Path) -> None:
     assert result.steps == 4
 
 
-def test_decoder_only_needs_a_vae_to_start_from(tmp_path: Path) -> None:
+def test_decoder_only_needs_a_vae_to_start_from(vae_step: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="vae.train_parts"):
-        load_config("default_vae", ["--vae.train_parts=encoder"])
+        load_config(vae_step, ["--vae.train_parts=encoder"])
     with pytest.raises(Exception, match="needs model.vae_weights"):
-        VAETrainer(_vae_cfg(tmp_path, steps=1, extra=("--vae.train_parts=decoder",)))
+        VAETrainer(_vae_cfg(vae_step, tmp_path, steps=1, extra=("--vae.train_parts=decoder",)))

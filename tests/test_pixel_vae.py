@@ -72,11 +72,11 @@ def test_preset_and_folder_round_trip(tmp_path: Path) -> None:
     assert isinstance(load_trained_vae(str(tmp_path / "model" / "vae")), PixelVAE)
 
 
-def test_vae_run_only_measures_statistics(tmp_path: Path) -> None:
+def test_vae_run_only_measures_statistics(recipes_dir: Path, tmp_path: Path) -> None:
     make_pairs(tmp_path / "pairs", 8)
-    cfg = load_config("default_vae", [f"--data.path={tmp_path / 'pairs'}", "--data.reader=folder",
-                                      "--model.preset=firered-pixel", f"--output_dir={tmp_path / 'run'}",
-                                      "--vae.stats_images=6", "--vae.val_images=2"])
+    cfg = load_config(recipes_dir / "default_model" / "01_vae.yaml",
+                      [f"--data.path={tmp_path / 'pairs'}", "--data.reader=folder", "--model.preset=firered-pixel",
+                       f"--output_dir={tmp_path / 'run'}", "--vae.stats_images=6", "--vae.val_images=2"])
     trainer = VAETrainer(cfg)
     result = trainer.run()
     assert result.steps == 0 and trainer.optimizer is None

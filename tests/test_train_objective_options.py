@@ -6,6 +6,7 @@ select them."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -278,8 +279,8 @@ def test_unit_token_weights_change_nothing() -> None:
         flow_matching_loss(pred, target, token_weight=torch.ones(3, 4))
 
 
-def test_config_keys() -> None:
+def test_config_keys(recipes_dir: Path) -> None:
     assert ObjectiveConfig().changed_token_weight == 0.0  # off unless a config asks
     cfg = load_config("tiny_sft", ["--objective.changed_token_weight=2", "--objective.changed_token_threshold=0.2"])
     assert (cfg.objective.changed_token_weight, cfg.objective.changed_token_threshold) == (2.0, 0.2)
-    assert load_config("default_model_edit").objective.changed_token_weight == 3.0
+    assert load_config(recipes_dir / "default_model" / "05_edit.yaml").objective.changed_token_weight == 3.0
