@@ -5,7 +5,7 @@ subpackage of the plugin. Modules inside use relative imports only, so both name
 ``firered_core`` and never imports ComfyUI, the plugin's nodes or the benchmark (``firered_bench``).
 
 Subpackages, in layer order: a module imports only from its own subpackage and the ones listed before it
-(``tests/test_layering.py`` enforces this and the absence of import cycles).
+(``tests/project/test_layering.py`` enforces this and the absence of import cycles).
 
 - ``data``: edit-sample records, readers (hand-made folders, JSONL manifests, WebDataset tar and parquet shards),
   the Multi-Condition Aware Bucket Sampler, Stochastic Instruction Alignment, pictures fitted to buckets.
