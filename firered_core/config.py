@@ -211,7 +211,8 @@ class SchedulerConfig:
 
     Only the options the Qwen-Image family uses are modelled; the loader refuses configs that switch on others
     (karras/exponential/beta sigmas, inverted sigmas) rather than silently sampling differently.
-    ``stochastic_sampling`` is modelled: each step re-noises the predicted clean latents (``sampler``).
+    ``stochastic_sampling`` is modelled: it makes ``"stochastic"`` the default sampler, whose steps re-noise the
+    predicted clean latents (``sampler.stochastic_step``).
     """
 
     num_train_timesteps: int = 1000
