@@ -17,8 +17,8 @@ image samples have no source and are left out of that share.
 
 Each sample is also graded with its exact target sent through the model's VAE (encode, decode): the "ceiling"
 column, what a perfect transformer would score with this VAE, i.e. how much of the checks' budget the VAE alone
-spends. When the model keeps Picture 1's pixels outside the edited area (``preserve_unedited``, on for the
-embedded default; ``--no-preserve-unedited`` turns it off), the ceiling gets the same treatment: the target's
+spends. When the model keeps Picture 1's pixels outside the edited area (``keep_unedited``, on for the
+embedded default; ``--no-keep-unedited`` turns it off), the ceiling gets the same treatment: the target's
 latents against Picture 1's decide what is kept.
 
 Public API: ``run_benchmark``, ``register_bench``, ``run_bench``, ``vae_round_trip`` (the figures: ``summary``).
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
+
+from firered_core.cli import add_keep_unedited, add_sampler
 
 from ..generate.generator import TASK_OPS, SyntheticSample, generate
 from ..grade.checks import check
@@ -90,10 +92,8 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     parser.add_argument("--cfg", type=float, default=None, help="true CFG scale (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0, help="held-out sample seed (default 0)")
-    parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep Picture 1's pixels outside the edited area (default: the model's own setting)")
-    parser.add_argument("--stochastic-sampling", action=argparse.BooleanOptionalAction, default=None,
-                        help="re-noise every sampling step (default: the model's scheduler config)")
+    add_keep_unedited(parser, "keep Picture 1's pixels outside the edited area (default: the model's own setting)")
+    add_sampler(parser, "euler or stochastic (re-noise every step); default: the model's scheduler config")
     parser.add_argument("--out", default="outputs/bench_synthetic", help="report folder (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     parser.add_argument("--update-tables", nargs="+", default=(), metavar="DOC",
@@ -103,13 +103,12 @@ def register_bench(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
 
 
 def _pipeline(model: str | None) -> Any:
-    from firered_core.default import apply_defaults, load_default_pipeline, pipe_defaults
+    from firered_core.default import load_default_pipeline
     from firered_core.pipeline import FireRedEditPipeline
 
     if model is None:
         return load_default_pipeline()
-    # a folder from firered export-default: its steps, CFG and trained area
-    return apply_defaults(FireRedEditPipeline.from_pretrained(model), pipe_defaults(model))
+    return FireRedEditPipeline.from_pretrained(model)  # a folder from firered export-default: its defaults.json
 
 
 def vae_round_trip(vae: Any, image: Image.Image, source: Image.Image | None = None,
@@ -117,7 +116,7 @@ def vae_round_trip(vae: Any, image: Image.Image, source: Image.Image | None = No
     """``image`` encoded and decoded by ``vae`` at its own size (no resizing beyond the VAE's).
 
     With ``source`` (Picture 1) and a ``PreserveConfig`` ``preserve``, the decoded image keeps the source's pixels
-    outside the area where the two differ in latent space, as the pipeline's ``preserve_unedited`` does."""
+    outside the area where the two differ in latent space, as the pipeline's ``keep_unedited`` does."""
     import torch
 
     from firered_core.images import to_pil, to_tensor
@@ -145,14 +144,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace the report")
     pipe = _pipeline(args.model)
     steps, cfg = pipe.sampling_choice(args.steps, args.cfg)
-    preserve = pipe.preserve_config(args.preserve_unedited)
-    stochastic = pipe.stochastic_choice(args.stochastic_sampling)
+    preserve = pipe.keep_unedited_config(args.keep_unedited)
+    sampler = pipe.sampler_choice(args.sampler)
 
     def edit(sample: SyntheticSample, index: int) -> Image.Image:
         size = sample.target.size
         return pipe.edit(list(sample.sources), sample.instruction, steps=steps, true_cfg_scale=cfg, seed=index,
-                         width=size[0], height=size[1], preserve_unedited=preserve or False,
-                         stochastic_sampling=stochastic).image
+                         width=size[0], height=size[1], keep_unedited=preserve or False,
+                         sampler=sampler).image
 
     def through_vae(sample: SyntheticSample, index: int) -> Image.Image:
         source = sample.sources[0] if sample.sources else None
@@ -162,8 +161,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results, images = run_benchmark(edit, args.per_category, seed=args.seed, ceiling=through_vae)
     summary = summarise(results)
     summary.update({"model": args.model or "firered-default", "steps": steps, "true_cfg_scale": cfg,
-                    "preserve_unedited": preserve is not None,
-                    "stochastic_sampling": stochastic,
+                    "keep_unedited": preserve is not None, "sampler": sampler,
                     "per_category": args.per_category, "seed": args.seed,
                     "seconds": round(time.monotonic() - started, 1)})
     write_report(out, summary, results, images, overwrite=args.overwrite)

@@ -77,7 +77,7 @@ def _html(summary: dict[str, Any], results: Sequence[Any], grids: dict[str, str]
             f"<h1>Synthetic held-out benchmark: overall {100 * overall['success']:.1f}%</h1>"
             f"<p>model {html.escape(str(summary.get('model')))}, {summary.get('steps')} steps, true CFG "
             f"{summary.get('true_cfg_scale')}, "
-            f"preserve_unedited {'on' if summary.get('preserve_unedited') else 'off'}, "
+            f"keep_unedited {'on' if summary.get('keep_unedited') else 'off'}, "
             f"{summary.get('per_category')} samples per category, {summary.get('seconds')} s</p>"
             "<table><tr><th>category</th><th>n</th><th>success</th><th>PSNR to target</th>"
             "<th>closer than source</th><th>ceiling (target through the VAE)</th><th>most often missed check</th>"
@@ -105,10 +105,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
 def settings_line(summary: dict[str, Any]) -> str:
     """How the benchmark ran: sampling steps (stochastic or Euler), CFG, whether Picture 1 was kept outside the
     edit, held-out seed."""
-    kept = "on" if summary.get("preserve_unedited") else "off"
-    sampler = "stochastic" if summary.get("stochastic_sampling") else "Euler"
+    kept = "on" if summary.get("keep_unedited") else "off"
+    sampler = "stochastic" if summary.get("sampler") == "stochastic" else "Euler"
     return (f"Settings: {summary['steps']} {sampler} steps, true CFG {summary['true_cfg_scale']:g}, keep Picture 1 "
-            f"outside the edit (preserve_unedited) {kept}, held-out seed {summary.get('seed', 0)}, "
+            f"outside the edit (keep_unedited) {kept}, held-out seed {summary.get('seed', 0)}, "
             f"{summary.get('per_category', '?')} per category.")
 
 

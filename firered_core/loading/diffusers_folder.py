@@ -35,8 +35,7 @@ from typing import Any
 
 import torch
 
-from ..config import (COMPACT_VAE_CLASS, PIXEL_VAE_CLASS, CompactVAEConfig, ConfigError, PixelVAEConfig,
-                      SchedulerConfig, TransformerConfig, VAEConfig)
+from ..config import COMPACT_VAE_CLASS, CompactVAEConfig, ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
@@ -78,14 +77,12 @@ def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32
 
 def load_vae_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                  ops: SimpleNamespace = DEFAULT_OPS) -> FireRedVAE:
-    """``folder/vae`` as a ``FireRedVAE`` (or a ``CompactVAE`` / ``PixelVAE`` when its config names that class)."""
+    """``folder/vae`` as a ``FireRedVAE`` (or a ``CompactVAE`` when its config names that class)."""
     path = component_dir(Path(folder), "vae") / "config.json"
     class_name = read_json(path).get("_class_name")
-    config: VAEConfig | CompactVAEConfig | PixelVAEConfig
+    config: VAEConfig | CompactVAEConfig
     if class_name == COMPACT_VAE_CLASS:
         config = _config(path, CompactVAEConfig, COMPACT_VAE_CLASS)
-    elif class_name == PIXEL_VAE_CLASS:
-        config = _config(path, PixelVAEConfig, PIXEL_VAE_CLASS)
     else:
         config = _config(path, VAEConfig, "AutoencoderKLQwenImage")
     with component_source(folder, "vae") as source:

@@ -228,7 +228,11 @@ def test_text_to_image_overwrite_and_metadata(full_folder, tmp_path: Path,  # no
     assert code == 0, err
     meta = json.loads(Image.open(out).text["firered"])
     assert meta["instruction"] == "make it pop" and meta["seed"] == 3 and meta["steps"] == 1
+    assert meta["sampler"] == "euler" and meta["keep_unedited"] is False  # what ran: the folder's own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t2i.png"]  # no temp file left
+    code, _, err = _run(_edit(full_folder.folder, [], out, "--overwrite", "--stochastic-sampling"), capsys)
+    assert code == 0, err
+    assert json.loads(Image.open(out).text["firered"])["sampler"] == "stochastic"  # the older flag still works
 
 
 def _tiny_lora(path: Path, transformer_dim: int = 32, rank: int = 2) -> Path:
@@ -261,6 +265,42 @@ def test_lora_strength(full_folder, tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 # --- argument helpers ---------------------------------------------------------------------------------------------
+
+def test_keep_unedited_and_sampler_flags_and_their_older_names() -> None:
+    """``--[no-]keep-unedited`` and ``--sampler``; the names before the rename still parse, hidden from the help."""
+    from firered_core.sampler import SAMPLERS
+
+    parser = argparse.ArgumentParser()
+    cli.register_edit(parser)
+
+    def parse(*flags: str) -> argparse.Namespace:
+        return parser.parse_args(["--instruction", "x", "-o", "o.png", *flags])
+
+    assert (parse().keep_unedited, parse().sampler) == (None, None)  # the model's own
+    for flags, keep in ((["--keep-unedited"], True), (["--no-keep-unedited"], False),
+                        (["--preserve-unedited"], True), (["--no-preserve-unedited"], False)):
+        assert parse(*flags).keep_unedited is keep
+    for flags, sampler in ((["--sampler", "euler"], "euler"), (["--sampler=stochastic"], "stochastic"),
+                           (["--stochastic-sampling"], "stochastic"), (["--no-stochastic-sampling"], "euler")):
+        assert parse(*flags).sampler == sampler
+    with pytest.raises(SystemExit):
+        parse("--sampler", "ddim")
+    text = parser.format_help()
+    assert "--keep-unedited" in text and "--sampler {euler,stochastic}" in text
+    assert "preserve-unedited" not in text and "stochastic-sampling" not in text
+    assert cli.SAMPLERS == SAMPLERS
+
+
+def test_the_benchmark_takes_the_same_flags_and_their_older_names() -> None:
+    from firered_bench.evaluate.bench import register_bench
+
+    parser = argparse.ArgumentParser()
+    register_bench(parser)
+    args = parser.parse_args(["synthetic", "--no-preserve-unedited", "--stochastic-sampling"])
+    assert (args.keep_unedited, args.sampler) == (False, "stochastic")
+    args = parser.parse_args(["synthetic", "--keep-unedited", "--sampler", "euler"])
+    assert (args.keep_unedited, args.sampler) == (True, "euler")
+
 
 def test_parse_lora(tmp_path: Path) -> None:
     f = tmp_path / "a.safetensors"

@@ -26,7 +26,7 @@ def _color_edit():  # noqa: ANN202 - the generator's sample type
 
 def _edit(pipe, sample, seed: int, **options: object) -> np.ndarray:  # noqa: ANN001 - pipeline, generator sample
     result = pipe.edit(list(sample.sources), sample.instruction, steps=8, true_cfg_scale=1.0, seed=seed,
-                       preserve_unedited=False, **options)
+                       keep_unedited=False, **options)
     return np.asarray(result.image)
 
 
@@ -37,17 +37,18 @@ def test_the_shipped_scheduler_samples_stochastically_and_a_seed_still_fixes_the
     first, again, other = _edit(pipe, sample, 0), _edit(pipe, sample, 0), _edit(pipe, sample, 1)
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
-    euler = _edit(pipe, sample, 0, stochastic_sampling=False)  # this call only
+    euler = _edit(pipe, sample, 0, sampler="euler")  # this call only
     assert not np.array_equal(first, euler) and pipe.scheduler_config.stochastic_sampling is True
-    with pytest.raises(TypeError, match="stochastic_sampling must be None, True or False"):
-        _edit(pipe, sample, 0, stochastic_sampling="yes")
-    assert np.array_equal(_edit(pipe, sample, 0, stochastic_sampling=True), first)
+    for bad in ("ddim", True):
+        with pytest.raises(ValueError, match="sampler must be None or one of euler, stochastic"):
+            _edit(pipe, sample, 0, sampler=bad)
+    assert np.array_equal(_edit(pipe, sample, 0, sampler="stochastic"), first)
     assert np.array_equal(_edit(pipe, sample, 0), first)  # the override did not stick
-    assert [pipe.stochastic_choice(c) for c in (None, True, False)] == [True, True, False]
-    for choice, expected in ((None, True), (False, False)):
+    assert [pipe.sampler_choice(c) for c in (None, "stochastic", "euler")] == ["stochastic", "stochastic", "euler"]
+    for choice, expected in ((None, "stochastic"), ("euler", "euler")):
         result = pipe.edit(list(sample.sources), sample.instruction, steps=2, true_cfg_scale=1.0, seed=0,
-                           stochastic_sampling=choice)
-        assert result.stochastic is expected  # what ran, as the CLI's metadata reports it
+                           sampler=choice)
+        assert result.sampler == expected  # what ran, as the CLI's metadata reports it
 
 
 def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,17 +56,17 @@ def test_the_benchmark_switch_and_its_settings_line(tmp_path: Path, capsys: pyte
 
     parser = argparse.ArgumentParser()
     run = register_bench(parser)
-    for flag, word, expected in (("--stochastic-sampling", "stochastic", True),
-                                 ("--no-stochastic-sampling", "Euler", False)):
+    for flags, word, expected in ((["--sampler", "stochastic"], "stochastic", "stochastic"),
+                                  (["--sampler", "euler"], "Euler", "euler")):
         out = tmp_path / word
         assert run(parser.parse_args(["synthetic", "--per-category", "1", "--steps", "4", "--out", str(out),
-                                      flag])) == 0
-        assert json.loads((out / "results.json").read_text())["summary"]["stochastic_sampling"] is expected
+                                      *flags])) == 0
+        assert json.loads((out / "results.json").read_text())["summary"]["sampler"] == expected
         assert f"Settings: 4 {word} steps," in capsys.readouterr().out
 
 
 def test_the_edit_command_switch_and_the_written_metadata(tmp_path: Path) -> None:
     sample = _color_edit()
-    seen = edit_with_each(sample, tmp_path, ("--stochastic-sampling", "--no-stochastic-sampling"), "sampler")
-    assert seen["--stochastic-sampling"][0] == "stochastic" and seen["--no-stochastic-sampling"][0] == "euler"
-    assert not np.array_equal(seen["--stochastic-sampling"][1], seen["--no-stochastic-sampling"][1])
+    seen = edit_with_each(sample, tmp_path, ("--sampler=stochastic", "--sampler=euler"), "sampler")
+    assert seen["--sampler=stochastic"][0] == "stochastic" and seen["--sampler=euler"][0] == "euler"
+    assert not np.array_equal(seen["--sampler=stochastic"][1], seen["--sampler=euler"][1])

@@ -81,8 +81,8 @@ def test_every_mode_matches_the_resident_pipeline(mode: str, resident_blocks: in
     assert pipe.placement.ledger.resident == 0 and pipe.device == CPU
 
 
-@pytest.mark.parametrize("options", [{"preserve_unedited": True}, {"stochastic_sampling": True}],
-                         ids=["preserve", "stochastic"])
+@pytest.mark.parametrize("options", [{"keep_unedited": True}, {"sampler": "stochastic"}],
+                         ids=["keep_unedited", "stochastic"])
 def test_blocks_mode_with_the_other_edit_paths(options: dict) -> None:
     pipe = deep_pipeline()
     reference = _edit(pipe, **options)
@@ -103,7 +103,7 @@ def test_the_embedded_default_streams_its_encoder_too_when_it_does_not_fit() -> 
     pipe.set_offload("blocks", device="cpu", max_vram=budget)
     assert pipe.placement.check(parts)["encoder"].streamed
     result = pipe.edit([image], "make the square blue", steps=3, seed=1)
-    assert _same(result, reference) and result.preserved == reference.preserved
+    assert _same(result, reference) and result.keep_unedited == reference.keep_unedited
 
 
 # ---------------------------------------------------------------------------------------------------------------

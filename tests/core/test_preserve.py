@@ -1,4 +1,4 @@
-"""``preserve_unedited``: Picture 1's own pixels outside the area an edit changed (``firered_core.preserve``)."""
+"""``keep_unedited``: Picture 1's own pixels outside the area an edit changed (``firered_core.preserve``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from firered_core.default import apply_defaults, is_available, load_default_pipeline
+from firered_core.default import is_available, load_default_pipeline
 from firered_core.images import to_tensor
 from firered_core.preserve import PreserveConfig, blend_unedited, edited_mask
 from firered_bench import generate
@@ -83,18 +83,29 @@ def test_bad_arguments_are_named() -> None:
 
 
 def test_defaults_json_turns_it_on() -> None:
-    class Pipe:
-        preserve_unedited = None
+    """``keep_unedited`` in a model folder's defaults.json: true, or an object of PreserveConfig fields."""
+    from firered_core.loading import ModelDefaults
 
-    pipe = apply_defaults(Pipe(), {"preserve_unedited": True})
-    assert pipe.preserve_unedited == PreserveConfig()
-    pipe = apply_defaults(Pipe(), {"preserve_unedited": {"latent_threshold": 0.3, "dilate": 2}})
-    assert pipe.preserve_unedited == PreserveConfig(latent_threshold=0.3, dilate=2)
-    assert apply_defaults(Pipe(), {}).preserve_unedited is None
-    with pytest.raises(ValueError, match="preserve_unedited"):
-        apply_defaults(Pipe(), {"preserve_unedited": "yes"})
-    with pytest.raises(ValueError, match="preserve_unedited.*radius"):
-        apply_defaults(Pipe(), {"preserve_unedited": {"radius": 2}})
+    assert ModelDefaults.from_dict({"keep_unedited": True}).keep_unedited == PreserveConfig()
+    custom = ModelDefaults.from_dict({"keep_unedited": {"latent_threshold": 0.3, "dilate": 2}})
+    assert custom.keep_unedited == PreserveConfig(latent_threshold=0.3, dilate=2)
+    assert ModelDefaults.from_dict({}).keep_unedited is None
+    assert ModelDefaults.from_dict({"keep_unedited": False}).keep_unedited is None
+    with pytest.raises(ValueError, match="defaults.json: keep_unedited must be true, false or an object"):
+        ModelDefaults.from_dict({"keep_unedited": "yes"})
+    with pytest.raises(ValueError, match="keep_unedited.*radius"):
+        ModelDefaults.from_dict({"keep_unedited": {"radius": 2}})
+
+
+def test_the_old_name_in_defaults_json_means_the_same() -> None:
+    """Folders written before the rename (the embedded default's own, in older installs) say preserve_unedited."""
+    from firered_core.loading import ModelDefaults
+
+    old = ModelDefaults.from_dict({"preserve_unedited": {"dilate": 2}})
+    assert old == ModelDefaults.from_dict({"keep_unedited": {"dilate": 2}}) and old.keep_unedited.dilate == 2
+    assert ModelDefaults.from_dict({"preserve_unedited": True}).keep_unedited == PreserveConfig()
+    with pytest.raises(ValueError, match="'preserve_unedited' is the old name of 'keep_unedited'"):
+        ModelDefaults.from_dict({"preserve_unedited": True, "keep_unedited": False})
 
 
 def _local_edit():  # noqa: ANN202 - a held-out "remove" sample of the synthetic split, 64x64
@@ -104,12 +115,12 @@ def _local_edit():  # noqa: ANN202 - a held-out "remove" sample of the synthetic
 @needs_default
 def test_the_embedded_model_keeps_picture_1_outside_its_edit() -> None:
     pipe = load_default_pipeline()
-    assert pipe.preserve_unedited is not None  # its defaults.json turns it on
+    assert pipe.keep_unedited is not None  # its defaults.json turns it on
     sample = _local_edit()
     source = sample.sources[0]
     kept = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0)
-    plain = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, preserve_unedited=False)
-    assert kept.preserved and not plain.preserved
+    plain = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, keep_unedited=False)
+    assert kept.keep_unedited and not plain.keep_unedited
     assert torch.equal(kept.latents, plain.latents)  # the same sampling; only the pixels differ
     # Picture 1 was encoded at the output's size for the token sequence: the step reuses those latents
     encode, calls = pipe.vae.encode, []
@@ -122,7 +133,7 @@ def test_the_embedded_model_keeps_picture_1_outside_its_edit() -> None:
 
     with torch.inference_mode():
         source_latents = pipe.vae.encode(to_tensor(source, 64, 64))
-    mask = edited_mask(kept.latents, source_latents, pipe.preserve_unedited)
+    mask = edited_mask(kept.latents, source_latents, pipe.keep_unedited)
     assert mask is not None and 0 < mask.mean() < 0.5
     weight = torch.nn.functional.interpolate(mask, size=(64, 64), mode="nearest")[0, 0]
     grown = torch.nn.functional.max_pool2d(weight[None, None], 3, 1, 1)[0, 0].bool().numpy()
@@ -140,17 +151,17 @@ def test_a_whole_image_edit_text_to_image_and_another_aspect_are_returned_as_the
     source = sample.sources[0]
     # any share of edited latents counts as a whole-image edit under this config: the decoded result is kept
     whole = PreserveConfig(max_edited_fraction=1e-6)
-    result = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, preserve_unedited=whole)
-    plain = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, preserve_unedited=False)
-    assert not result.preserved and np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+    result = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, keep_unedited=whole)
+    plain = pipe.edit([source], sample.instruction, steps=8, true_cfg_scale=1.0, seed=0, keep_unedited=False)
+    assert not result.keep_unedited and np.array_equal(np.asarray(result.image), np.asarray(plain.image))
     drawn = pipe.edit([], "Draw a red circle in the middle on a white background.", steps=4, true_cfg_scale=1.0,
                       seed=0)
-    assert not drawn.preserved
+    assert not drawn.keep_unedited
     wide = Image.new("RGB", (128, 64), (20, 120, 200))  # another aspect than the 64x64 output asked for
     off = pipe.edit([wide], "Make the background red.", steps=4, true_cfg_scale=1.0, seed=0, width=64, height=64)
-    assert not off.preserved
-    with pytest.raises(TypeError, match="preserve_unedited"):
-        pipe.edit([source], sample.instruction, steps=1, preserve_unedited="yes")
+    assert not off.keep_unedited
+    with pytest.raises(TypeError, match="keep_unedited"):
+        pipe.edit([source], sample.instruction, steps=1, keep_unedited="yes")
 
 
 @needs_default
@@ -159,7 +170,7 @@ def test_the_benchmark_ceiling_gets_the_same_treatment() -> None:
     sample = _local_edit()
     source, target = sample.sources[0], sample.target
     plain = np.asarray(vae_round_trip(pipe.vae, target), np.int16)
-    kept = np.asarray(vae_round_trip(pipe.vae, target, source, pipe.preserve_unedited), np.int16)
+    kept = np.asarray(vae_round_trip(pipe.vae, target, source, pipe.keep_unedited), np.int16)
     src, tgt = np.asarray(source, np.int16), np.asarray(target, np.int16)
     same = (src == tgt).all(axis=-1)
     # where the target is Picture 1, the kept round trip is mostly Picture 1 exactly; the plain one rarely is
@@ -170,11 +181,11 @@ def test_the_benchmark_ceiling_gets_the_same_treatment() -> None:
 @needs_default
 def test_the_cli_switch_and_the_written_metadata(tmp_path: Path) -> None:
     sample = _local_edit()
-    outputs = edit_with_each(sample, tmp_path, ("--preserve-unedited", "--no-preserve-unedited"), "kept_unedited")
-    assert outputs["--preserve-unedited"][0] is True and outputs["--no-preserve-unedited"][0] is False
+    outputs = edit_with_each(sample, tmp_path, ("--keep-unedited", "--no-keep-unedited"), "keep_unedited")
+    assert outputs["--keep-unedited"][0] is True and outputs["--no-keep-unedited"][0] is False
     src = np.asarray(sample.sources[0])
     exact = {flag: (px == src).all(axis=-1).mean() for flag, (_, px) in outputs.items()}
-    assert exact["--preserve-unedited"] > 0.5 > exact["--no-preserve-unedited"]
+    assert exact["--keep-unedited"] > 0.5 > exact["--no-keep-unedited"]
 
 
 
@@ -182,8 +193,8 @@ def test_the_benchmark_says_whether_it_was_on() -> None:
     from firered_bench.evaluate.report import settings_line
 
     summary = {"steps": 40, "true_cfg_scale": 1.0, "seed": 1, "per_category": 20}
-    assert settings_line({**summary, "preserve_unedited": True}) == (
-        "Settings: 40 Euler steps, true CFG 1, keep Picture 1 outside the edit (preserve_unedited) on, held-out "
+    assert settings_line({**summary, "keep_unedited": True}) == (
+        "Settings: 40 Euler steps, true CFG 1, keep Picture 1 outside the edit (keep_unedited) on, held-out "
         "seed 1, 20 per category.")
-    assert "(preserve_unedited) off" in settings_line(summary)
-    assert settings_line({**summary, "stochastic_sampling": True}).startswith("Settings: 40 stochastic steps,")
+    assert "(keep_unedited) off" in settings_line(summary)
+    assert settings_line({**summary, "sampler": "stochastic"}).startswith("Settings: 40 stochastic steps,")

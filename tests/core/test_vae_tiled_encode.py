@@ -1,6 +1,6 @@
 """Tiled VAE encode (firered_core.vae_tiling): exact with one tile, exact blending for a local network, close to the
 untiled encode otherwise (no worse than diffusers' own tiled encode at the same geometry), automatic above
-``max_untiled_pixels``; the whole-image VAEs (CompactVAE, PixelVAE) accept and ignore the tiling options."""
+``max_untiled_pixels``; the whole-image CompactVAE accepts and ignores the tiling options."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from firered_core.compact_vae import create_vae
-from firered_core.config import CompactVAEConfig, PixelVAEConfig
+from firered_core.config import CompactVAEConfig
 from firered_core.vae import FireRedVAE
 from tests.core.test_vae_parity import CONFIGS, _pair, _stats
 
@@ -73,10 +73,9 @@ def test_bad_tiles_are_refused() -> None:
         vae.encode(torch.zeros(1, 3, 64, 64), tile=4, tile_overlap=4)
 
 
-@pytest.mark.parametrize("config", [CompactVAEConfig(base_dim=8, z_dim=4, levels=2, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4), PixelVAEConfig(factor=4)],
-                         ids=["compact", "pixel"])
 @torch.no_grad()
-def test_whole_image_vaes_ignore_tiling(config: CompactVAEConfig | PixelVAEConfig) -> None:
+def test_the_compact_vae_ignores_tiling() -> None:
+    config = CompactVAEConfig(base_dim=8, z_dim=4, levels=2, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4)
     vae = create_vae(config).eval()
     image = _smooth_image(32, 48)
     whole = vae.encode(image)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from firered_core.default import is_available, pipe_defaults
+from firered_core.default import MODEL_DIR, is_available
+from firered_core.loading import read_model_defaults
 from firered_bench import check, generate, psnr
 from firered_bench.generate.generator import GeneratorConfig
 
@@ -58,8 +59,8 @@ def _example_sample():  # noqa: ANN202 - the generator's sample type
 
 
 def test_the_default_sampling_settings_are_shipped() -> None:
-    tuned = pipe_defaults()
-    assert tuned["area"] == 64 * 64 and tuned["steps"] >= 1 and tuned["true_cfg_scale"] >= 1
+    tuned = read_model_defaults(MODEL_DIR)
+    assert tuned.area == 64 * 64 and tuned.steps >= 1 and tuned.true_cfg_scale >= 1 and tuned.keep_unedited
 
 
 @pytest.mark.parametrize("case", ["unreadable", "tiny", "huge", "empty_instruction", "missing"])

@@ -93,20 +93,20 @@ def test_bad_settings_are_node_errors(model, field: str, value, message: str) ->
 
 
 def test_keep_unedited_chooses_whether_picture_1_is_put_back(model) -> None:
-    """The widget overrides the model's own setting (``pipeline.preserve_unedited``) either way. With a threshold
+    """The widget overrides the model's own setting (``pipeline.keep_unedited``) either way. With a threshold
     nothing reaches, no latent counts as edited, so 'kept' means the output is Picture 1 itself."""
     from firered_core.preserve import PreserveConfig
 
     source = image_tensor(1, 32, 32)
     pipeline = model.loaded.pipeline
-    assert pipeline.preserve_unedited is None  # not an embedded-default folder: off unless asked
+    assert pipeline.keep_unedited is None  # not an embedded-default folder: off unless asked
     default_off, _ = _edit(model, image1=source)
-    pipeline.preserve_unedited = PreserveConfig(latent_threshold=1e9)
+    pipeline.keep_unedited = PreserveConfig(latent_threshold=1e9)
     try:
         outputs = {choice: _edit(model, image1=source, keep_unedited=choice)[0]
                    for choice in ("model default", "on", "off")}
     finally:
-        pipeline.preserve_unedited = None
+        pipeline.keep_unedited = None
     assert (outputs["model default"] - source).abs().max() <= 1 / 255 + 1e-6
     assert (outputs["on"] - source).abs().max() <= 1 / 255 + 1e-6
     assert torch.equal(outputs["off"], default_off) and (outputs["off"] - source).abs().max() > 0.1

