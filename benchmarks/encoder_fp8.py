@@ -17,7 +17,7 @@ What it does:
 Run: ``python benchmarks/encoder_fp8.py`` (7B widths, 2 text layers + 2 vision blocks: a 2.0 GiB file whose
 vocabulary table alone is 1.0 GiB, so the weights ratio stays far above the 7B's; about two minutes) or
 ``--smoke`` (narrow widths, about 30 s, mostly four interpreter starts). Error figures on random weights only say
-that nothing breaks; the encoder's error is measured on the test model in tests/test_encoder_fp8.py.
+that nothing breaks; the encoder's error is measured on the test model in tests/core/test_encoder_fp8.py.
 """
 
 from __future__ import annotations

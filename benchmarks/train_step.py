@@ -39,9 +39,9 @@ import torch
 from firered_core.config import get_preset
 from firered_core.lora import DEFAULT_TARGETS, add_trainable_lora
 from firered_core.transformer import FireRedTransformer
-from firered_train.batch import TrainBatch
+from firered_train.loop.batch import TrainBatch
 from firered_train.config.sections import ObjectiveConfig
-from firered_train.step import step_loss
+from firered_train.loop.step import step_loss
 from procmem import measure_in_child, print_peak_extra, ratio_text
 
 

@@ -42,6 +42,7 @@ ENTRY_POINT_GROUP = "firered.commands"
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default" / "model"  # firered_core.default.MODEL_DIR
 DTYPES = ("float32", "bfloat16", "float16")
+SAMPLERS = ("euler", "stochastic")  # sampler.SAMPLERS, named here so `firered --help` need not import torch
 
 Runner = Callable[[argparse.Namespace], int]
 Register = Callable[[argparse.ArgumentParser], Runner]
@@ -179,12 +180,10 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--max-vram", default=None, metavar="GB",
                         help="most weights to keep on the device, in GB (2^30 bytes); with --offload blocks as many "
                         "transformer blocks stay resident as fit (default: no limit)")
-    parser.add_argument("--preserve-unedited", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep Picture 1's own pixels outside the area the edit changed (default: the model "
-                        "folder's defaults.json; on for the embedded model, off otherwise)")
-    parser.add_argument("--stochastic-sampling", action=argparse.BooleanOptionalAction, default=None,
-                        help="re-noise every sampling step (default: the model folder's scheduler config; on for "
-                        "the embedded model, off for the released ones)")
+    add_keep_unedited(parser, "keep Picture 1's own pixels outside the area the edit changed (default: the "
+                      "model folder's defaults.json; on for the embedded model, off otherwise)")
+    add_sampler(parser, "euler: deterministic steps; stochastic: re-noise every step (default: the model folder's "
+                "scheduler config; stochastic for the embedded model, euler for the released ones)")
     parser.add_argument("--compare", action="store_true", help="also write OUTPUT's stem + '_compare' + suffix: "
                         "the inputs and the result side by side")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT (and the comparison) if it exists")
@@ -226,25 +225,20 @@ def run_edit(args: argparse.Namespace) -> int:
 
         pipe = load_default_pipeline(dtype=dtype, device=device if offload == "none" else "cpu")
         pipe.set_offload(offload, device=device, max_vram=max_vram)
-    else:
-        from .default import apply_defaults, pipe_defaults
-
+    else:  # a folder from firered export-default brings its steps, CFG and area (defaults.json)
         pipe = FireRedEditPipeline.from_pretrained(model, dtype=dtype, fp8=args.fp8, device=device,
                                                    fp8_encoder=args.fp8_encoder, offload=offload,
                                                    max_vram=max_vram)
-        apply_defaults(pipe, pipe_defaults(model))  # a folder from firered export-default: its steps, CFG, area
     for path, strength in loras:
         pipe.load_lora(path, strength)
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
-                           progress=progress, preserve_unedited=args.preserve_unedited,
-                           stochastic_sampling=args.stochastic_sampling)
+                           progress=progress, keep_unedited=args.keep_unedited, sampler=args.sampler)
     meta = {"instruction": args.instruction, "negative": args.negative, "steps": result.steps,
             "cfg": result.true_cfg_scale,
             "seed": args.seed, "width": result.width, "height": result.height,
-            "kept_unedited": result.preserved,
-            "sampler": "stochastic" if result.stochastic else "euler",
+            "keep_unedited": result.keep_unedited, "sampler": result.sampler,
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
     if compare is not None:
@@ -253,6 +247,24 @@ def run_edit(args: argparse.Namespace) -> int:
     print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)", flush=True)
     return EXIT_OK
+
+
+def add_keep_unedited(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--keep-unedited`` / ``--no-keep-unedited`` (default None: the model's own setting); the older
+    ``--[no-]preserve-unedited`` still work, hidden from the help."""
+    parser.add_argument("--keep-unedited", action=argparse.BooleanOptionalAction, default=None, help=text)
+    for flag, value in (("--preserve-unedited", True), ("--no-preserve-unedited", False)):
+        parser.add_argument(flag, dest="keep_unedited", action="store_const", const=value, default=None,
+                            help=argparse.SUPPRESS)
+
+
+def add_sampler(parser: argparse.ArgumentParser, text: str, default: str | None = None) -> None:
+    """``--sampler euler|stochastic`` (``sampler.SAMPLERS``); the older ``--[no-]stochastic-sampling`` still
+    work, hidden from the help."""
+    parser.add_argument("--sampler", choices=SAMPLERS, default=default, help=text)
+    for flag, value in (("--stochastic-sampling", "stochastic"), ("--no-stochastic-sampling", "euler")):
+        parser.add_argument(flag, dest="sampler", action="store_const", const=value, default=default,
+                            help=argparse.SUPPRESS)
 
 
 def parse_offload(mode: str, max_vram_gb: str | None) -> tuple[str, int | None]:

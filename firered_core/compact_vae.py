@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CompactVAEConfig, PixelVAEConfig, VAEConfig
+from .config import CompactVAEConfig, VAEConfig
 from .latent_norm import WholeImageVAE
 
 __all__ = ["CompactVAE", "create_vae"]
@@ -118,15 +118,11 @@ class CompactVAE(WholeImageVAE, nn.Module):
             raise ValueError(f"CompactVAE.encode: H and W must be multiples of {f}, got {tuple(images.shape[-2:])}")
 
 
-def create_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, *, device: torch.device | str | None = None,
+def create_vae(config: VAEConfig | CompactVAEConfig, *, device: torch.device | str | None = None,
                dtype: torch.dtype | None = None) -> nn.Module:
-    """The VAE module a config describes: ``FireRedVAE`` (Qwen-Image), ``CompactVAE`` or ``PixelVAE``."""
+    """The VAE module a config describes: ``FireRedVAE`` (Qwen-Image) or ``CompactVAE``."""
     if isinstance(config, CompactVAEConfig):
         return CompactVAE(config, device=device, dtype=dtype)
-    if isinstance(config, PixelVAEConfig):
-        from .pixel_vae import PixelVAE
-
-        return PixelVAE(config, device=device, dtype=dtype)
     from .vae import FireRedVAE
 
     return FireRedVAE(config, device=device, dtype=dtype)

@@ -198,44 +198,6 @@ class CompactVAEConfig:
 COMPACT_VAE_CLASS = "FireRedCompactVAE"  # config.json _class_name of a CompactVAE folder
 
 
-@dataclass(frozen=True)
-class PixelVAEConfig:
-    """The lossless space-to-depth autoencoder (``pixel_vae.PixelVAE``), same interface as the Qwen-Image VAE:
-    each ``factor`` x ``factor`` block of pixels becomes one latent position of ``input_channels * factor**2``
-    channels (``z_dim``); nothing is learnt but the per-channel normalisation statistics."""
-
-    factor: int = 4
-    input_channels: int = 3
-    latents_mean: tuple[float, ...] = (0.0,) * 48
-    latents_std: tuple[float, ...] = (1.0,) * 48
-
-    def __post_init__(self) -> None:
-        for name in ("factor", "input_channels"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"PixelVAEConfig.{name} must be positive, got {getattr(self, name)}")
-        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
-            raise ConfigError(f"PixelVAEConfig: latents_mean/latents_std need {self.z_dim} entries "
-                              f"(input_channels * factor**2)")
-        if any(not v > 0 for v in self.latents_std):
-            raise ConfigError("PixelVAEConfig.latents_std entries must be positive")
-
-    @property
-    def z_dim(self) -> int:
-        return self.input_channels * self.factor ** 2
-
-    @property
-    def spatial_compression(self) -> int:
-        return self.factor
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "vae config") -> "PixelVAEConfig":
-        return _from_dict(cls, data, source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self, PIXEL_VAE_CLASS)
-
-
-PIXEL_VAE_CLASS = "FireRedPixelVAE"  # config.json _class_name of a PixelVAE folder
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,7 +211,8 @@ class SchedulerConfig:
 
     Only the options the Qwen-Image family uses are modelled; the loader refuses configs that switch on others
     (karras/exponential/beta sigmas, inverted sigmas) rather than silently sampling differently.
-    ``stochastic_sampling`` is modelled: each step re-noises the predicted clean latents (``sampler``).
+    ``stochastic_sampling`` is modelled: it makes ``"stochastic"`` the default sampler, whose steps re-noise the
+    predicted clean latents (``sampler.stochastic_step``).
     """
 
     num_train_timesteps: int = 1000
@@ -297,14 +260,14 @@ class ModelPreset:
     """A named bundle of component configs."""
 
     transformer: TransformerConfig
-    vae: VAEConfig | CompactVAEConfig | PixelVAEConfig = field(default_factory=VAEConfig)
+    vae: VAEConfig | CompactVAEConfig = field(default_factory=VAEConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 _TINY_VAE = VAEConfig(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, temperal_downsample=(False, True),
                       latents_mean=(0.1, -0.2, 0.3, 0.0), latents_std=(1.5, 0.8, 1.2, 1.0))
 
-# The embedded default model (docs/DEFAULT_MODEL.md): a 6-block MMDiT of width 192 over CompactVAE's 16 channels.
+# The embedded default model (docs/default_model/RECIPE.md): a 6-block MMDiT of width 192 over CompactVAE's 16 channels.
 _DEFAULT_TRANSFORMER = TransformerConfig(patch_size=2, in_channels=64, out_channels=16, num_layers=6,
                                          attention_head_dim=32, num_attention_heads=6, joint_attention_dim=384,
                                          axes_dims_rope=(8, 12, 12))
@@ -329,19 +292,12 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     # The embedded default (firered_core.default): a 6-block MMDiT over the 16-channel, 4x-compressed latent of a
     # small convolutional VAE, conditioned by MiniLM-L6 (width 384). Trained from scratch on CPU by
-    # train/configs/default_*.yaml (docs/DEFAULT_MODEL.md says why its VAE is not the Qwen-Image architecture).
+    # recipes/default_model/ (docs/default_model/RECIPE.md says why its VAE is not the Qwen-Image architecture).
     "firered-default": ModelPreset(transformer=_DEFAULT_TRANSFORMER, vae=_DEFAULT_VAE),
     # firered-default grown to 8 blocks (firered grow-depth: copies of blocks 1 and 3 with zeroed gates), the
-    # shipped default's architecture from step 10 of its recipe (docs/DEFAULT_MODEL.md).
+    # shipped default's architecture from recipes/default_model/10_deep.yaml on.
     "firered-default-deep": ModelPreset(transformer=dataclasses.replace(_DEFAULT_TRANSFORMER, num_layers=8),
                                         vae=_DEFAULT_VAE),
-    # The same MMDiT in pixel space: a lossless 4x space-to-depth autoencoder (PixelVAE, 48 channels), so the
-    # transformer's 8x8-pixel patches are the pixels themselves. Measured against firered-default on the same data
-    # (docs/DEFAULT_MODEL.md, "Why not pixel space"): it learns far more slowly at this width.
-    "firered-pixel": ModelPreset(
-        transformer=dataclasses.replace(_DEFAULT_TRANSFORMER, in_channels=192, out_channels=48),
-        vae=PixelVAEConfig(factor=4),
-    ),
     # Mid-size, for benchmarks: big enough that matmuls dominate, small enough for a 2-core CPU.
     "bench-mid": ModelPreset(
         transformer=TransformerConfig(num_layers=4, attention_head_dim=64, num_attention_heads=8,

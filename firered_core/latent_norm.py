@@ -1,12 +1,11 @@
-"""Per-channel latent normalisation shared by every VAE of the project (``vae.FireRedVAE``, ``CompactVAE``,
-``PixelVAE``).
+"""Per-channel latent normalisation shared by every VAE of the project (``vae.FireRedVAE``, ``CompactVAE``).
 
 Outside a VAE, latents are always normalised: ``(z - latents_mean) / latents_std`` with the statistics stored in
 the VAE's config. A class using the mixin provides ``config.latents_mean``, ``config.latents_std``, ``z_dim`` and
 ``_check_latents(z, where)``.
 
 ``WholeImageVAE`` adds, on top of it, the public encode/decode of a VAE that works on a whole image in one piece
-(``CompactVAE``, ``PixelVAE``): the class provides ``encode_raw`` and ``_decode_tile`` (raw latents -> unclamped
+(``CompactVAE``): the class provides ``encode_raw`` and ``_decode_tile`` (raw latents -> unclamped
 images).
 
 Public API: ``LatentNormalization``, ``WholeImageVAE``.

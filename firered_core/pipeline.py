@@ -13,12 +13,16 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    images. True CFG runs only when ``true_cfg_scale > 1`` and ``negative_prompt`` is not ``None``.
 4. **Sampling.** Seeded noise (``sampler.initial_noise``), sigmas from ``schedule.flow_sigmas`` with the shift
    taken from the number of TARGET tokens, then Euler steps (``sampler.euler_sample``) with per-step progress
-   and cancel hooks. ``img_shapes`` lists the target first, then each reference. A scheduler config with
-   ``stochastic_sampling`` re-noises each step with noise from the same seeded generator as the start.
+   and cancel hooks. ``img_shapes`` lists the target first, then each reference. The ``"stochastic"`` sampler
+   (the default when the scheduler config has diffusers' ``stochastic_sampling``) re-noises each step with noise
+   from the same seeded generator as the start.
 5. **Decode** with the VAE and round to 8-bit exactly like the reference (``images.to_pil``).
-6. **Optionally keep the unedited area** (``preserve_unedited``, not in the reference, off by default): Picture 1's
+6. **Optionally keep the unedited area** (``keep_unedited``, not in the reference, off by default): Picture 1's
    own pixels wherever the result's latents match Picture 1's (``preserve.py``), so a local edit leaves the rest of
    the image exactly as it was instead of sending it through the VAE.
+
+Model folder settings: ``from_pretrained`` applies a folder's ``defaults.json`` (``loading.model_defaults``: the
+trained area, steps, true CFG, ``keep_unedited``), as diffusers applies a folder's scheduler config.
 
 Where it computes: ``placement`` (``firered_core.offload``) names the compute device and wraps each phase -
 condition encoding (the encoder's network), reference encoding, sampling and decoding - in ``placement.use(part,
@@ -57,12 +61,14 @@ from .latents import pack_latents, unpack_latents
 from .offload import Placement, check_max_vram, check_mode
 from .pipeline_placement import PlacedPipeline
 from .placement import compute_dtype
-from .preserve import PreserveConfig, keep_unedited
+from . import preserve
+from .preserve import PreserveConfig
 from .progress import CancelFn, ProgressFn, check_cancel
-from .sampler import VelocityFn, euler_sample, initial_noise
+from .sampler import SAMPLERS, VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
 
 if TYPE_CHECKING:
+    from .loading.model_defaults import ModelDefaults
     from .lora import LoRAReport
 
 log = logging.getLogger(__name__)
@@ -77,8 +83,8 @@ class EditResult:
     """One generated image and how it was made.
 
     ``latents`` are the final normalised latents ``[1, C, height/8, width/8]`` (before decoding), on the CPU.
-    ``preserved``: Picture 1's pixels were kept outside the edited area (``preserve_unedited``).
-    ``stochastic``: the sampler re-noised every step (``stochastic_sampling``) instead of taking Euler steps.
+    ``keep_unedited``: Picture 1's pixels were kept outside the edited area (asked for, and a local edit).
+    ``sampler``: what the steps were, ``"euler"`` or ``"stochastic"`` (re-noised every step).
     ``steps`` and ``true_cfg_scale``: what the sampler ran with (the pipeline's defaults when the call gave none).
     """
 
@@ -87,8 +93,8 @@ class EditResult:
     width: int
     height: int
     seed: int
-    preserved: bool = False
-    stochastic: bool = False  # the steps re-noised (stochastic sampling) rather than Euler steps
+    keep_unedited: bool = False
+    sampler: str = "euler"
     steps: int = 0
     true_cfg_scale: float = 0.0
 
@@ -101,7 +107,7 @@ class _Prepared:
     height: int
     ref_tokens: torch.Tensor | None  # [1, N_refs_total, C*4] or None
     img_shapes: list[tuple[int, int, int]]
-    first_ref: Image.Image | None = None  # Picture 1, for preserve_unedited
+    first_ref: Image.Image | None = None  # Picture 1, for keep_unedited
     first_ref_latents: torch.Tensor | None = None  # its latents as encoded for the sequence (reused when sizes match)
 
 
@@ -112,9 +118,9 @@ class FireRedEditPipeline(PlacedPipeline):
     reference_area: int = 1024 * 1024  # pixels each reference is resized to before VAE encoding
     max_references: int = 3  # soft limit: more are allowed with a warning
     max_text_tokens: int = 512  # text-to-image only: the reference keeps this many condition tokens
-    preserve_unedited: PreserveConfig | None = None  # keep Picture 1's pixels outside the edit (off: the reference)
+    keep_unedited: PreserveConfig | None = None  # keep Picture 1's pixels outside the edit (off: the reference)
     # what edit() samples with when a call gives no steps / true_cfg_scale: the released model's settings, or what
-    # a model folder's defaults.json says it was tuned for (firered_core.default.apply_defaults)
+    # a model folder's defaults.json says it was tuned for (apply_defaults)
     default_steps: int = 40
     default_true_cfg_scale: float = 4.0
     # VAE tile side in latent pixels for reference encoding and decoding; None: the VAE's own rule (tiles only
@@ -145,9 +151,10 @@ class FireRedEditPipeline(PlacedPipeline):
         weights go (default CPU) and computation follows them. With ``offload`` ("none", "model" or "blocks", see
         ``set_offload``) ``device`` is the compute device, the weights are loaded on the CPU (on the device for
         "none"; for "blocks" the transformer blocks stay file-backed where the file holds their storage dtype, so
-        host memory need not hold them either) and ``max_vram`` bytes bound what sits on the device.
+        host memory need not hold them either) and ``max_vram`` bytes bound what sits on the device. A folder's
+        ``defaults.json`` is applied (``apply_defaults``).
         """
-        from .loading import load_components
+        from .loading import load_components, read_model_defaults
 
         if offload is None:
             if max_vram is not None:
@@ -160,8 +167,22 @@ class FireRedEditPipeline(PlacedPipeline):
         transformer, vae, encoder, scheduler_config = load_components(path_or_files, dtype=dtype, fp8=fp8,
                                                                       device=load_device, fp8_encoder=fp8_encoder,
                                                                       map_blocks=offload == "blocks")
-        pipe = cls(transformer, vae, encoder, scheduler_config)
+        pipe = cls(transformer, vae, encoder, scheduler_config).apply_defaults(read_model_defaults(path_or_files))
         return pipe if offload is None else pipe.set_offload(offload, device=device, max_vram=max_vram)
+
+    def apply_defaults(self, defaults: "ModelDefaults") -> "FireRedEditPipeline":
+        """Take the settings a model folder was tuned for: its area for outputs and references (so inputs of any
+        size are resized to it), its steps and true CFG for calls that give none, ``keep_unedited``. Settings it
+        leaves unset stay as they are. Returns the pipeline."""
+        if defaults.area:
+            self.output_area = self.reference_area = defaults.area
+        if defaults.steps is not None:
+            self.default_steps = defaults.steps
+        if defaults.true_cfg_scale is not None:
+            self.default_true_cfg_scale = defaults.true_cfg_scale
+        if defaults.keep_unedited is not None:
+            self.keep_unedited = defaults.keep_unedited
+        return self
 
     def load_lora(self, path: str | os.PathLike[str], strength: float = 1.0) -> "LoRAReport":
         """Apply the LoRA at ``path`` to the transformer (unmerged, scaled by ``strength``); returns its report."""
@@ -199,19 +220,19 @@ class FireRedEditPipeline(PlacedPipeline):
     def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
              steps: int | None = None, true_cfg_scale: float | None = None, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None, preserve_unedited: bool | PreserveConfig | None = None,
-             stochastic_sampling: bool | None = None) -> EditResult:
+             cancel: CancelFn | None = None, keep_unedited: bool | PreserveConfig | None = None,
+             sampler: str | None = None) -> EditResult:
         """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
 
-        ``preserve_unedited``: None uses the pipeline's ``preserve_unedited`` setting (off unless a model folder's
+        ``keep_unedited``: None uses the pipeline's ``keep_unedited`` setting (off unless a model folder's
         ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
-        off, a ``PreserveConfig`` is used as given. ``stochastic_sampling``: None uses the scheduler config's
-        setting, True re-noises every step, False takes deterministic Euler steps (this call only). ``steps`` and
+        off, a ``PreserveConfig`` is used as given. ``sampler``: ``"euler"`` (deterministic steps) or
+        ``"stochastic"`` (re-noise every step) for this call; None: the scheduler config's. ``steps`` and
         ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``)."""
         steps, true_cfg_scale = self.sampling_choice(steps, true_cfg_scale)
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
-        preserve = self.preserve_config(preserve_unedited)
-        stochastic = self.stochastic_choice(stochastic_sampling)
+        keep = self.keep_unedited_config(keep_unedited)
+        sampler = self.sampler_choice(sampler)
         if self.encoder is None:
             raise ValueError("the pipeline has no condition encoder: load a model folder with text_encoder/ or "
                              "pass the Qwen2.5-VL text-encoder file together with the transformer and VAE")
@@ -228,19 +249,19 @@ class FireRedEditPipeline(PlacedPipeline):
             uncond = self._predictor(negative, prepared) if negative is not None else None
             generator = torch.Generator(device="cpu").manual_seed(seed)
             latents = self._sample(prepared, cond, uncond, steps, true_cfg_scale, seed, generator,
-                                   stochastic, progress, cancel)
+                                   sampler, progress, cancel)
             check_cancel(cancel, "edit before decoding")
             with self._use("vae"):
                 pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel, **self._tiling())
-                preserved = False
-                if preserve is not None and prepared.first_ref is not None:
-                    pixels, preserved = self._keep_unedited(pixels, latents, prepared, preserve)
+                kept = False
+                if keep is not None and prepared.first_ref is not None:
+                    pixels, kept = self._keep_unedited(pixels, latents, prepared, keep)
         return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
-                          height=prepared.height, seed=seed, preserved=preserved, stochastic=stochastic,
+                          height=prepared.height, seed=seed, keep_unedited=kept, sampler=sampler,
                           steps=steps, true_cfg_scale=float(true_cfg_scale))
 
     def _sample(self, prepared: "_Prepared", cond: VelocityFn, uncond: VelocityFn | None, steps: int,
-                true_cfg_scale: float, seed: int, generator: torch.Generator, stochastic: bool,
+                true_cfg_scale: float, seed: int, generator: torch.Generator, sampler: str,
                 progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
         """Seeded noise -> sampled latents ``[1, C, h, w]`` on the compute device, the transformer placed."""
         latent_shape = (1, self.transformer.config.latent_channels,
@@ -251,7 +272,8 @@ class FireRedEditPipeline(PlacedPipeline):
         with self._use("transformer"):
             tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
-                                  progress=progress, cancel=cancel, step_noise=generator if stochastic else None)
+                                  progress=progress, cancel=cancel,
+                                  step_noise=generator if sampler == "stochastic" else None)
         return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
 
     def _tiling(self) -> dict[str, int]:
@@ -332,24 +354,24 @@ class FireRedEditPipeline(PlacedPipeline):
         return (self.default_steps if steps is None else steps,
                 self.default_true_cfg_scale if true_cfg_scale is None else true_cfg_scale)
 
-    def stochastic_choice(self, choice: bool | None) -> bool:
-        """Whether an ``edit(stochastic_sampling=choice)`` call re-noises its steps: None means the scheduler
-        config's setting."""
+    def sampler_choice(self, choice: str | None) -> str:
+        """The sampler an ``edit(sampler=choice)`` call runs, one of ``SAMPLERS``: None means the scheduler
+        config's (``"stochastic"`` when it has ``stochastic_sampling``)."""
         if choice is None:
-            return self.scheduler_config.stochastic_sampling
-        if not isinstance(choice, bool):
-            raise TypeError(f"stochastic_sampling must be None, True or False, got {choice!r}")
+            return "stochastic" if self.scheduler_config.stochastic_sampling else "euler"
+        if choice not in SAMPLERS:
+            raise ValueError(f"sampler must be None or one of {', '.join(SAMPLERS)}, got {choice!r}")
         return choice
 
-    def preserve_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
-        """The ``PreserveConfig`` an ``edit(preserve_unedited=choice)`` call uses, None when it is off."""
+    def keep_unedited_config(self, choice: bool | PreserveConfig | None) -> PreserveConfig | None:
+        """The ``PreserveConfig`` an ``edit(keep_unedited=choice)`` call uses, None when it is off."""
         if choice is None:
-            return self.preserve_unedited
+            return self.keep_unedited
         if isinstance(choice, PreserveConfig):
             return choice
         if isinstance(choice, bool):
-            return (self.preserve_unedited or PreserveConfig()) if choice else None
-        raise TypeError(f"preserve_unedited must be None, a bool or a PreserveConfig, got {type(choice).__name__}")
+            return (self.keep_unedited or PreserveConfig()) if choice else None
+        raise TypeError(f"keep_unedited must be None, a bool or a PreserveConfig, got {type(choice).__name__}")
 
     def _keep_unedited(self, pixels: torch.Tensor, latents: torch.Tensor, prepared: _Prepared,
                        config: PreserveConfig) -> tuple[torch.Tensor, bool]:
@@ -358,12 +380,12 @@ class FireRedEditPipeline(PlacedPipeline):
         first_ref = prepared.first_ref
         height, width = pixels.shape[-2:]
         if abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02:
-            log.info("preserve_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
+            log.info("keep_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
                      first_ref.width, first_ref.height, width, height)
             return pixels, False
         source = to_tensor(first_ref, width, height).to(pixels.device, self._vae_dtype())
-        kept, applied = keep_unedited(self.vae, pixels, latents, source, config, prepared.first_ref_latents)
-        log.info("preserve_unedited: %s", "Picture 1 kept outside the edited area" if applied else "a whole-image "
+        kept, applied = preserve.keep_unedited(self.vae, pixels, latents, source, config, prepared.first_ref_latents)
+        log.info("keep_unedited: %s", "Picture 1 kept outside the edited area" if applied else "a whole-image "
                  f"edit (over {100 * config.max_edited_fraction:.0f}% of the latents changed), result kept")
         return kept, applied
 

@@ -1,7 +1,7 @@
 """Where a module computes: its compute dtype and device, also for modules without parameters.
 
-A VAE may have no weights at all (``pixel_vae.PixelVAE``) and may store weights in fp8 (cast at compute time),
-so ``next(module.parameters())`` is not a safe question to ask. These helpers answer for every case.
+A module may have no floating-point weights at all and a VAE may store weights in fp8 (cast at compute time), so
+``next(module.parameters())`` is not a safe question to ask. These helpers answer for every case.
 
 Public API: ``compute_dtype``, ``module_device``.
 """

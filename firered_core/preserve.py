@@ -1,7 +1,7 @@
 """Keep what an edit did not touch: Picture 1's own pixels outside the area the edit changed.
 
 A latent edit model re-draws the whole image, so even the parts it was told to leave alone come back through the
-VAE - slightly blurred, a little off in colour - and a long chain of edits drifts. ``preserve_unedited`` undoes
+VAE - slightly blurred, a little off in colour - and a long chain of edits drifts. ``keep_unedited`` undoes
 that for local edits, with no mask from the user:
 
 1. **Where did the edit happen?** Compare the result's final latents with Picture 1's latents at the same size:
@@ -18,7 +18,7 @@ that for local edits, with no mask from the user:
 It needs Picture 1 at the output's aspect (the usual single-image edit; Picture 1 is resized to the output's size
 and encoded again); with no reference or another aspect the result is returned unchanged. Off by default in
 ``FireRedEditPipeline`` (the release's pipeline has no such step, and the parity tests compare against it); a
-model folder turns it on in its ``defaults.json`` (``"preserve_unedited": true``, as the embedded default does).
+model folder turns it on in its ``defaults.json`` (``"keep_unedited": true``, as the embedded default does).
 
 Public API: ``PreserveConfig``, ``edited_mask``, ``blend_unedited``, ``keep_unedited`` (the whole step, used by the
 pipeline and by the benchmark's ceiling).

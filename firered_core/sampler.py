@@ -24,12 +24,14 @@ Faithfulness to diffusers' QwenImageEditPlusPipeline, operation by operation:
 * the Euler update is computed on a float32 copy of ``x`` and cast back to the model output's dtype, as the
   reference scheduler's ``step`` does;
 * guidance is ``uncond + scale * (cond - uncond)`` rescaled per token to the norm of ``cond``;
-* with ``stochastic_sampling`` (a scheduler option of the reference, ``stochastic_step``) a step predicts the
-  clean latents ``x0 = x - s v`` and re-noises them to the next level with fresh Gaussian noise,
+* with the stochastic sampler (the reference scheduler's ``stochastic_sampling``, ``stochastic_step``) a step
+  predicts the clean latents ``x0 = x - s v`` and re-noises them to the next level with fresh Gaussian noise,
   ``(1 - s_next) x0 + s_next eps'``, in float32. The reference draws that noise from the global RNG; here it comes
   from the caller's seeded CPU generator, so a seed gives the same result on every run and machine.
 
-Public API: ``VelocityFn``, ``initial_noise``, ``cfg_combine``, ``euler_step``, ``stochastic_step``,
+The two step rules are the samplers a caller chooses between by name (``SAMPLERS``: ``"euler"``, ``"stochastic"``).
+
+Public API: ``VelocityFn``, ``SAMPLERS``, ``initial_noise``, ``cfg_combine``, ``euler_step``, ``stochastic_step``,
 ``euler_sample``.
 """
 
@@ -45,9 +47,11 @@ from .progress import CancelFn, ProgressFn, check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VelocityFn", "initial_noise", "cfg_combine", "euler_step", "stochastic_step", "euler_sample"]
+__all__ = ["VelocityFn", "SAMPLERS", "initial_noise", "cfg_combine", "euler_step", "stochastic_step",
+           "euler_sample"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SAMPLERS = ("euler", "stochastic")  # deterministic Euler steps; re-noised steps (``stochastic_step``)
 
 
 def initial_noise(

@@ -12,7 +12,7 @@ per-token, layers.
     img[:, :N_target] --norm_out(temb)--proj_out--> [B, N_target, patch^2 * out_channels]
 
 The module tree and parameter names are exactly those of diffusers' ``QwenImageTransformer2DModel``, so its
-state dicts (and ComfyUI's bare-key files) load with ``strict=True``; ``tests/test_transformer_parity.py`` checks
+state dicts (and ComfyUI's bare-key files) load with ``strict=True``; ``tests/core/test_transformer_parity.py`` checks
 the outputs against it. Every layer is built through ``ops`` (see ``firered_core.ops``): fp8/bf16 storage with
 compute-time upcast and unmerged LoRA adapters need no change here. Build on ``torch.device("meta")`` and load
 with ``load_state_dict(..., assign=True)`` to avoid allocating 20 B parameters twice.

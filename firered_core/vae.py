@@ -28,7 +28,7 @@ image would exceed ``max_untiled_pixels`` (4 MP, so FireRed's ~1 MP images are p
 the reference), using ``auto_tile`` latent pixels (512 image pixels) per tile; set ``max_untiled_pixels = None`` on
 an instance to never tile automatically. Tiles are not exact: the middle block's attention sees only its tile and
 convolutions see zeros at tile edges, so expect small, smooth differences from the untiled result (measured in
-tests/test_vae_parity.py: decode mean 0.035 on outputs of mean magnitude 0.21 with random tiny weights; encode see
+tests/core/test_vae_parity.py: decode mean 0.035 on outputs of mean magnitude 0.21 with random tiny weights; encode see
 ``test_tiled_encode_is_close_to_untiled``).
 
 Public API: ``FireRedVAE``.

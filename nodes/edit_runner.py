@@ -9,7 +9,7 @@ text-to-image edit.
 
 Outputs: IMAGE ``[B, H, W, 3]`` in [0, 1]; LATENT ``{"samples": [B, C, 1, H/8, W/8]}`` holding the VAE's raw
 (not normalised) latents in ComfyUI's layout for this model family (its Wan-2.1 latent format is 5-D), so core
-ComfyUI's VAE Decode with the same VAE turns them into the same picture (before ``preserve_unedited``, which puts
+ComfyUI's VAE Decode with the same VAE turns them into the same picture (before ``keep_unedited``, which puts
 Picture 1's own pixels back outside the edited area of the IMAGE output only).
 
 Other node modules use ``EditSettings`` and ``run_edits`` to make N candidates of one edit (pass the same
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 from . import comfy_bridge
 from .common import FireRedNodeError, node_errors, pils_to_tensor, tensor_to_pils
@@ -35,12 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 8192
 MODEL_STEPS = 0  # the steps widget's "the model's own"
 MODEL_CFG = -1.0  # the true_cfg_scale widget's "the model's own" (any negative value means it)
-KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(preserve_unedited=...)
-SAMPLERS = {"model default": None, "stochastic": True, "euler": False}  # -> edit(stochastic_sampling=...)
+KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(keep_unedited=...)
+SAMPLERS = {"model default": None, "stochastic": "stochastic", "euler": "euler"}  # -> edit(sampler=...)
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ class EditSettings:
     seed: int
     width: int | None  # None = automatic (about 1 MP at the last reference's aspect)
     height: int | None
-    preserve: bool | None = None  # keep Picture 1 outside the edit: None = the model's own setting
-    stochastic: bool | None = None  # re-noise every step (True) or Euler steps (False): None = the model's own
+    keep_unedited: bool | None = None  # keep Picture 1 outside the edit: None = the model's own setting
+    sampler: str | None = None  # "stochastic" (re-noise every step) or "euler": None = the model's own
 
     @classmethod
     def from_inputs(cls, negative_prompt: Any, steps: Any, true_cfg_scale: Any, seed: Any, width: Any = 0,
@@ -76,7 +77,7 @@ class EditSettings:
                    _choice(keep_unedited, "keep_unedited", KEEP_UNEDITED), _choice(sampler, "sampler", SAMPLERS))
 
 
-def _choice(value: Any, name: str, choices: dict[str, bool | None]) -> bool | None:
+def _choice(value: Any, name: str, choices: Mapping[str, T]) -> T:
     """What a combo widget's choice means, or a node error naming the choices."""
     if not isinstance(value, str) or value not in choices:
         raise FireRedNodeError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -127,8 +128,8 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
             results.append(pipeline.edit(
                 list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
-                height=settings.height, progress=progress, cancel=cancel, preserve_unedited=settings.preserve,
-                stochastic_sampling=settings.stochastic))
+                height=settings.height, progress=progress, cancel=cancel, keep_unedited=settings.keep_unedited,
+                sampler=settings.sampler))
     return results
 
 

@@ -119,8 +119,7 @@ def _load_default(text_encoder: str, vae: str, precision: Precision) -> "FireRed
 
 def _load_folder(folder: Path, encoder_file: Path | None, vae_file: Path | None,
                  precision: Precision) -> "FireRedEditPipeline":
-    from firered_core.default import apply_defaults, pipe_defaults
-    from firered_core.loading import load_components, load_vae_file
+    from firered_core.loading import load_components, load_vae_file, read_model_defaults
     from firered_core.loading.comfy_files import load_condition_encoder_file
     from firered_core.pipeline import FireRedEditPipeline
 
@@ -135,7 +134,7 @@ def _load_folder(folder: Path, encoder_file: Path | None, vae_file: Path | None,
         raise FireRedNodeError(f"model folder {folder.name!r} has no text_encoder/: choose a text_encoder file "
                                "(e.g. qwen2.5vl-7b-bf16.safetensors)")
     pipe = FireRedEditPipeline(transformer, vae, encoder, scheduler)
-    return apply_defaults(pipe, pipe_defaults(folder))  # a folder from firered export-default: its trained area
+    return pipe.apply_defaults(read_model_defaults(folder))  # a folder from firered export-default: its trained area
 
 
 def _load_files(files: list[Path], precision: Precision) -> "FireRedEditPipeline":

@@ -101,7 +101,7 @@ def _folder_path(text: str) -> Path:
 def _scan(folder: Path, what: str) -> TrainingData:
     """List the usable pairs of ``folder`` with the trainer's own reader."""
     from firered_train.data.skips import SkipLog
-    from firered_train.records import read_records
+    from firered_train.data.records import read_records
 
     skips = SkipLog()
     try:

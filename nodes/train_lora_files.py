@@ -97,7 +97,7 @@ class LoraTarget:
 
     def checkpoint_step(self) -> int | None:
         """The step of the run's newest complete checkpoint, or None."""
-        from firered_train.checkpoint import list_checkpoints
+        from firered_train.state.checkpoint import list_checkpoints
 
         found = list_checkpoints(self.checkpoints)
         return found[-1][0] if found else None

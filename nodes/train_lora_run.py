@@ -5,7 +5,7 @@ and clipping, the outlier mask, logit-normal timesteps with the resolution shift
 values laid over it and these choices for running inside ComfyUI:
 
 * the model is the FIRERED_MODEL's own transformer, VAE and condition encoder (with the LoRAs stacked on it),
-  trained in place through ``firered_train.in_process`` (adapters only; the shared weights are handed back
+  trained in place through ``firered_train.loop.in_process`` (adapters only; the shared weights are handed back
   unchanged);
 * no DataLoader worker processes (forking ComfyUI's server is not safe), no TensorBoard, no tqdm bar;
 * every number of source images the data holds is drawn in proportion to its samples;
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from firered_core.pipeline import FireRedEditPipeline
     from firered_train.config import TrainConfig
-    from firered_train.trainer import StepReport
+    from firered_train.loop.trainer import StepReport
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,8 @@ class _Progress:
 def run_training(model: FireRedModel, data: TrainingData, target: LoraTarget, settings: LoraSettings,
                  resume: bool, node_id: str | None = None) -> tuple[str, "torch.Tensor", "torch.Tensor"]:
     """Train, publish the LoRA, and return (LoRA path, loss curve IMAGE, preview IMAGE)."""
-    from firered_train.in_process import train_lora_in_process
-    from firered_train.model import TrainComponents
+    from firered_train.loop.in_process import train_lora_in_process
+    from firered_train.model.components import TrainComponents
 
     identity = run_settings(model, data, settings)
     start = target.prepare_run(identity, settings.steps, resume)

@@ -4,7 +4,7 @@
 
     .venv/bin/python scripts/make_workflows.py                 # every workflow
     .venv/bin/python scripts/make_workflows.py basic_edit      # some of them
-    FIRERED_REFRESH_SCREENSHOTS=1 .venv/bin/python -m pytest tests/test_comfyui_frontend.py  # checks them and
+    FIRERED_REFRESH_SCREENSHOTS=1 .venv/bin/python -m pytest tests/integration/test_comfyui_frontend.py  # checks them and
                                                                             # refreshes docs/workflows/*.png
 
 Needs ``bash scripts/comfyui_env.sh`` and ``bash scripts/frontend_env.sh``. It starts ComfyUI 0.3.75 on 127.0.0.1
@@ -13,7 +13,7 @@ end's own classes (``LiteGraph.createNode``), sets their widgets, connects them,
 two overlap, and saves ``app.graph.serialize()`` - then loads that JSON back with ``app.loadGraphData`` (as a
 dropped file is loaded) and refuses to write it if the page warned about anything. So every file has exactly the
 fields the front end's schema wants. ``workflows/README.md`` is written from the same notes that go into each
-graph's Note node. ``tests/test_comfyui_frontend.py`` re-checks the files; ``tests/test_comfyui_workflows.py``
+graph's Note node. ``tests/integration/test_comfyui_frontend.py`` re-checks the files; ``tests/integration/test_comfyui_workflows.py``
 runs them.
 """
 
@@ -273,7 +273,7 @@ def write_readme(names: list[str]) -> None:
              "Drag a file onto ComfyUI's canvas (or use Workflow > Open). Each graph starts with a Note node saying "
              "what it needs; the same notes are below. The files are generated in ComfyUI's real front end by "
              "`scripts/make_workflows.py` (do not edit them by hand: change the script and regenerate); "
-             "`tests/test_comfyui_frontend.py` checks that each loads cleanly and `tests/test_comfyui_workflows.py` "
+             "`tests/integration/test_comfyui_frontend.py` checks that each loads cleanly and `tests/integration/test_comfyui_workflows.py` "
              "runs each one. Screenshots: `docs/workflows/`.", ""]
     for name in names:
         lines += [f"## {TITLES[name]} - `{name}.json`", "", f"![{name}](../docs/workflows/{name}.png)", "",

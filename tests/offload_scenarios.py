@@ -65,7 +65,7 @@ def _images() -> list[Image.Image]:
 
 
 def _edit(pipe: FireRedEditPipeline) -> Any:
-    return pipe.edit(_images(), "make the left one red", steps=2, true_cfg_scale=2.0, seed=4, preserve_unedited=True)
+    return pipe.edit(_images(), "make the left one red", steps=2, true_cfg_scale=2.0, seed=4, keep_unedited=True)
 
 
 class _Watch:
@@ -109,7 +109,7 @@ def edit_on_fake_cuda(mode: str, budget: str, encoder: str = "stub") -> dict[str
     return {
         "same_latents": bool(torch.equal(result.latents, reference.latents)),
         "same_pixels": bool(np.array_equal(np.asarray(result.image), np.asarray(reference.image))),
-        "preserved": result.preserved, "max_vram": max_vram, "ops": watch.ops,
+        "keep_unedited": result.keep_unedited, "max_vram": max_vram, "ops": watch.ops,
         "streamed": {part: len(plan.streamed) for part, plan in plans.items()},
         "plan_peak": max(plan.peak_bytes for plan in plans.values()),
         "ledger_peak": placement.ledger.peak, "ledger_after": placement.ledger.resident,

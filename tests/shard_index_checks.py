@@ -1,5 +1,5 @@
-"""Checks shared by the two shard formats with a size index (tests/test_train_tar_index.py, webdataset tar;
-tests/test_train_parquet_index.py, parquet): each test file builds its own corpus and calls these with its reader
+"""Checks shared by the two shard formats with a size index (tests/train/test_train_tar_index.py, webdataset tar;
+tests/train/test_train_parquet_index.py, parquet): each test file builds its own corpus and calls these with its reader
 name and index module."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from PIL import Image
 
 from firered_train.data import SkipLog
 from firered_train.data.readers import shard_index
-from firered_train.records import read_records
+from firered_train.data.records import read_records
 
 INDEX_LOGGER = "firered_train.data.readers.shard_index"
 

@@ -15,7 +15,7 @@ combo marked ``image_upload`` (and its video/audio kin). An input connected by a
 ``[from_node_id, from_slot]`` instead of its widget value. Front-end-only nodes (notes) are left out, as the front
 end leaves them out; so are muted nodes (mode 2); bypassed ones (mode 4) are refused.
 
-tests/test_comfyui_frontend.py checks this conversion against the front end's own (``app.graphToPrompt``) for every
+tests/integration/test_comfyui_frontend.py checks this conversion against the front end's own (``app.graphToPrompt``) for every
 workflow in ``workflows/``.
 """
 

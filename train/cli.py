@@ -11,7 +11,7 @@
 ``--resume latest`` is short for ``--checkpoint.resume=latest`` (continue from the newest complete checkpoint in
 the run's checkpoint folder; a fresh run when there is none yet).
 
-``firered cache`` runs the offline step (``cache_build``): it encodes every training and validation sample of the
+``firered cache`` runs the offline step (``cache.build``): it encodes every training and validation sample of the
 config into ``data.cache_dir`` (which must be set), split across the processes when launched with accelerate.
 Training with the same config then reads the cache and loads no condition encoder.
 
@@ -88,7 +88,7 @@ def register_train(parser: argparse.ArgumentParser) -> Runner:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .distributed import leave_process_group
+    from .scale.distributed import leave_process_group
 
     overrides, _ = split_overrides(args.overrides, ("resume",))
     cfg = _load(args.config, overrides)
@@ -104,12 +104,12 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(cfg: TrainConfig) -> list[Path]:
     """Run the config's trainer (the transformer's, or the VAE's for ``target: vae``); returns the exported files."""
     if cfg.target == "vae":
-        from .vae_trainer import VAETrainer
+        from .loop.vae_trainer import VAETrainer
 
         vae_result = VAETrainer(cfg).run()
         log.info("done: %d VAE steps, final loss %.5f", vae_result.steps, vae_result.final_loss)
         return list(vae_result.exported)
-    from .trainer import Trainer
+    from .loop.trainer import Trainer
 
     result = Trainer(cfg).run()
     log.info("done: %d steps, final loss %.5f", result.steps, result.final_loss)
@@ -130,8 +130,8 @@ def register_cache(parser: argparse.ArgumentParser) -> Runner:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from .cache_run import cache_from_config
-    from .distributed import leave_process_group
+    from .cache.command import cache_from_config
+    from .scale.distributed import leave_process_group
 
     overrides, found = split_overrides(args.overrides, _CACHE_OPTIONS)
     batch_size = int(found.get("batch-size", args.batch_size))

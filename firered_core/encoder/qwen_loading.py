@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from ..loading.diffusers_folder import component_source
+from ..loading.component_files import component_source
 from ..loading.safetensors_io import WeightFileError, open_weights
 from ..loading.scaled_fp8 import ScaledFP8Source, is_float8
 from ..loading.stream import FP8_DTYPE, TensorSource, load_into

@@ -12,7 +12,7 @@ here does what ``Qwen2VLProcessor.__call__`` does for text and still images, wit
 
 Each ``<|image_pad|>`` in the texts is expanded to ``t*h*w / merge^2`` copies, consuming the images in order across
 the whole batch, and ``mm_token_type_ids`` (1 on image tokens) is returned for Qwen2.5-VL's 3D rotary positions.
-``tests/test_encoder.py`` checks the outputs against transformers' own processor.
+``tests/core/test_encoder.py`` checks the outputs against transformers' own processor.
 
 ``QWEN25_VL_PREPROCESSOR`` holds the values of Qwen2.5-VL-7B-Instruct's ``preprocessor_config.json``.
 

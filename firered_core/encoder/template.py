@@ -17,7 +17,7 @@ otherwise. The edit template's system prompt talks about "the input image", and 
 at least one image; FireRed's report describes a "text-only mode" dropping 34 tokens, i.e. the Qwen-Image template.
 
 In both, ``drop_tokens`` is exactly the token length of the template's prefix (the text before ``{}``) under the
-Qwen2.5 tokenizer; ``tests/test_encoder.py`` checks it.
+Qwen2.5 tokenizer; ``tests/core/test_encoder.py`` checks it.
 
 Condition images: ``condition_size`` gives about ``CONDITION_IMAGE_AREA`` (384 x 384) pixels at the image's aspect,
 each side rounded to a multiple of 32 (the sizing rule of ``firered_core.images``); ``resize_condition_image``

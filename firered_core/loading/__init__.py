@@ -26,6 +26,7 @@ The package is layered, each file one job:
 ``gguf_file.py``            GGUF transformer files: validation, ``GGUFSource``, quantised weights kept quantised
 ``mapped.py``               file-backed tensors (a memory map used in place) and handing their pages back
 ``save.py``                 atomic saving as a diffusers folder (optionally sharded) or ComfyUI single files
+``model_defaults.py``       a model folder's ``defaults.json`` (steps, true CFG, area, keep_unedited)
 ==========================  =====================================================================================
 
 Nothing downloads and nothing is unpickled: ``.ckpt/.pt/.pth/.bin`` and pickle/zip contents are refused. Saving a
@@ -45,6 +46,7 @@ from .detect import FileKind, classify, infer_transformer_config, infer_vae_conf
 from .diffusers_folder import load_diffusers_folder
 from .gguf_file import GGUFSource, load_gguf_transformer, open_gguf
 from .gguf_header import is_gguf_file
+from .model_defaults import ModelDefaults, read_model_defaults
 from .safetensors_io import (PICKLE_SUFFIXES, TensorInfo, WeightFileError, WeightSource, open_sharded,
                              open_weights, read_header, read_metadata)
 from .save import save_comfy_transformer, save_comfy_vae, save_component_folder, save_diffusers_folder
@@ -55,7 +57,8 @@ __all__ = ["load_components", "LoadedComponents", "WeightFileError", "WeightSour
            "LoadReport", "build_transformer", "build_vae", "FileKind", "classify", "infer_transformer_config",
            "infer_vae_config", "is_diffusers_folder", "load_diffusers_folder", "load_files",
            "load_transformer_file", "load_vae_file", "save_component_folder", "save_diffusers_folder", "save_comfy_transformer",
-           "save_comfy_vae", "GGUFSource", "open_gguf", "load_gguf_transformer", "is_gguf_file"]
+           "save_comfy_vae", "GGUFSource", "open_gguf", "load_gguf_transformer", "is_gguf_file", "ModelDefaults",
+           "read_model_defaults"]
 
 PathLike = str | os.PathLike
 

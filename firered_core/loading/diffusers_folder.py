@@ -35,12 +35,12 @@ from typing import Any
 
 import torch
 
-from ..config import (COMPACT_VAE_CLASS, PIXEL_VAE_CLASS, CompactVAEConfig, ConfigError, PixelVAEConfig,
-                      SchedulerConfig, TransformerConfig, VAEConfig)
+from ..config import COMPACT_VAE_CLASS, CompactVAEConfig, ConfigError, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
-from .safetensors_io import PICKLE_SUFFIXES, WeightFileError, WeightSource, open_sharded, open_weights, read_json
+from .safetensors_io import WeightFileError, read_json
+from .component_files import component_dir, component_source
 from .stream import LoadedComponents, build_transformer, build_vae
 
 log = logging.getLogger(__name__)
@@ -49,40 +49,6 @@ __all__ = ["load_diffusers_folder", "load_transformer_dir", "load_vae_dir", "loa
            "load_condition_encoder", "component_source", "read_json"]
 
 PathLike = str | os.PathLike
-
-# the weight file name diffusers gives a model component (shards add -0000K-of-0000N)
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-
-
-def _component_dir(folder: Path, component: str) -> Path:
-    path = folder / component
-    if not path.is_dir():
-        raise WeightFileError(f"{folder}: no '{component}/' folder (a diffusers model folder needs one)")
-    return path
-
-
-def component_source(folder: PathLike, component: str) -> WeightSource:
-    """The weights of ``folder/component``: the shard index if any, else its one ``.safetensors`` file."""
-    path = _component_dir(Path(folder), component)
-    indexes = sorted(path.glob("*.safetensors.index.json"))
-    if indexes:
-        preferred = path / f"{WEIGHTS_NAME}.index.json"
-        return open_sharded(preferred if preferred in indexes else indexes[0])
-    files = sorted(path.glob("*.safetensors"))
-    if (path / WEIGHTS_NAME).is_file():
-        return open_weights(path / WEIGHTS_NAME)
-    if len(files) == 1:
-        return open_weights(files[0])
-    if len(files) > 1:
-        raise WeightFileError(f"{path}: several .safetensors files ({', '.join(f.name for f in files)}) and no "
-                              "*.safetensors.index.json saying how they fit together")
-    pickles = [f.name for f in path.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES]
-    if pickles:
-        raise WeightFileError(f"{path}: only pickle weights ({', '.join(pickles)}), which are refused because "
-                              "unpickling can run arbitrary code; convert them to .safetensors")
-    raise WeightFileError(f"{path}: no .safetensors weights found")
-
 
 def _config(path: Path, cls: type, expected_class: str) -> Any:
     data = read_json(path)
@@ -102,7 +68,7 @@ def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32
                          device: torch.device | str | None = None,
                          ops: SimpleNamespace = DEFAULT_OPS) -> FireRedTransformer:
     """``folder/transformer`` as a ``FireRedTransformer`` (Linear weights in fp8 when ``fp8``)."""
-    config = _config(_component_dir(Path(folder), "transformer") / "config.json", TransformerConfig,
+    config = _config(component_dir(Path(folder), "transformer") / "config.json", TransformerConfig,
                      "QwenImageTransformer2DModel")
     with component_source(folder, "transformer") as source:
         return build_transformer(config, source, source_name=source.name, dtype=dtype, fp8=fp8, device=device,
@@ -111,14 +77,12 @@ def load_transformer_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32
 
 def load_vae_dir(folder: PathLike, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                  ops: SimpleNamespace = DEFAULT_OPS) -> FireRedVAE:
-    """``folder/vae`` as a ``FireRedVAE`` (or a ``CompactVAE`` / ``PixelVAE`` when its config names that class)."""
-    path = _component_dir(Path(folder), "vae") / "config.json"
+    """``folder/vae`` as a ``FireRedVAE`` (or a ``CompactVAE`` when its config names that class)."""
+    path = component_dir(Path(folder), "vae") / "config.json"
     class_name = read_json(path).get("_class_name")
-    config: VAEConfig | CompactVAEConfig | PixelVAEConfig
+    config: VAEConfig | CompactVAEConfig
     if class_name == COMPACT_VAE_CLASS:
         config = _config(path, CompactVAEConfig, COMPACT_VAE_CLASS)
-    elif class_name == PIXEL_VAE_CLASS:
-        config = _config(path, PixelVAEConfig, PIXEL_VAE_CLASS)
     else:
         config = _config(path, VAEConfig, "AutoencoderKLQwenImage")
     with component_source(folder, "vae") as source:

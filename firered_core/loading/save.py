@@ -42,6 +42,7 @@ from torch import nn
 
 from ..config import SchedulerConfig
 from .comfy_files import diffusers_to_wan_vae_keys
+from .component_files import WEIGHTS_NAME
 from .detect import CONFIG_METADATA_KEY, ZERO_COND_T_MARKER
 from .safetensors_io import TORCH_TO_SAFETENSORS, WeightFileError
 
@@ -51,7 +52,6 @@ __all__ = ["swap_into_place", "save_component_folder", "save_diffusers_folder", 
            "save_comfy_vae", "write_safetensors"]
 
 PathLike = str | os.PathLike
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # the diffusers release whose config format these files follow
 DIFFUSERS_VERSION = "0.36.0"
 PIPELINE_CLASS = "QwenImageEditPlusPipeline"

@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from ..config import CompactVAEConfig, PixelVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
+from ..config import CompactVAEConfig, SchedulerConfig, TransformerConfig, VAEConfig
 from ..ops import DEFAULT_OPS, CastWeights, WeightFormat
 from ..transformer import FireRedTransformer
 from ..vae import FireRedVAE
@@ -309,13 +309,13 @@ def _is_block_key(key: str) -> bool:
     return key.startswith("transformer_blocks.")
 
 
-def build_vae(config: VAEConfig | CompactVAEConfig | PixelVAEConfig, source: TensorSource, *, source_name: str,
+def build_vae(config: VAEConfig | CompactVAEConfig, source: TensorSource, *, source_name: str,
               key_map: KeyMap | None = None, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None, ops: SimpleNamespace = DEFAULT_OPS,
               strict: bool = True) -> FireRedVAE:
-    """A ``FireRedVAE`` (or, for a ``CompactVAEConfig`` / ``PixelVAEConfig``, a ``CompactVAE`` / ``PixelVAE``)
-    built on meta and filled from ``source`` (always in ``dtype``: convolutions are never fp8)."""
-    if isinstance(config, (CompactVAEConfig, PixelVAEConfig)):
+    """A ``FireRedVAE`` (or, for a ``CompactVAEConfig``, a ``CompactVAE``) built on meta and filled from
+    ``source`` (always in ``dtype``: convolutions are never fp8)."""
+    if isinstance(config, CompactVAEConfig):
         from ..compact_vae import create_vae
 
         model = create_vae(config, device="meta", dtype=dtype)

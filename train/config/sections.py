@@ -199,7 +199,7 @@ class TimestepConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    """Rollout inputs (this project's, not the report's; ``firered_train.rollout``): on a share of the micro-steps
+    """Rollout inputs (this project's, not the report's; ``firered_train.loop.rollout``): on a share of the micro-steps
     the noisy input is not ``(1 - s) x0 + s eps`` but what the stochastic sampler would really show the model at
     one of its levels - the model's own clean estimate from the step before, re-noised - and the target is the
     velocity that leads from there to the true ``x0``. The model then learns at the states it meets when sampling,
@@ -326,7 +326,7 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """When and where training state is saved (``firered_train.checkpoint``)."""
+    """When and where training state is saved (``firered_train.state.checkpoint``)."""
 
     dir: str | None = None  # None: ``<output_dir>/checkpoints``
     every_steps: int = 1000

@@ -23,7 +23,7 @@ the numerator and the denominator, so a sample's loss is the mean over its own t
 
 Token weights. ``token_weight [B, N]`` (>= 0) multiplies each token's squared errors in the numerator only: a token
 of weight 4 counts like four tokens' errors while the denominator still counts it once, so a sample whose tokens
-all weigh 1 has exactly the unweighted loss (the edit-region weighting of ``firered_train.step``).
+all weigh 1 has exactly the unweighted loss (the edit-region weighting of ``firered_train.loop.step``).
 
 Reductions over the batch (after optional per-sample ``weighting [B]``, e.g. an SD3-style loss weighting or a
 DPO/NFT coefficient; FireRed uses none with logit-normal sampling):

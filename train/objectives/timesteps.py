@@ -66,7 +66,7 @@ from firered_core.config import SchedulerConfig
 from firered_core.schedule import compute_mu
 
 from ..config.sections import TimestepConfig
-from ..distributed import sample_generator, step_seed
+from ..scale.distributed import sample_generator, step_seed
 
 __all__ = ["Generators", "TimestepConfig", "TimestepSampler", "loss_bins", "timestep_generator",
            "timestep_generators"]

@@ -13,7 +13,7 @@ staleness, skips), with one entry per good sample::
 know their size and read their bytes from the shard only when opened. The records are the ones
 ``iter_tar_samples`` gives, in the same order, and the skips are counted the same, whether the index was just
 written or read. ``firered cache`` and the first training run write the indexes; later runs only read them.
-Compressed shards (``.tar.gz``) have no byte offsets to point at: ``records.read_records`` keeps reading those
+Compressed shards (``.tar.gz``) have no byte offsets to point at: ``data.records.read_records`` keeps reading those
 into memory.
 
 Public API: ``tar_records``, ``index_path``, ``INDEX_SUFFIX``.

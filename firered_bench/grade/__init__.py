@@ -1,0 +1,2 @@
+"""Grading an edit: PSNR/SSIM, pixel criteria and the per-op success checks.
+"""

@@ -1,0 +1,2 @@
+"""Scene descriptions and their rendering: palette, scene dataclasses, rendering with masks, whole-image ops.
+"""

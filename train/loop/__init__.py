@@ -1,0 +1,3 @@
+"""The training loop: the ``Trainer`` and what one step needs (batches, the loader, the loss step, rollout
+inputs, optimiser and schedule), the run's data and state, validation, the VAE trainer and in-process runs.
+"""
