@@ -127,6 +127,27 @@ def test_psnr_db_on_levels() -> None:
     assert abs(float(psnr_db(a, b)) - 10 * torch.log10(torch.tensor(255.0 ** 2 / 1.0)).item()) < 0.2
 
 
+def _reference_psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The hand-written per-image PSNR that ``kornia.metrics.psnr`` replaced."""
+    to_levels = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
+    mse = (to_levels(a) - to_levels(b)).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+
+
+def test_psnr_db_is_the_formula_it_replaced() -> None:
+    """Same float32 arithmetic (kornia also forms 255^2 / MSE and its log10); only the MSE's sum may run in
+    another order, which matters once a sum of squared 8-bit differences passes 2**24: at most one float32 ulp of
+    the dB value (2**-23 relative). Identical images give the same capped 148.13 dB, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    for size, noise in ((16, 0.02), (64, 0.1), (128, 0.3), (256, 0.3)):
+        a = torch.rand(3, 3, size, size, generator=gen) * 2 - 1
+        b = a + noise * torch.randn(a.shape, generator=gen)
+        b[1] = a[1]  # one identical pair in the batch
+        got, want = psnr_db(a, b), _reference_psnr_db(a, b)
+        assert got.shape == want.shape == (3,) and torch.equal(got[1], want[1])
+        assert torch.allclose(got, want, rtol=2**-23, atol=0)
+
+
 def test_bad_vae_section_names_the_key(vae_step: Path, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="vae.batch_size"):
         load_config(vae_step, ["--vae.batch_size=0"])

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import kornia
 import torch
 
 from firered_core.config import get_preset
@@ -68,11 +69,16 @@ def _distinct_images(cfg: TrainConfig, skips: SkipLog) -> list[ImageRef]:
     return images
 
 
+# identical images: the float32 PSNR of an MSE of 1e-10 (148.13 dB) rather than inf, so a mean stays finite
+_IDENTICAL_DB = float(10 * torch.log10(255.0 ** 2 / torch.tensor(1e-10)))
+
+
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images in [-1, 1], measured on 8-bit levels as they would be saved."""
     to_levels = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round()  # noqa: E731
-    mse = (to_levels(a) - to_levels(b)).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+    # one image at a time: kornia pools a batch into a single MSE
+    db = torch.stack([kornia.metrics.psnr(x, y, 255.0) for x, y in zip(to_levels(a), to_levels(b))])
+    return db.clamp_max(_IDENTICAL_DB)  # a non-zero MSE of 8-bit levels is at least 1 / pixels: far below the cap
 
 
 class VAETrainer:
