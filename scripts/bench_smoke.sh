@@ -23,6 +23,7 @@ run "$py" benchmarks/plugin_import.py --runs 2
 run "$py" benchmarks/transformer_forward.py --preset tiny --image-px 64 --runs 1 --warmup 0
 run "$py" benchmarks/load_memory.py --layers 1
 run "$py" benchmarks/train_step.py --preset tiny --image-px 64 --runs 1
+run "$py" benchmarks/train_memory.py --smoke
 run "$py" benchmarks/gguf_forward.py --smoke
 run "$py" benchmarks/offload_overhead.py --smoke
 run "$py" benchmarks/encoder_fp8.py --smoke
