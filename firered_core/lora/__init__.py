@@ -11,19 +11,19 @@
 ==============  ==================================================================================================
 ``formats.py``  key layouts (diffusers/PEFT, ComfyUI, kohya, bare; alpha rules) -> ``LoRAWeights``, and back
 ``adapter.py``  ``LoRAAdapter``, the unmerged delta that ``ops.Linear.adapters`` adds to a layer's output
-``apply.py``    attach / strength / remove / merge / trainable adapters / export of attached LoRAs
+``apply.py``    attach / strength / switch off for a block / remove / merge / trainable adapters / export
 ``save.py``     atomic .safetensors writing in the layout ComfyUI (default), diffusers or kohya tools load
 ==============  ==================================================================================================
 """
 
 from .adapter import INITS, LoRAAdapter
 from .apply import (DEFAULT_TARGETS, LoRAReport, add_trainable_lora, apply_lora, collect_lora, list_loras,
-                    lora_state_dict, merge_lora, remove_lora, set_strength)
+                    lora_disabled, lora_state_dict, merge_lora, remove_lora, set_strength)
 from .formats import (SAVE_FORMATS, LoRAEntry, LoRAError, LoRAWeights, encode_lora, load_lora,
                       parse_lora_state_dict, resolve)
 from .save import save_lora
 
-__all__ = ["LoRAAdapter", "INITS", "LoRAReport", "apply_lora", "set_strength", "remove_lora", "list_loras",
-           "merge_lora", "add_trainable_lora", "DEFAULT_TARGETS", "collect_lora", "lora_state_dict", "LoRAError",
-           "LoRAEntry", "LoRAWeights", "load_lora", "parse_lora_state_dict", "resolve", "encode_lora",
+__all__ = ["LoRAAdapter", "INITS", "LoRAReport", "apply_lora", "set_strength", "remove_lora", "lora_disabled",
+           "list_loras", "merge_lora", "add_trainable_lora", "DEFAULT_TARGETS", "collect_lora", "lora_state_dict",
+           "LoRAError", "LoRAEntry", "LoRAWeights", "load_lora", "parse_lora_state_dict", "resolve", "encode_lora",
            "SAVE_FORMATS", "save_lora"]

@@ -5,6 +5,7 @@
     report = apply_lora(transformer, "style.safetensors", strength=0.8)        # unmerged, named "style"
     apply_lora(transformer, "Lightning-8steps.safetensors", name="lightning")  # a second one stacks on top
     set_strength(transformer, "style", 0.5); remove_lora(transformer, "style")  # exact restore
+    with lora_disabled(transformer, "train"): ...  # the base model for a while (a DPO reference), then restored
     merge_lora(transformer)                      # fold every attached adapter into its weight, then detach
     merge_lora(transformer, "other.safetensors", strength=1.0)  # fold a file directly, no adapters
     params = add_trainable_lora(transformer, rank=16, alpha=16)  # zero-initialised adapters for the trainer
@@ -23,7 +24,8 @@ lost, so keep LoRAs unmerged on fp8 models (the default of ``apply_lora``) unles
 hold GGML-quantised weights (GGUF files) take adapters like any other (shapes are checked against the logical
 shape), but merging into them is refused: it would need a quantiser this project does not have.
 
-Public API: ``LoRAReport``, ``apply_lora``, ``set_strength``, ``remove_lora``, ``list_loras``, ``merge_lora``,
+Public API: ``LoRAReport``, ``apply_lora``, ``set_strength``, ``remove_lora``, ``lora_disabled``, ``list_loras``,
+``merge_lora``,
 ``add_trainable_lora``, ``DEFAULT_TARGETS``, ``collect_lora``, ``lora_state_dict``.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -43,7 +46,7 @@ from .formats import LoRAEntry, LoRAError, LoRAWeights, encode_lora, load_lora, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoRAReport", "apply_lora", "set_strength", "remove_lora", "list_loras", "merge_lora",
+__all__ = ["LoRAReport", "apply_lora", "set_strength", "remove_lora", "lora_disabled", "list_loras", "merge_lora",
            "add_trainable_lora", "DEFAULT_TARGETS", "collect_lora", "lora_state_dict"]
 
 LoRASource = LoRAWeights | str | os.PathLike
@@ -196,6 +199,28 @@ def remove_lora(model: nn.Module, name: str) -> int:
     if not count:
         raise KeyError(f"no LoRA named {name!r} is applied (applied: {sorted(list_loras(model)) or 'none'})")
     return count
+
+
+@contextmanager
+def lora_disabled(model: nn.Module, name: str | None = None) -> Iterator[int]:
+    """Inside the block LoRA ``name`` (every attached LoRA when None) has strength 0, so ``model`` computes its base
+    output exactly (each adapter adds an exact zero); the strengths are restored on exit, also after an error.
+
+    Yields the number of adapters disabled. The adapters stay attached and keep their parameters and optimizer
+    state: this is how one network serves as its own frozen reference (DPO) without a second copy in memory.
+    """
+    found = [a for _, _, a in _adapters(model, name)]
+    if not found:
+        raise KeyError(f"no LoRA {'named ' + repr(name) + ' ' if name else ''}is applied to disable "
+                       f"(applied: {sorted(list_loras(model)) or 'none'})")
+    saved = [a.strength for a in found]
+    for adapter in found:
+        adapter.strength = 0.0
+    try:
+        yield len(found)
+    finally:
+        for adapter, strength in zip(found, saved):
+            adapter.strength = strength
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 |---|---|
 | ``record.py`` | ``EditRecord`` (0..N sources, target, EN/CN texts, task, id), ``ImageRef``, ``BadSampleError`` |
 | ``skips.py`` | ``SkipLog``: counts and logs skipped samples by id |
+| ``preference.py`` | ``PreferenceRecord`` (sources, instruction, winner, loser, scores) and its JSONL reader (DPO) |
 | ``readers/`` | hand-made folders, JSONL manifests, WebDataset tar and parquet shards (streamed) |
 | ``buckets.py`` | bucket keys (aspects clamped and rounded) and crop-minimising bucket sizes |
 | ``bucket_sampler.py`` | ``BucketBatchSampler``: step-seeded, rank-agreed batches within a token budget |
@@ -15,6 +16,7 @@ The formats are documented for users in ``docs/DATA_FORMAT.md``.
 
 from .bucket_sampler import BatchPlan, BucketBatchSampler, BucketSamplerConfig
 from .buckets import BucketDims, BucketKey, Dims, aspect_bucket, bucket_dims, bucket_key, slot_dims
+from .preference import PreferenceRecord, read_preferences
 from .record import BadSampleError, EditRecord, ImageRef, SkipReason
 from .references import find_references, realign
 from .sia import SIAConfig, SourcePlan, align, choose_instruction, plan_sources
@@ -22,6 +24,7 @@ from .skips import SkipLog
 
 __all__ = [
     "BadSampleError", "BatchPlan", "BucketBatchSampler", "BucketDims", "BucketKey", "BucketSamplerConfig", "Dims",
-    "EditRecord", "ImageRef", "SIAConfig", "SkipLog", "SkipReason", "SourcePlan", "align", "aspect_bucket",
-    "bucket_dims", "bucket_key", "choose_instruction", "find_references", "plan_sources", "realign", "slot_dims",
+    "EditRecord", "ImageRef", "PreferenceRecord", "SIAConfig", "SkipLog", "SkipReason", "SourcePlan", "align",
+    "aspect_bucket", "bucket_dims", "bucket_key", "choose_instruction", "find_references", "plan_sources",
+    "read_preferences", "realign", "slot_dims",
 ]

@@ -20,7 +20,7 @@ For a ``TrainBatch`` (normalised latents of the target and each source slot, con
 ``velocity`` is shared with validation (held-out loss, sample images), so every path calls the model the same way.
 
 Public API: ``PackedBatch``, ``pack_batch``, ``seeded_noise``, ``seeded_levels``, ``target_tokens``, ``velocity``,
-``StepLoss``, ``step_loss``, ``changed_token_weights``.
+``StepLoss``, ``flow_losses``, ``step_loss``, ``changed_token_weights``.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from firered_core.latents import pack_latents
 from .batch import TrainBatch
 from ..config import ObjectiveConfig
 from ..scale.distributed import sample_generator
-from ..objectives import TimestepSampler, corrected_target, flow_matching_loss, flow_target, noisy_sample
+from ..objectives import (LossOutput, TimestepSampler, corrected_target, flow_matching_loss, flow_target,
+                          noisy_sample)
 
 __all__ = ["PackedBatch", "pack_batch", "seeded_noise", "seeded_levels", "target_tokens", "velocity", "StepLoss",
-           "step_loss", "changed_token_weights"]
+           "flow_losses", "step_loss", "changed_token_weights"]
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,10 @@ def changed_token_weights(packed: PackedBatch, weight: float, threshold: float, 
     return weights / weights.mean(dim=1, keepdim=True) if normalize else weights
 
 
-def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
-              *, patch: int, start: torch.Tensor | None = None) -> StepLoss:
-    """Steps 1-4 of the module docstring for one micro-batch; ``s`` and ``noise`` are drawn by the caller.
+def flow_losses(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor,
+                objective: ObjectiveConfig, *, patch: int, start: torch.Tensor | None = None) -> LossOutput:
+    """Steps 1-4 of the module docstring for one micro-batch, every tensor still differentiable: ``per_sample [B]``
+    is what DPO compares (``pair_step``); ``s`` and ``noise`` are drawn by the caller.
 
     ``start`` (target tokens): a clean estimate to noise instead of the true ``x0`` (``firered_train.loop.rollout``);
     the target is then the velocity from that input back to ``x0`` (``objectives.corrected_target``).
@@ -126,7 +128,13 @@ def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch
     target = flow_target(x0, noise) if start is None else corrected_target(x0, noise, start.to(x0.dtype), s)
     weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold,
                                     normalize=objective.changed_token_normalize)
-    out = flow_matching_loss(v, target, outlier_threshold=objective.outlier_threshold,
-                             denominator=objective.denominator, token_weight=weights)
-    return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(), s=s.detach(),
-                    n_masked=out.n_masked)
+    return flow_matching_loss(v, target, outlier_threshold=objective.outlier_threshold,
+                              denominator=objective.denominator, token_weight=weights)
+
+
+def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
+              *, patch: int, start: torch.Tensor | None = None) -> StepLoss:
+    """``flow_losses`` as one training step's loss (times ``batch.weight``), the logged parts detached."""
+    out = flow_losses(model, batch, s, noise, objective, patch=patch, start=start)
+    return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(),
+                    s=s.detach().to(batch.target.device), n_masked=out.n_masked)
