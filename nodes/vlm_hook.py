@@ -7,21 +7,22 @@ protocol (vLLM, llama.cpp's server, Ollama, LM Studio, a hosted API...): give it
 with coordinates as fractions of the picture. Any failure - unreachable server, HTTP error, an answer that is not
 that JSON - is a node error saying what went wrong; the node never silently falls back.
 
-Only the standard library is used (urllib), and nothing is sent anywhere unless the user gives an endpoint.
+The HTTP side (timeouts, data URLs, error wording) is ``firered_core.rewards.chat_client``, shared with the VLM
+judge reward; this node asks once, without retries, since the user is waiting. Nothing is sent anywhere unless the
+user gives an endpoint.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import re
-import urllib.error
-import urllib.request
 from typing import Any, Sequence
 
 from PIL import Image
+
+from firered_core.rewards.chat_client import ChatClient, JudgeError, message_text, user_message
+from firered_core.rewards.chat_client import chat_url as core_chat_url
 
 from .common import FireRedNodeError
 from .composite import Box
@@ -40,26 +41,15 @@ PROMPT = ("You are given {n} pictures, numbered 1 to {n} in the order shown. An 
 
 def chat_url(endpoint: str) -> str:
     """The chat-completions URL for ``endpoint`` (a base URL or the full URL); only http(s) is accepted."""
-    url = endpoint.strip()
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise FireRedNodeError(f"vlm_endpoint must be an http:// or https:// URL, got {endpoint!r}")
-    url = url.rstrip("/")
-    return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
-
-
-def _data_url(image: Image.Image) -> str:
-    preview = image.copy()
-    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    preview.convert("RGB").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    try:
+        return core_chat_url(endpoint)
+    except ValueError as exc:
+        raise FireRedNodeError(f"vlm_endpoint must be an http:// or https:// URL, got {endpoint!r}") from exc
 
 
 def request_body(model: str, instruction: str, pictures: Sequence[Image.Image]) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": PROMPT.format(n=len(pictures),
-                                                                            instruction=instruction)}]
-    content += [{"type": "image_url", "image_url": {"url": _data_url(p)}} for p in pictures]
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], "temperature": 0}
+    prompt = PROMPT.format(n=len(pictures), instruction=instruction)
+    body: dict[str, Any] = {"messages": [user_message(prompt, pictures, PREVIEW_SIDE)], "temperature": 0}
     if model:
         body["model"] = model
     return body
@@ -68,32 +58,12 @@ def request_body(model: str, instruction: str, pictures: Sequence[Image.Image]) 
 def ask_boxes(endpoint: str, model: str, instruction: str, pictures: Sequence[Image.Image],
               api_key: str = "") -> dict[int, Box]:
     """1-based picture -> pixel box for every picture the VLM located (null answers are left out)."""
-    url = chat_url(endpoint)
-    data = json.dumps(request_body(model, instruction, pictures)).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    client = ChatClient(chat_url(endpoint), api_key=api_key, timeout_s=TIMEOUT_S, retries=0)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            reply = json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        raise FireRedNodeError(f"VLM at {url} answered HTTP {exc.code}: {exc.reason}") from exc
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise FireRedNodeError(f"VLM at {url} could not be reached: {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FireRedNodeError(f"VLM at {url} did not answer with JSON: {exc}") from exc
-    return parse_boxes(_message_text(reply, url), pictures, url)
-
-
-def _message_text(reply: Any, url: str) -> str:
-    try:
-        text = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise FireRedNodeError(f"VLM at {url}: the answer is not a chat completion (no choices[0].message.content)")
-    if not isinstance(text, str):
-        raise FireRedNodeError(f"VLM at {url}: the message content is not text")
-    return text
+        text = message_text(client.complete(request_body(model, instruction, pictures)), client.url)
+    except JudgeError as exc:
+        raise FireRedNodeError(str(exc)) from exc
+    return parse_boxes(text, pictures, client.url)
 
 
 def parse_boxes(text: str, pictures: Sequence[Image.Image], source: str = "VLM") -> dict[int, Box]:

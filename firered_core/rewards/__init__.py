@@ -3,6 +3,9 @@
 - ``ocr_layout``: the layout-aware OCR reward (is the requested text there, where the old text was, at the old
   size?), over ``ocr_reader`` (RapidOCR, extra ``ocr``), ``text_match`` (edit distances) and ``text_boxes``
   (geometry); ``quoted_text`` reads the requested text out of an instruction; ``overlay`` draws what was found.
+- ``vlm_judge``: the VLM judge (``judge_scores``), a rating read as the probability-weighted expectation over the
+  rating tokens (``rating_tokens``), averaged over K passes, from an OpenAI-compatible server (``chat_client``,
+  standard library only) or a local transformers model (``local_judge``).
 - ``identity``: face detection and identity embedding (dlib, extra ``face``); ``identity_edit`` ranks identity-
   preserving edits (identity kept, edit made); ``region_blend`` keeps a face from the source by latent blending.
 
@@ -49,6 +52,16 @@ _EXPORTS = {
     "blend_latents": "region_blend",
     "encode_source": "region_blend",
     "keep_region": "region_blend",
+    "ChatClient": "chat_client",
+    "JudgeError": "chat_client",
+    "JudgeUnreachable": "chat_client",
+    "RatingScale": "rating_tokens",
+    "rating_expectation": "rating_tokens",
+    "parse_rating": "rating_tokens",
+    "JudgeConfig": "vlm_judge",
+    "ChatJudge": "vlm_judge",
+    "judge_scores": "vlm_judge",
+    "TransformersJudge": "local_judge",
 }
 
 __all__ = sorted(_EXPORTS)
