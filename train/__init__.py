@@ -2,7 +2,8 @@
 
 Installed as ``firered_train`` (pyproject maps the plugin's ``train/`` folder to that name); inside ComfyUI it is a
 subpackage of the plugin. Modules inside use relative imports only, so both names work. It builds on
-``firered_core`` and never imports ComfyUI, the plugin's nodes or the benchmark (``firered_bench``).
+``firered_core`` and never imports ComfyUI or the plugin's nodes; of the benchmark (``firered_bench``) only its
+graders, for rewards on synthetic edits.
 
 Subpackages, in layer order: a module imports only from its own subpackage and the ones listed before it
 (``tests/project/test_layering.py`` enforces this and the absence of import cycles).

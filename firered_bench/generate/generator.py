@@ -5,7 +5,6 @@
     from firered_bench import generate
     for sample in generate("train", 1000, seed=0):
         sample.sources, sample.target, sample.instruction, sample.instruction_cn, sample.spec
-        record = sample.to_record()   # the train/ sample format (EditRecord with in-memory PNGs)
 
 Tasks cycle in a fixed order (``TASK_OPS``), so any ``n`` gives balanced categories; within a task the op
 (e.g. adjust = resize | brightness | contrast) is drawn at random.
@@ -34,7 +33,6 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from firered_train.data.record import EditRecord, ImageRef
 from .edits_pixel import PIXEL_MAKERS
 from .edits_scene import SCENE_MAKERS, Maker
 from ..grade.checks import check
@@ -87,14 +85,6 @@ class SyntheticSample:
     instruction: str
     instruction_cn: str
     spec: dict[str, Any]
-
-    def to_record(self) -> EditRecord:
-        """The train/ sample format, images held as encoded PNG bytes."""
-        def ref(img: Image.Image, name: str) -> ImageRef:
-            return ImageRef(img.width, img.height, data=png_bytes(img), name=f"{self.id}:{name}")
-        return EditRecord(id=self.id, target=ref(self.target, "target"),
-                          sources=tuple(ref(s, f"source{i}") for i, s in enumerate(self.sources)),
-                          instruction=self.instruction, instruction_cn=self.instruction_cn, task=self.task).validate()
 
 
 def png_bytes(img: Image.Image) -> bytes:

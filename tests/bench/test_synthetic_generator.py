@@ -131,15 +131,6 @@ def test_scene_round_trips_and_rejects_bad_layouts() -> None:
     assert all(text_fits(w, 64) for w in WORDS)
 
 
-def test_samples_convert_to_train_records(train_samples: list) -> None:
-    for s in train_samples[:N_TASKS]:
-        record = s.to_record()
-        sources, target = record.open_images()
-        assert record.task == s.task and record.instruction_cn == s.instruction_cn
-        assert np.array_equal(np.asarray(target), np.asarray(s.target))
-        assert len(sources) == len(s.sources)
-
-
 def test_write_dataset_is_read_by_read_jsonl_and_never_overwrites_silently(tmp_path: Path) -> None:
     out = tmp_path / "syn"
     manifest = write_dataset(out, "heldout", N_TASKS, seed=2, size=64)

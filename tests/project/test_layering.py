@@ -58,10 +58,11 @@ PACKAGE_FOLDERS = {"firered_core": "firered_core", "firered_train": "train", "fi
 # train/'s subpackages in layer order: a module imports only its own subpackage and those before it
 TRAIN_LAYERS = ["data", "config", "scale", "state", "observe", "objectives", "model", "export", "cache", "loop",
                 "cli"]
-# which of the project's packages each may import (firered_bench writes the trainer's sample records)
+# which of the project's packages each may import (the trainer grades synthetic edits with the benchmark's checks
+# when it learns from rewards; the benchmark writes the trainer's sample format as plain JSONL, no import needed)
 MAY_IMPORT = {"firered_core": {"firered_core"},
-              "firered_train": {"firered_core", "firered_train"},
-              "firered_bench": {"firered_core", "firered_bench", "firered_train.data"},
+              "firered_train": {"firered_core", "firered_train", "firered_bench.grade", "firered_bench.scenes"},
+              "firered_bench": {"firered_core", "firered_bench"},
               "nodes": {"firered_core", "firered_train", "nodes"}}
 
 
