@@ -23,19 +23,15 @@ and five Chinese instruction templates with synonyms (``phrasing``).
 
 The held-out split is disjoint from training by content: a plan's fingerprint decides its split (``generator``).
 
-| module | job |
-|---|---|
-| ``palette`` | named colours, shapes, positions, sizes, words (English + Chinese) |
-| ``scene`` | scene description dataclasses and grid geometry |
-| ``scene_sampler`` | random scenes |
-| ``render`` | scene -> pixels, object and text masks |
-| ``pixel_ops`` | named whole-image ops |
-| ``phrasing`` | instruction templates |
-| ``plan`` | ``EditPlan``: an edit before rendering, with its spec |
-| ``edits_scene`` / ``edits_pixel`` | the edit makers |
-| ``generator`` | ``generate(split, n, seed)`` |
-| ``writer`` / ``cli`` | dataset folders on disk |
-| ``metrics`` / ``criteria`` / ``checks`` | PSNR, SSIM, pixel criteria, per-op success checks |
+| subpackage | modules | job |
+|---|---|---|
+| ``scenes`` | ``palette``, ``scene``, ``render``, ``pixel_ops`` | named colours, shapes, words; scene dataclasses; rendering with object and text masks; whole-image ops |
+| ``grade`` | ``metrics``, ``criteria``, ``checks``, ``reward`` | PSNR/SSIM (kornia), pixel criteria, per-op success checks, rewards from the checks |
+| ``generate`` | ``scene_sampler``, ``phrasing``, ``plan``, ``edits_scene``, ``edits_pixel``, ``generator``, ``writer`` | random scenes, instruction templates, edit plans and makers, ``generate(split, n, seed)``, dataset folders |
+| ``evaluate`` | ``bench``, ``summary``, ``report``, ``compare`` | ``firered bench synthetic``, its figures and report, ``firered bench-compare`` |
+
+Layers run in that order (each imports only the ones before it); the package imports ``firered_core`` and nothing
+else of the project. ``python -m firered_bench OUT_DIR`` writes a dataset (``cli``).
 """
 
 from .grade.checks import CheckResult, CheckThresholds, check

@@ -63,6 +63,7 @@ class CheckResult:
     failures: tuple[str, ...] = ()  # one line per failed criterion, with the measured value
     metrics: dict[str, float] = field(default_factory=dict)
     missed: tuple[str, ...] = ()  # the names of the failed criteria ("size" for a result of the wrong size)
+    bars: dict[str, float] = field(default_factory=dict)  # each judged criterion's bar; its value is in metrics
 
 
 class _Judge:
@@ -74,9 +75,10 @@ class _Judge:
         self.failures: list[str] = []
         self.missed: list[str] = []
         self.values: dict[str, float] = {}
+        self.bars: dict[str, float] = {}
 
     def need(self, name: str, value: float, bar: float) -> None:
-        self.values[name] = value
+        self.values[name], self.bars[name] = value, bar
         if not value >= bar:  # written so that NaN fails
             self.failures.append(f"{name}={value:.3f} < {bar:.3f}")
             self.missed.append(name)
@@ -226,4 +228,5 @@ def check(sources: Sequence[ImageLike], result: ImageLike, spec: dict[str, Any],
     metrics = dict(judge.values)
     if scores:
         metrics.update(_scores(res, src, tgt if tgt is not None and tgt.shape == res.shape else None))
-    return CheckResult(not judge.failures, task, op, tuple(judge.failures), metrics, tuple(judge.missed))
+    return CheckResult(not judge.failures, task, op, tuple(judge.failures), metrics, tuple(judge.missed),
+                       dict(judge.bars))
