@@ -17,6 +17,7 @@ Subpackages, in layer order: a module imports only from its own subpackage and t
 - ``objectives``: the flow-matching loss, timestep sampling, EMA.
 - ``model``: the networks a run trains, built from the config.
 - ``export``: LoRA files, diffusers folders with defaults, depth growth.
+- ``prefs``: DPO preference pairs scored from the model's own edits (``firered prefs``).
 - ``cache``: the latent cache and ``firered cache``.
 - ``loop``: the trainer, its step, data, state and validation; the VAE trainer; in-process runs.
 - ``cli``: ``firered train`` and ``firered cache``.

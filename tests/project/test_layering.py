@@ -56,8 +56,8 @@ def test_no_machine_paths_in_sources() -> None:
 PACKAGE_FOLDERS = {"firered_core": "firered_core", "firered_train": "train", "firered_bench": "firered_bench",
                    "nodes": "nodes"}
 # train/'s subpackages in layer order: a module imports only its own subpackage and those before it
-TRAIN_LAYERS = ["data", "config", "scale", "state", "observe", "objectives", "model", "export", "cache", "loop",
-                "cli"]
+TRAIN_LAYERS = ["data", "config", "scale", "state", "observe", "objectives", "model", "export", "prefs", "cache",
+                "loop", "cli"]
 # which of the project's packages each may import (the trainer grades synthetic edits with the benchmark's checks
 # when it learns from rewards; the benchmark writes the trainer's sample format as plain JSONL, no import needed)
 MAY_IMPORT = {"firered_core": {"firered_core"},

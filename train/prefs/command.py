@@ -1,0 +1,128 @@
+"""``firered prefs MANIFEST --out DIR``: K edits per instruction with a model, scored, paired for DPO.
+
+Reads a JSONL manifest (docs/DATA_FORMAT.md; ``python -m firered_bench`` writes one with the ``spec`` the
+verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. seed + k - 1`` at the target's size,
+scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
+
+Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from PIL import Image
+
+from ..data.readers.jsonl import record_from_row
+from ..data.record import BadSampleError
+from .pairs import PAIR_MODES, TARGET, PairConfig, PreferenceWriter, pick_pair
+from .scoring import REWARDS, PrefSample, score_edits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_preferences", "register_prefs", "run_prefs"]
+
+EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
+
+
+def read_samples(manifest: Path) -> Iterator[PrefSample]:
+    """The manifest's samples, pictures decoded; a bad line is logged and skipped."""
+    base = manifest.parent
+    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        default_id = f"{manifest.name}:{number}"
+        try:
+            row = json.loads(line)
+            record = record_from_row(row, base, default_id)
+            sources, target = record.open_images()
+        except (json.JSONDecodeError, BadSampleError) as exc:
+            log.warning("%s:%d skipped: %s", manifest, number, exc)
+            continue
+        spec = row.get("spec") if isinstance(row.get("spec"), dict) else None
+        yield PrefSample(record.id, record.task, record.instruction, sources, target, spec)
+
+
+def build_preferences(samples: Sequence[PrefSample] | Iterator[PrefSample], edit: EditFn, reward: str,
+                      out: Path, config: PairConfig, *, seed: int = 0, reward_mode: str = "graded",
+                      overwrite: bool = False) -> tuple[Path, int, int]:
+    """Edit, score and pair every sample; returns (manifest path, samples seen, pairs written)."""
+    writer = PreferenceWriter(out, overwrite=overwrite)
+    seen = 0
+    try:
+        for sample in samples:
+            seen += 1
+            edits = [edit(sample, seed + j) for j in range(config.k)]
+            scores = score_edits(reward, sample, edits, reward_mode)
+            chosen = pick_pair(scores, config)
+            log.info("%s: rewards %s -> %s", sample.id, ", ".join(f"{s:.3f}" for s in scores),
+                     "no pair" if chosen is None else f"pair {chosen}")
+            if chosen is None:
+                continue
+            w, l = chosen
+            winner, w_score = (sample.target, None) if w == TARGET else (edits[w], scores[w])
+            writer.add(sample.id, sample.task, sample.instruction, sample.sources, winner, edits[l], w_score,
+                       scores[l])
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    pairs = len(writer.lines)
+    log.info("%d pairs from %d samples written to %s", pairs, seen, path)
+    return path, seen, pairs
+
+
+def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    parser.description = ("Make DPO preference pairs: K edits per instruction of a JSONL manifest, scored with a "
+                          "reward; the best and the worst (or the target and a failed edit) are written as pairs.")
+    parser.add_argument("manifest", help="JSONL manifest (docs/DATA_FORMAT.md)")
+    parser.add_argument("--out", required=True, help="folder to write prefs.jsonl and its pictures into")
+    parser.add_argument("--model", default=None, help="diffusers folder of the model to sample with "
+                        "(default: the embedded model)")
+    parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
+    parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default="graded",
+                        help="verifiable reward: the verdict, the share of criteria passed, or graded values")
+    parser.add_argument("--mode", choices=PAIR_MODES, default="best-worst", help="how to pair")
+    parser.add_argument("-k", type=int, default=4, help="edits per instruction (default 4)")
+    parser.add_argument("--min-gap", type=float, default=0.1, help="best-worst: smallest reward gap (default 0.1)")
+    parser.add_argument("--fail-below", type=float, default=1.0,
+                        help="target-vs-failed: an edit under this reward failed (default 1.0)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="the first edit's seed; edit j uses seed + j")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return run_prefs
+
+
+def _edit_fn(model: str | None, steps: int | None) -> EditFn:
+    from firered_core.default import load_default_pipeline
+    from firered_core.pipeline import FireRedEditPipeline
+
+    pipe: Any = load_default_pipeline() if model is None else FireRedEditPipeline.from_pretrained(model)
+
+    def edit(sample: PrefSample, seed: int) -> Image.Image:
+        width, height = sample.target.size
+        return pipe.edit(sample.sources, sample.instruction, steps=steps, seed=seed, width=width,
+                         height=height).image
+    return edit
+
+
+def run_prefs(args: argparse.Namespace) -> int:
+    config = PairConfig(mode=args.mode, k=args.k, min_gap=args.min_gap, fail_below=args.fail_below)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:  # refused before the model loads, not after
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    samples = read_samples(manifest)
+    if args.limit is not None:
+        samples = (s for i, s in enumerate(samples) if i < args.limit)
+    path, seen, pairs = build_preferences(samples, _edit_fn(args.model, args.steps), args.reward, out, config,
+                                          seed=args.seed, reward_mode=args.reward_mode, overwrite=args.overwrite)
+    log.info("prefs: %d pairs from %d samples in %s", pairs, seen, path)
+    return 0
