@@ -1,5 +1,6 @@
-"""DiffusionNFT (``objectives.nft``): rewards to optimality by hand, the loss by hand and against an independent
-flow-matching loss, the direction of its gradients, the old policy's schedule and update."""
+"""DiffusionNFT (``objectives.nft``, ``loop.policy_samples``): rewards to optimality by hand, the loss by hand and
+against an independent flow-matching loss, the direction of its gradients, the old policy's schedule and update,
+and the old policy's sampler on a tiny random FireRed transformer (seeded, independent of batch composition)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import math
 import pytest
 import torch
 
-from firered_core.config import ConfigError
+from firered_core.config import ConfigError, SchedulerConfig
+from firered_core.latents import pack_latents
+from firered_core.sampler import euler_sample
+from firered_core.schedule import flow_sigmas
+from firered_core.transformer import FireRedTransformer
+from firered_train.loop.batch import TrainBatch
+from firered_train.loop.policy_samples import sample_policy
+from firered_train.loop.step import pack_batch, seeded_noise, velocity
 from firered_train.objectives import (NFT_PRESETS, NFTConfig, group_advantages, nft_loss, old_policy_decay,
                                       per_sample_flow_loss, update_old_policy)
+
+from tests.node_fixtures import TINY, randomise
 
 
 def _t(*rows: list[float] | float) -> torch.Tensor:
@@ -218,3 +228,86 @@ def test_update_old_policy_in_float32_for_a_parameter_and_refuses_mismatches() -
 def test_config_errors_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}: "):
         NFTConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- the old policy's samples
+
+PATCH = 2
+SCHEDULER = SchedulerConfig()
+
+
+def _model() -> FireRedTransformer:
+    torch.manual_seed(0)
+    return randomise(FireRedTransformer(TINY.transformer), 3)
+
+
+def _prompts(indices: tuple[int, ...], lengths: tuple[int, ...]) -> TrainBatch:
+    """Prompts with a source image each; record ``i`` always has the same source and condition (seeded by ``i``)."""
+    from firered_train.loop.batch import pad_conditions
+
+    dim = TINY.transformer.joint_attention_dim
+    sources, rows = [], []
+    for i, length in zip(indices, lengths):
+        g = torch.Generator().manual_seed(100 + i)
+        sources.append(torch.randn(4, 4, 4, generator=g))
+        rows.append(torch.randn(length, dim, generator=g))
+    embeds, mask = pad_conditions(rows)
+    return TrainBatch(step=9, indices=indices, ids=tuple(f"r{i}" for i in indices),
+                      target=torch.zeros(len(indices), 4, 4, 6), sources=(torch.stack(sources),), embeds=embeds,
+                      mask=mask, languages=("en",) * len(indices))
+
+
+def test_policy_samples_are_seeded_and_independent_of_the_other_prompts() -> None:
+    model = _model()
+    both = sample_policy(model, _prompts((4, 7), (5, 3)), group_size=3, steps=3, scheduler=SCHEDULER, seed=11,
+                         step=2, patch=PATCH)
+    alone = sample_policy(model, _prompts((7,), (3,)), group_size=3, steps=3, scheduler=SCHEDULER, seed=11, step=2,
+                          patch=PATCH)
+    again = sample_policy(model, _prompts((4, 7), (5, 3)), group_size=3, steps=3, scheduler=SCHEDULER, seed=11,
+                          step=2, patch=PATCH)
+    assert both.latents.shape == (2, 3, 4, 4, 6) and both.group_size == 3 and both.prompts == (4, 7)
+    assert torch.equal(both.latents, again.latents)
+    assert torch.equal(both.latents[1], alone.latents[0])  # prompt 7 with or without prompt 4, padded or not
+    assert not torch.allclose(both.latents[1, 0], both.latents[1, 1])  # the K samples differ
+    later = sample_policy(model, _prompts((7,), (3,)), group_size=3, steps=3, scheduler=SCHEDULER, seed=11, step=3,
+                          patch=PATCH)
+    assert not torch.allclose(later.latents, alone.latents)  # another training step, other noise
+    assert model.training  # the training mode is restored
+
+
+def test_policy_samples_are_euler_without_cfg_from_the_keyed_noise() -> None:
+    from firered_core.latents import unpack_latents
+    from firered_train.scale.distributed import step_seed
+
+    model = _model().eval()
+    prompts = _prompts((5,), (4,))
+    out = sample_policy(model, prompts, group_size=2, steps=4, scheduler=SCHEDULER, seed=1, step=0, patch=PATCH)
+    sigmas = flow_sigmas(4, 6, SCHEDULER)  # 4 x 6 latents, patch 2 -> 6 tokens
+    assert torch.equal(out.sigmas, sigmas)
+    # sample 1 of record 5, by hand from its key, through the core sampler on a batch of one
+    g = torch.Generator().manual_seed(step_seed(1, "nft-sample", 0, 5, 1))
+    x = pack_latents(torch.randn(1, 4, 4, 6, generator=g), PATCH)
+    row = TrainBatch(step=9, indices=(5,), ids=("r5",), target=torch.zeros(1, 4, 4, 6),
+                     sources=(prompts.sources[0],), embeds=prompts.embeds, mask=None, languages=("en",))
+    packed = pack_batch(row, PATCH)
+    with torch.no_grad():
+        tokens = euler_sample(lambda x_t, t: velocity(model, x_t, packed, row, t), x, sigmas)
+    expected = unpack_latents(tokens, 32, 48, 8, PATCH)[0]
+    assert torch.allclose(out.latents[0, 1], expected, atol=1e-5, rtol=0)
+
+
+def test_policy_samples_batch_is_what_the_loss_pass_needs() -> None:
+    model = _model()
+    prompts = _prompts((2, 6), (5, 3))
+    out = sample_policy(model, prompts, group_size=2, steps=2, scheduler=SCHEDULER, seed=0, step=1, patch=PATCH)
+    batch = out.batch
+    assert batch.size == 4 and batch.indices == (4, 5, 12, 13) and batch.ids == ("r2", "r2", "r6", "r6")
+    assert torch.equal(batch.target, out.latents.flatten(0, 1))
+    assert torch.equal(batch.sources[0][2], prompts.sources[0][1]) and torch.equal(batch.sources[0][1],
+                                                                                   prompts.sources[0][0])
+    assert batch.mask is not None and batch.mask.sum(1).tolist() == [5, 5, 3, 3]
+    assert torch.equal(batch.embeds, prompts.embeds.repeat_interleave(2, dim=0))
+    noise = seeded_noise(batch, 0, PATCH)  # every row gets its own training noise
+    assert not torch.allclose(noise[0], noise[1])
+    with pytest.raises(ValueError, match="group_size"):
+        sample_policy(model, prompts, group_size=0, steps=2, scheduler=SCHEDULER, seed=0, step=1, patch=PATCH)
