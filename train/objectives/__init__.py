@@ -5,6 +5,7 @@
 | ``flow.py`` | ``x_s = (1 - s) x0 + s eps``, target ``v = eps - x0`` (or to ``x0`` from another start), masked MSE |
 | ``timesteps.py`` | noise levels: uniform / logit-normal, shift, global or rank strata, rotation, curriculum, bins |
 | ``dpo.py`` | Diffusion-DPO with FireRed's asymmetric winner weight and SFT anchor, and what to log of it |
+| ``nft.py`` | DiffusionNFT: per-prompt optimality from rewards, the implicit-policy loss, the old policy's decay |
 | ``ema.py`` | float32 moving average of trained weights: warm-up, validation swap, exact state |
 
 ::
@@ -24,13 +25,15 @@ The configs are sections of the training config (``config.sections``: ``Timestep
 
 from .dpo import DPOConfig, DPOTerms, dpo_loss
 from .ema import EMA
+from .nft import NFT_PRESETS, NFTConfig, NFTTerms, group_advantages, nft_loss, old_policy_decay, update_old_policy
 from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction, clean_estimate, corrected_target,
                    flow_matching_loss, flow_target, noisy_sample, per_sample_flow_loss)
 from .timesteps import Generators, TimestepConfig, TimestepSampler, loss_bins, timestep_generator, timestep_generators
 
 __all__ = [
     "DPOConfig", "DPOTerms", "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "Generators", "LossOutput",
-    "Reduction", "TimestepConfig", "TimestepSampler", "clean_estimate", "corrected_target", "dpo_loss",
-    "flow_matching_loss", "flow_target", "loss_bins", "noisy_sample", "per_sample_flow_loss", "timestep_generator",
-    "timestep_generators",
+    "NFTConfig", "NFTTerms", "NFT_PRESETS", "Reduction", "TimestepConfig", "TimestepSampler", "clean_estimate",
+    "corrected_target", "dpo_loss", "flow_matching_loss", "flow_target", "group_advantages", "loss_bins", "nft_loss",
+    "noisy_sample", "old_policy_decay", "per_sample_flow_loss", "timestep_generator", "timestep_generators",
+    "update_old_policy",
 ]
