@@ -54,7 +54,8 @@ QWEN25_VL_PREPROCESSOR: dict[str, Any] = {
     "resample": 3,  # bicubic
 }
 
-_PREPROCESSOR_FILE = "preprocessor_config.json"
+_PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers 4: the image processor's own file
+_PROCESSOR_FILE = "processor_config.json"  # transformers 5: one file, the image processor's values nested in it
 
 
 def _image_processor_class() -> type:
@@ -83,18 +84,32 @@ def build_image_processor(config: dict[str, Any] | None = None) -> Any:
     return _image_processor_class()(**values)
 
 
-def load_image_processor(processor_dir: str | Path) -> Any:
-    """The image processor of a diffusers ``processor/`` folder (its ``preprocessor_config.json``)."""
-    path = Path(processor_dir) / _PREPROCESSOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; a Qwen2.5-VL processor folder needs {_PREPROCESSOR_FILE}")
+def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable preprocessor config ({e})") from None
+        raise ValueError(f"{path}: unreadable processor config ({e})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: preprocessor config is not a JSON object")
-    return build_image_processor(config)
+        raise ValueError(f"{path}: processor config is not a JSON object")
+    return config
+
+
+def load_image_processor(processor_dir: str | Path) -> Any:
+    """The image processor of a diffusers ``processor/`` folder, in either layout transformers writes: its own
+    ``preprocessor_config.json`` (transformers 4), or the ``image_processor`` entry of ``processor_config.json``
+    (transformers 5). When both are there, the image processor's own file wins."""
+    folder = Path(processor_dir)
+    if (folder / _PREPROCESSOR_FILE).is_file():
+        return build_image_processor(_read_json_object(folder / _PREPROCESSOR_FILE))
+    path = folder / _PROCESSOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: a Qwen2.5-VL processor folder needs {_PREPROCESSOR_FILE} or "
+                                f"{_PROCESSOR_FILE}; found neither")
+    nested = _read_json_object(path).get("image_processor")
+    if not isinstance(nested, dict):
+        raise ValueError(f"{path}: has no 'image_processor' object (a transformers 5 processor config nests the "
+                         "image processor's values under that key)")
+    return build_image_processor(nested)
 
 
 class QwenVLProcessor:

@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -227,6 +228,33 @@ def test_from_pretrained_dir_round_trip(tmp_path, model, tokenizer, encoder, ima
     for refs in (images[:1], []):
         expected, got = encoder.encode(PROMPTS[:2], refs), loaded.encode(PROMPTS[:2], refs)
         assert torch.equal(got.mask, expected.mask) and torch.equal(got.embeds, expected.embeds)
+
+
+def test_a_processor_folder_saved_by_transformers_5_loads(tmp_path, model, tokenizer, images) -> None:
+    """transformers 5 saves one processor/processor_config.json with the image processor's values nested in it
+    instead of preprocessor_config.json; non-default pixel limits prove the values are read from that file."""
+    from firered_core.encoder.qwen_processor import QWEN25_VL_PREPROCESSOR, load_image_processor
+
+    save_diffusers_layout(tmp_path, model, tokenizer)
+    processor = tmp_path / "processor"
+    shutil.rmtree(processor)
+    processor.mkdir()
+    values = {**QWEN25_VL_PREPROCESSOR, "min_pixels": 3136, "max_pixels": 12544}
+    # what ProcessorMixin.save_pretrained writes as the unified file (it also saves the tokenizer files beside)
+    reference_processor(tokenizer, build_image_processor(values)).to_json_file(processor / "processor_config.json")
+    assert (processor / "processor_config.json").is_file()
+    assert not (processor / "preprocessor_config.json").exists()
+    assert load_image_processor(processor).size == {"shortest_edge": 3136, "longest_edge": 12544}
+    loaded = QwenVLConditionEncoder.from_pretrained_dir(tmp_path)
+    expected = QwenVLConditionEncoder(model, QwenVLProcessor(tokenizer, build_image_processor(values)))
+    got, want = loaded.encode(PROMPTS[:1], images[:1]), expected.encode(PROMPTS[:1], images[:1])
+    assert torch.equal(got.mask, want.mask) and torch.equal(got.embeds, want.embeds)
+    (processor / "processor_config.json").write_text('{"processor_class": "Qwen2_5_VLProcessor"}')
+    with pytest.raises(ValueError, match="no 'image_processor' object"):
+        load_image_processor(processor)
+    (processor / "processor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="preprocessor_config.json or processor_config.json"):
+        load_image_processor(processor)
 
 
 @pytest.mark.parametrize("variant", [
