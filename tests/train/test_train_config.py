@@ -14,7 +14,7 @@ from firered_train.config import (TrainConfig, apply_overrides, config_from_dict
                                   shipped_configs, to_yaml)
 from firered_train.data import BucketSamplerConfig, SIAConfig
 
-STAGES = {"pretrain", "continued", "sft", "lora", "tiny_sft", "tiny_lora"}
+STAGES = {"pretrain", "continued", "sft", "dpo", "lora", "tiny_sft", "tiny_lora", "tiny_dpo"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -38,6 +38,7 @@ def test_every_stage_config_ships_and_loads() -> None:
 
 @pytest.mark.parametrize("name,side,steps,warmup", [
     ("pretrain", 512, 300_000, 0), ("continued", 1024, 65_000, 0), ("sft", 1024, 5_000, 500),
+    ("dpo", 1024, 5_000, 500),
 ])
 def test_stage_values_follow_the_report(name: str, side: int, steps: int, warmup: int) -> None:
     cfg = load_config(name)
@@ -45,6 +46,16 @@ def test_stage_values_follow_the_report(name: str, side: int, steps: int, warmup
     assert cfg.data.sampler.max_area == side * side
     assert cfg.schedule.max_steps == steps and cfg.optim.warmup_steps == warmup
     assert cfg.precision == "bf16" and cfg.model.gradient_checkpointing
+
+
+def test_dpo_stages_read_preference_pairs_with_a_matching_reference() -> None:
+    dpo, tiny = load_config("dpo"), load_config("tiny_dpo")
+    assert dpo.objective.kind == tiny.objective.kind == "dpo"
+    assert dpo.data.reader == tiny.data.reader == "preference" and dpo.data.cache_dir is None
+    assert (dpo.dpo.beta, dpo.dpo.omega, dpo.dpo.sft_weight) == (2500.0, 1.0, 0.0)  # Diffusion-DPO's defaults
+    assert dpo.dpo.reference == "frozen_copy" and not dpo.is_lora
+    assert tiny.dpo.reference == "lora_disabled" and tiny.is_lora and tiny.model.preset == "tiny"
+    assert load_config("sft").objective.kind == "flow"
 
 
 def test_pretrain_mixes_text_to_image_and_editing() -> None:

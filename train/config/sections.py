@@ -124,8 +124,9 @@ class LoRAConfig:
 class DataConfig:
     """Where samples come from and how batches are formed (see ``firered_train.data`` and docs/DATA_FORMAT.md)."""
 
-    reader: Literal["folder", "jsonl", "webdataset", "parquet"] = "jsonl"
-    path: str = ""  # a pairs folder, a .jsonl manifest, or a folder of .tar / .parquet shards
+    # "preference": JSONL preference manifests (winner and loser per line, ``data.preference``) for DPO runs.
+    reader: Literal["folder", "jsonl", "webdataset", "parquet", "preference"] = "jsonl"
+    path: str = ""  # a pairs folder, a .jsonl manifest (or a folder of them), or a folder of .tar / .parquet shards
     default_task: str = "default"  # task label of samples that do not name one
     val_path: str | None = None  # held-out samples (same reader) for validation loss and sample grids
     # Cached VAE latents and condition embeddings written by ``firered cache``; None encodes online. SIA reorders
@@ -223,6 +224,10 @@ class RolloutConfig:
 class ObjectiveConfig:
     """The rectified-flow loss on target tokens (``firered_train.objectives.flow_matching_loss``)."""
 
+    # What a step optimises. "flow": the flow-matching loss of each sample (pretrain, continued, SFT, LoRA);
+    # "dpo": the asymmetric DPO loss of preference pairs (the ``dpo`` section), built from the same per-sample
+    # flow loss of winner and loser; needs ``data.reader: preference``.
+    kind: Literal["flow", "dpo"] = "flow"
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     # Elements with |prediction - target| above this are left out of the MSE (FireRed's released trainer: 50);
     # None keeps every element.
@@ -254,6 +259,8 @@ class ObjectiveConfig:
             raise field_error("changed_token_weight", f"must be finite, got {self.changed_token_weight!r}")
         if self.denominator not in ("kept", "all"):
             raise field_error("denominator", f"must be 'kept' or 'all', got {self.denominator!r}")
+        if self.kind not in ("flow", "dpo"):
+            raise field_error("kind", f"must be 'flow' or 'dpo', got {self.kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

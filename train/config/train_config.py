@@ -6,7 +6,8 @@
     model       ModelConfig        preset or weights, dtype, gradient checkpointing, full or LoRA
     lora        LoRAConfig         rank, alpha, dropout, target modules, init, export format
     data        DataConfig         reader + path, bucket sampler, SIA, cache, workers
-    objective   ObjectiveConfig    timestep sampling, outlier mask
+    objective   ObjectiveConfig    kind (flow / dpo), timestep sampling, outlier mask
+    dpo         DPOConfig          beta, omega, SFT weight, reference (only for ``objective.kind: dpo``)
     optim       OptimConfig        AdamW (0.9, 0.999), weight decay 0.01, clip 1.0, warm-up, LR schedule
     schedule    ScheduleConfig     max steps, gradient accumulation
     ema         EMAConfig
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from .coerce import field_error
+from .dpo_section import DPOConfig
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
                        ObjectiveConfig, OptimConfig, ScheduleConfig)
 from .vae_section import VAETrainConfig
@@ -49,6 +51,7 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -69,6 +72,29 @@ class TrainConfig:
         if self.precision == "bf16" and self.model.dtype == "float16":
             raise field_error("model.dtype", "float16 weights with bf16 autocast mix two half formats; use "
                                              "bfloat16 or float32")
+        self._check_dpo()
+
+    def _check_dpo(self) -> None:
+        """A DPO run reads preference pairs online and needs a reference its fine-tuning mode can give."""
+        dpo, preference = self.objective.kind == "dpo", self.data.reader == "preference"
+        if preference and not dpo:
+            raise field_error("data.reader", "'preference' pairs train only with objective.kind: dpo")
+        if not dpo:
+            return
+        if not preference:
+            raise field_error("data.reader", f"objective.kind: dpo needs data.reader: preference (JSONL preference "
+                                             f"manifests), got {self.data.reader!r}")
+        if self.data.cache_dir is not None:
+            raise field_error("data.cache_dir", "DPO encodes its pairs online: there is no latent cache for "
+                                                "preference pairs; remove data.cache_dir")
+        if self.objective.rollout.prob > 0:
+            raise field_error("objective.rollout.prob", "rollout inputs are for flow runs; DPO noises winner and "
+                                                        "loser alike from their own latents: set it to 0")
+        if self.target != "transformer":
+            raise field_error("target", "objective.kind: dpo trains the transformer; use target: transformer")
+        if self.dpo.reference == "lora_disabled" and not self.is_lora:
+            raise field_error("dpo.reference", "'lora_disabled' needs a LoRA run (model.finetune: lora); use "
+                                               "'frozen_copy' for full fine-tuning")
 
     @property
     def is_lora(self) -> bool:

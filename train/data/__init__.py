@@ -5,6 +5,7 @@
 | ``record.py`` | ``EditRecord`` (0..N sources, target, EN/CN texts, task, id), ``ImageRef``, ``BadSampleError`` |
 | ``skips.py`` | ``SkipLog``: counts and logs skipped samples by id |
 | ``preference.py`` | ``PreferenceRecord`` (sources, instruction, winner, loser, scores) and its JSONL reader (DPO) |
+| ``pairs.py`` | preference pairs as samples: winners for the sampler, losers fitted to the winner's size |
 | ``readers/`` | hand-made folders, JSONL manifests, WebDataset tar and parquet shards (streamed) |
 | ``buckets.py`` | bucket keys (aspects clamped and rounded) and crop-minimising bucket sizes |
 | ``bucket_sampler.py`` | ``BucketBatchSampler``: step-seeded, rank-agreed batches within a token budget |

@@ -16,7 +16,7 @@ batch is bad, the batch is empty (``PixelBatch.size == 0``); the trainer then ru
 planned shapes so that all ranks still meet in the gradient all-reduce.
 
 Public API: ``fit_image``, ``image_to_tensor``, ``PixelSample``, ``PixelBatch``, ``load_pixel_sample``,
-``load_pixel_batch``.
+``load_pixel_batch``, ``stack_pixel_batch``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from .skips import SkipLog
 log = logging.getLogger(__name__)
 
 __all__ = ["fit_image", "image_to_tensor", "PixelSample", "PixelBatch", "load_pixel_sample", "load_pixel_batch",
-           "text_language"]
+           "stack_pixel_batch", "text_language"]
 
 
 def fit_image(img: Image.Image, dims: Dims) -> Image.Image:
@@ -138,6 +138,11 @@ def load_pixel_batch(records: Sequence[EditRecord], plan: BatchPlan, sia: SIACon
             samples.append(load_pixel_sample(records[index], index, plan, source_plan, sia))
         except BadSampleError as exc:
             (skips if skips is not None else SkipLog()).add(exc)
+    return stack_pixel_batch(plan, source_plan, samples)
+
+
+def stack_pixel_batch(plan: BatchPlan, source_plan: SourcePlan, samples: Sequence[PixelSample]) -> PixelBatch:
+    """The loaded ``samples`` of ``plan`` stacked slot by slot (fewer than planned when some were bad)."""
     source_dims = source_plan.apply(plan.dims.sources)
     target = _stack([s.target for s in samples], plan.dims.target)
     sources = tuple(_stack([s.sources[k] for s in samples], d) for k, d in enumerate(source_dims))

@@ -5,6 +5,9 @@ make one.
   slot, one batched call each, normalised latents) and the condition encoder (one call per sample, since each
   sample has its own reference images: ``encoder.encode([instruction], sources)``). A dropped text (SIA's text
   drop) uses the null condition instead: the empty prompt encoded once, without images, as FireRed's trainer does.
+* Pairs (``encode_pair_batch``, DPO): the winners as above, and only the losers' targets through the VAE once
+  more; the loser batch shares the winner's sources and condition (the same tensors), so a pair's sources and
+  instruction are encoded once.
 * Cached (``load_cached_batch``): the same tensors read from a ``cache.LatentCache``; SIA's per-sample EN/CN choice
   and text drop still apply, the sources keep their stored order (see ``cache``).
 
@@ -15,7 +18,7 @@ attention, the same numbers at less cost (the inference pipeline does the same).
 ``weight`` is 1 for a real batch; a rank whose samples were all bad gets a zero-filled batch of the planned shapes
 with weight 0 (``placeholder_batch``), so it still joins the collective gradient exchange of the step.
 
-Public API: ``TrainBatch``, ``pad_conditions``, ``encode_pixel_batch``, ``load_cached_batch``,
+Public API: ``TrainBatch``, ``pad_conditions``, ``encode_pixel_batch``, ``encode_pair_batch``, ``load_cached_batch``,
 ``placeholder_batch``, ``NullCondition``.
 """
 
@@ -33,11 +36,12 @@ from ..data.buckets import Dims
 from ..data.record import BadSampleError, EditRecord, SkipReason
 from ..data.sia import SIAConfig, choose_instruction
 from ..data.skips import SkipLog
+from ..data.pairs import PairPixelBatch
 from ..data.pixels import PixelBatch, text_language
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainBatch", "pad_conditions", "encode_pixel_batch", "load_cached_batch", "placeholder_batch",
+__all__ = ["TrainBatch", "pad_conditions", "encode_pixel_batch", "encode_pair_batch", "load_cached_batch", "placeholder_batch",
            "NullCondition"]
 
 
@@ -130,6 +134,17 @@ def encode_pixel_batch(pixels: PixelBatch, vae: Any, encoder: Any, null: NullCon
                       ids=tuple(s.id for s in pixels.samples), target=target.float(),
                       sources=tuple(s.float() for s in sources), embeds=embeds, mask=mask,
                       languages=tuple(s.language for s in pixels.samples))
+
+
+@torch.no_grad()
+def encode_pair_batch(pairs: PairPixelBatch, vae: Any, encoder: Any, null: NullCondition, *, device: torch.device,
+                      vae_dtype: torch.dtype = torch.float32) -> tuple[TrainBatch, TrainBatch]:
+    """(winner, loser) batches of ``pairs``: one condition and source encoding, two targets."""
+    winner = encode_pixel_batch(pairs.winner, vae, encoder, null, device=device, vae_dtype=vae_dtype)
+    if pairs.size == 0:  # both placeholders: weight 0, the same zero target
+        return winner, winner
+    loser = _encode_latents(vae, pairs.loser, device, vae_dtype).float()
+    return winner, replace(winner, target=loser)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ rank's share of that step, so it can run in ``data.num_workers`` DataLoader work
 
 * online: decode + fit + SIA -> ``pixels.PixelBatch`` (the VAE and encoder then run in the main process, on the
   training device);
-* cached: read latents and embeddings from the cache -> a finished ``batch.TrainBatch``.
+* cached: read latents and embeddings from the cache -> a finished ``batch.TrainBatch``;
+* preference pairs (``losers`` given, DPO): winners as in the online case plus each loser fitted to the winner's
+  size -> ``data.pairs.PairPixelBatch``.
 
 The DataLoader keeps the plan order (workers hand batches back in sequence), so the batches are a function of the
 sampler state alone; with prefetching the sampler runs ahead of training, which is why checkpoints store
@@ -29,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .batch import TrainBatch, load_cached_batch
 from ..cache.store import LatentCache
 from ..data.bucket_sampler import BatchPlan, BucketBatchSampler
-from ..data.record import BadSampleError, EditRecord, SkipReason
+from ..data.pairs import PairPixelBatch, load_pair_batch
+from ..data.record import BadSampleError, EditRecord, ImageRef, SkipReason
 from ..data.sia import SIAConfig
 from ..data.skips import SkipLog
 from ..data.pixels import PixelBatch, load_pixel_batch
@@ -43,7 +46,7 @@ __all__ = ["LoadedStep", "StepDataset", "PlanSequence", "make_loader"]
 class LoadedStep:
     """One rank's loaded step and the samples it had to skip, as ``(reason, id, detail)``."""
 
-    batch: PixelBatch | TrainBatch
+    batch: PixelBatch | TrainBatch | PairPixelBatch
     skipped: tuple[tuple[str, str, str], ...] = ()
 
     def add_skips_to(self, skips: SkipLog) -> None:
@@ -65,13 +68,19 @@ class _Recorder(SkipLog):
 class StepDataset(Dataset):
     """``dataset[plan]`` -> ``LoadedStep`` for this rank (see the module docstring)."""
 
-    def __init__(self, records: Sequence[EditRecord], sia: SIAConfig, cache: LatentCache | None = None) -> None:
-        self.records, self.sia, self.cache = records, sia, cache
+    def __init__(self, records: Sequence[EditRecord], sia: SIAConfig, cache: LatentCache | None = None,
+                 losers: Sequence[ImageRef] | None = None) -> None:
+        if cache is not None and losers is not None:
+            raise ValueError("StepDataset: preference pairs (losers) are encoded online, not read from a cache")
+        self.records, self.sia, self.cache, self.losers = records, sia, cache, losers
 
     def __getitem__(self, plan: BatchPlan) -> LoadedStep:  # type: ignore[override]
         recorder = _Recorder()
-        if self.cache is not None:
-            batch: PixelBatch | TrainBatch = load_cached_batch(self.records, plan, self.cache, self.sia, recorder)
+        batch: PixelBatch | TrainBatch | PairPixelBatch
+        if self.losers is not None:
+            batch = load_pair_batch(self.records, self.losers, plan, self.sia, recorder)
+        elif self.cache is not None:
+            batch = load_cached_batch(self.records, plan, self.cache, self.sia, recorder)
         else:
             batch = load_pixel_batch(self.records, plan, self.sia, recorder)
         return LoadedStep(batch, tuple(recorder.events))

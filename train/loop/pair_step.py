@@ -16,13 +16,16 @@ network itself with its adapters switched off (``reference=None, lora=<adapter n
 ``firered_core.lora.lora_disabled``), which costs no second copy of the weights. Either way it runs under
 ``torch.no_grad()``: the reference is a constant of the objective.
 
-Public API: ``PairLosses``, ``pair_losses``.
+The trainer's DPO micro-step is ``dpo_step``: the above, the loss times the batch weight (0 for a placeholder), and
+what it logs.
+
+Public API: ``PairLosses``, ``pair_losses``, ``DPOStep``, ``dpo_step``.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -31,9 +34,10 @@ from firered_core.lora import lora_disabled
 
 from .batch import TrainBatch
 from .step import flow_losses
-from ..config import ObjectiveConfig
+from ..config import DPOConfig, ObjectiveConfig
+from ..objectives.dpo import DPOTerms, dpo_loss
 
-__all__ = ["PairLosses", "pair_losses"]
+__all__ = ["PairLosses", "pair_losses", "DPOStep", "dpo_step"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,22 @@ def pair_losses(model: nn.Module, reference: nn.Module | None, batch_w: TrainBat
     with torch.no_grad(), (nullcontext() if lora is None else lora_disabled(model, lora)):
         ref = [flow_losses(ref_model, b, s, noise, objective, patch=patch).per_sample for b in (batch_w, batch_l)]
     return PairLosses(model_w=losses[0], model_l=losses[1], ref_w=ref[0], ref_l=ref[1])
+
+
+@dataclass(frozen=True)
+class DPOStep:
+    """One DPO micro-step: the terms (``loss`` weighted by the batch weight) and the winner's per-pair losses."""
+
+    terms: DPOTerms
+    per_sample_w: torch.Tensor  # [B] detached L_w(theta), for the per-noise-level bins
+    s: torch.Tensor  # [B]
+
+
+def dpo_step(model: nn.Module, reference: nn.Module | None, batch_w: TrainBatch, batch_l: TrainBatch,
+             s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig, dpo: DPOConfig, *, patch: int,
+             lora: str | None = None) -> DPOStep:
+    """``pair_losses`` then ``dpo_loss`` for one micro-batch of pairs (``s`` and ``noise`` drawn by the caller)."""
+    losses = pair_losses(model, reference, batch_w, batch_l, s, noise, objective, patch=patch, lora=lora)
+    terms = dpo_loss(losses.model_w, losses.model_l, losses.ref_w, losses.ref_l, dpo)
+    return DPOStep(terms=replace(terms, loss=terms.loss * batch_w.weight), per_sample_w=losses.model_w.detach(),
+                   s=s.detach())

@@ -18,6 +18,14 @@ One optimizer step = ``schedule.grad_accumulation`` micro-steps; each micro-step
    ``objectives.flow_matching_loss``) under ``torch.autocast`` to bfloat16 when ``precision: bf16``; backward,
    with DDP's gradient all-reduce only on the last micro-step.
 
+DPO (``objective.kind: dpo``, ``data.reader: preference``): each micro-step loads pairs (``data.pairs``: winners
+planned by the same bucket sampler, losers fitted to the winner's size), encodes them once with
+``batch.encode_pair_batch``, draws the levels and noise of the winner batch with the same seeded functions (so
+winner and loser share them, and resume stays exact) and runs ``pair_step.dpo_step`` against the reference of
+``dpo.reference``: the network with its LoRA off, or a frozen copy taken before training. The metrics add the DPO
+terms (``loss_w``, ``loss_l``, ``diff_w``, ``diff_l``, ``reward_margin``, ``accuracy``: ``objectives.dpo``);
+validation keeps the held-out flow loss (of the preferred results).
+
 Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update (``objectives.EMA``,
 float32, exact state), and every ``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level
 bin; TensorBoard when available), every ``checkpoint.every_steps`` an atomic checkpoint (``loop.run_state``), every
@@ -38,12 +46,13 @@ hook raises (the host's own interrupt exception: ComfyUI's progress bar raises i
 the last checkpoint are saved as a checkpoint first, so ``checkpoint.resume: latest`` continues exactly, and
 nothing is exported. The hooks are for single-process runs: every rank would have to agree on a cancel.
 
-Public API: ``Trainer``, ``TrainResult``, ``StepReport``, ``StepCallback``.
+Public API: ``Trainer``, ``TrainResult``, ``StepReport``, ``StepCallback``, ``DPO_METRICS``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -57,19 +66,21 @@ from firered_core.config import ConfigError
 from firered_core.images import save_image
 from firered_core.progress import CancelFn, check_cancel
 
-from .batch import NullCondition, TrainBatch, encode_pixel_batch
+from .batch import NullCondition, TrainBatch, encode_pair_batch, encode_pixel_batch
 from ..cache.build import make_cache_spec
 from ..config import TrainConfig, save_config
 from ..scale.distributed import cpu_fsdp, fsdp_requested, launch_reshard_after_forward, make_accelerator, step_seed
 from .loader import LoadedStep, StepDataset, make_loader
 from ..export.lora import export_run
-from ..model.components import TrainComponents, build_components, make_trainable, parse_dtype
+from ..model.components import LORA_NAME, TrainComponents, build_components, make_trainable, parse_dtype
 from ..objectives import EMA, TimestepSampler
 from ..observe import MetricsLog, TensorBoardLogger, TimestepLossBins, TrainProgress, read_metrics, save_loss_curve
 from .optim import build_lr_schedule, build_optimizer
+from ..data.pairs import PairPixelBatch
 from ..data.pixels import PixelBatch
 from ..scale.sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
+from .pair_step import dpo_step
 from .rollout import rollout_level, rollout_start
 from .step import seeded_levels, seeded_noise, step_loss, target_tokens
 from .run_data import TrainData, build_train_data
@@ -78,7 +89,10 @@ from .validator import ValidationSetup, Validator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult", "StepReport", "StepCallback"]
+__all__ = ["Trainer", "TrainResult", "StepReport", "StepCallback", "DPO_METRICS"]
+
+# the DPOTerms a DPO run logs (objectives.dpo says what each means)
+DPO_METRICS = ("loss_w", "loss_l", "diff_w", "diff_l", "reward_margin", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,7 @@ class Trainer:
             self.data.cache.check(make_cache_spec(cfg.data.sampler, comps.vae,
                                                   comps.transformer.config.joint_attention_dim,
                                                   latent_dtype=self.data.cache.spec.latent_dtype))
+        self.reference = self._frozen_reference(comps.transformer)  # before any training changes it
         params = make_trainable(comps.transformer, cfg.model, cfg.lora, seed=cfg.seed)
         # FSDP: the exports need the whole model on rank 0; its parameter-free copy is taken while it is whole
         self.skeleton = meta_copy(comps.transformer) if self.is_main and self.world > 1 and fsdp_requested() else None
@@ -154,10 +169,19 @@ class Trainer:
         self.validator = (Validator(self.data, self._validation_setup()) if self.is_main or self.sharded
                           else None)
         self._last_loss = float("nan")
+        self._dpo_window: list[dict[str, float]] = []  # the DPO terms of the micro-steps since the last log line
 
     # -----------------------------------------------------------------------------------------------------------
     # setup helpers
     # -----------------------------------------------------------------------------------------------------------
+
+    def _frozen_reference(self, transformer: torch.nn.Module) -> torch.nn.Module | None:
+        """DPO with ``dpo.reference: frozen_copy``: the starting network, copied and frozen; else None."""
+        if self.cfg.objective.kind != "dpo" or self.cfg.dpo.reference != "frozen_copy":
+            return None
+        reference = copy.deepcopy(transformer).requires_grad_(False).eval()
+        log.info("dpo: a frozen copy of the starting transformer is the reference")
+        return reference
 
     def _validation_setup(self) -> ValidationSetup:
         cfg, comps = self.cfg, self.comps
@@ -203,6 +227,35 @@ class Trainer:
                                         vae_dtype=vae_dtype)
         return loaded.to(self.device, torch.float32)
 
+    def _to_pair_batches(self, loaded: PairPixelBatch) -> tuple[TrainBatch, TrainBatch]:
+        batch_w, batch_l = encode_pair_batch(loaded, self.comps.vae, self.comps.encoder, self.null,
+                                             device=self.device, vae_dtype=parse_dtype(self.cfg.model.dtype))
+        return batch_w.to(self.device, torch.float32), batch_l.to(self.device, torch.float32)
+
+    def _sync_context(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        """no_sync: gradients of early micro-steps stay local until the last one all-reduces."""
+        if sync:
+            return contextlib.nullcontext()
+        return gradient_sync(self.model, False) if self.sharded else self.acc.no_sync(self.model)
+
+    def _dpo_micro_step(self, batch_w: TrainBatch, batch_l: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
+        """One micro-step of pairs: the levels and noise of the winner batch serve both (``pair_step``)."""
+        torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
+        s = seeded_levels(self.timesteps, batch_w, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
+                          world_size=self.world)
+        noise = seeded_noise(batch_w, self.cfg.seed, self.patch)
+        with self._sync_context(sync):
+            with self.autocast():
+                out = dpo_step(self.model, self.reference, batch_w, batch_l, s, noise, self.cfg.objective,
+                               self.cfg.dpo, patch=self.patch,
+                               lora=LORA_NAME if self.reference is None else None)
+            self.acc.backward(out.terms.loss / self.cfg.schedule.grad_accumulation)
+        if batch_w.weight > 0:
+            self.state.bins.update(out.s.cpu(), out.per_sample_w.cpu())
+            terms = out.terms
+            self._dpo_window.append({name: float(getattr(terms, name)) for name in DPO_METRICS})
+        return out.terms.loss.detach()
+
     def _micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
         # the global RNG only drives LoRA dropout; reseeding it per micro-step makes resume exact without replay
         torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
@@ -216,11 +269,7 @@ class Trainer:
             s = torch.full_like(s, level.level)
             with self.autocast():
                 start = rollout_start(self.model, batch, level, seed=self.cfg.seed, patch=self.patch)
-        if sync:
-            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        else:
-            ctx = gradient_sync(self.model, False) if self.sharded else self.acc.no_sync(self.model)
-        with ctx:  # no_sync: gradients of early micro-steps stay local until the last one all-reduces
+        with self._sync_context(sync):
             with self.autocast():
                 out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch, start=start)
             self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
@@ -321,7 +370,8 @@ class Trainer:
     def _batches(self, start: int) -> Iterator[LoadedStep]:
         """The loaded micro-batches of the remaining steps, in order."""
         cfg, accum = self.cfg, self.cfg.schedule.grad_accumulation
-        loader = make_loader(StepDataset(self.data.records, self.data.sia, self.data.cache), self.data.sampler,
+        loader = make_loader(StepDataset(self.data.records, self.data.sia, self.data.cache, self.data.losers),
+                             self.data.sampler,
                              (cfg.schedule.max_steps - start) * accum, cfg.data.num_workers)
         sizes = sorted({b.batch_size for b in self.data.sampler.buckets})
         log.info("global batch = per-rank batch (%s, by bucket) x %d process(es) x %d accumulation; steps %d -> %d",
@@ -334,8 +384,11 @@ class Trainer:
         for k in range(accum):
             loaded = next(batches)
             loaded.add_skips_to(self.state.skips)
-            batch = self._to_train_batch(loaded.batch)
-            losses.append(self._micro_step(batch, self.state.step * accum + k, sync=k == accum - 1))
+            micro, sync = self.state.step * accum + k, k == accum - 1
+            if isinstance(loaded.batch, PairPixelBatch):
+                losses.append(self._dpo_micro_step(*self._to_pair_batches(loaded.batch), micro, sync))
+            else:
+                losses.append(self._micro_step(self._to_train_batch(loaded.batch), micro, sync))
         norm = self._optimizer_step()
         self.state.step += 1
         return float(self.acc.reduce(torch.stack(losses).mean(), reduction="mean")), norm
@@ -349,12 +402,23 @@ class Trainer:
                 self.acc.reduce(bins.counts.to(self.device), "sum").cpu()
             values.update(bins.scalars(prefix))
             bins.reset()
+        values.update(self._dpo_scalars())
         self._last_loss = values["loss"]
         if metrics is not None:
             metrics.write(step, **values)
         if tb is not None:
             tb.scalars(step, values)
         log.info("step %d: loss %.5f, lr %.3g, grad norm %.3g", step, values["loss"], values["lr"], grad_norm)
+
+    def _dpo_scalars(self) -> dict[str, float]:
+        """Means of the DPO terms over the window's micro-steps and the ranks (empty for flow runs)."""
+        if self.cfg.objective.kind != "dpo":
+            return {}
+        window, self._dpo_window = self._dpo_window, []
+        sums = torch.tensor([[sum(w[n] for w in window) for n in DPO_METRICS] + [len(window)]], dtype=torch.float64)
+        sums = self.acc.reduce(sums.to(self.device), "sum").cpu()[0]
+        count = float(sums[-1])
+        return {n: float(sums[i]) / count if count else float("nan") for i, n in enumerate(DPO_METRICS)}
 
     def _checkpoint(self) -> Path | None:
         # every rank: a sharded model is gathered by all of them; only the main process writes

@@ -31,43 +31,14 @@ Public API: ``DPOConfig``, ``DPOTerms``, ``dpo_loss``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..config.coerce import field_error
+from ..config.dpo_section import DPOConfig  # the config's ``dpo`` section, re-exported here
 
 __all__ = ["DPOConfig", "DPOTerms", "dpo_loss"]
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    """The three numbers of the asymmetric DPO loss. FireRed publishes none of them: all are settings to tune."""
-
-    # Strength of the preference term (inverse KL temperature). Diffusion-DPO used 2500 (SD 1.5) to 5000 (SDXL) on
-    # per-sample MSE losses of the same kind; its released script also multiplies by 0.5, this formula does not.
-    # Unknown for FireRed.
-    beta: float = 2500.0
-    # Winner-term amplification, >= 1 (1 = plain Diffusion-DPO). > 1 makes lowering the winner's loss count more
-    # than raising the loser's: FireRed's answer to both losses rising together. Unknown for FireRed.
-    omega: float = 1.0
-    # The report's lambda: weight of a plain SFT loss on the winner, >= 0 (0 = off). Added with a plus sign (the
-    # report's minus would push the winner's loss up). Unknown for FireRed.
-    sft_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("beta", "omega", "sft_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise field_error(name, f"must be a finite number, got {value!r}")
-        if not self.beta > 0:
-            raise field_error("beta", f"must be > 0, got {self.beta!r}")
-        if not self.omega >= 1:
-            raise field_error("omega", f"must be >= 1 (1 = plain Diffusion-DPO), got {self.omega!r}")
-        if not self.sft_weight >= 0:
-            raise field_error("sft_weight", f"must be >= 0 (the SFT anchor on the winner), got {self.sft_weight!r}")
 
 
 @dataclass(frozen=True)
