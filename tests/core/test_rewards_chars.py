@@ -9,6 +9,7 @@ import pytest
 
 from firered_core.rewards.char_layout import char_boxes, layout_agreement, pair_penalties, reference_chars
 from firered_core.rewards.layout_config import LayoutRewardConfig
+from firered_core.rewards.ocr_layout import SourceText
 from firered_core.rewards.ocr_reader import attach_chars
 from firered_core.rewards.text_boxes import TextBox, box_from_rect
 from firered_core.rewards.text_match import substring_alignment, substring_distance
@@ -168,3 +169,12 @@ def test_huge_glyphs_in_place_do_not_pay() -> None:
     expected = (math.exp(-ds) * (1 + 2 * math.exp(-1.5))) / 3
     assert scored.layout == pytest.approx(expected) and scored.size == pytest.approx(math.exp(-ds))
     assert scored.layout < 0.02
+
+
+def test_source_text_parts_join_to_the_expected_line() -> None:
+    plain = SourceText(expected="CLOSED", box=None, detections=(), size=(8, 8))
+    assert plain.parts == ("", "CLOSED", "")  # not given: all of it is new
+    line = SourceText(expected="HELLO THERE", box=None, detections=(), size=(8, 8), parts=("HELLO ", "THERE", ""))
+    assert line.parts[1] == "THERE"
+    with pytest.raises(ValueError, match="parts"):
+        SourceText(expected="HELLO", box=None, detections=(), size=(8, 8), parts=("", "WORLD", ""))
