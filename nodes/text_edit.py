@@ -4,8 +4,8 @@ The instruction names the new text in quotes (``Change the sign to "OPEN"``, ``æ
 optional, also settable as ``old_text``). The source is read by OCR to find the line being edited; N candidates
 (seeds ``seed .. seed + N - 1``) are generated and each is scored by the layout-aware OCR reward of
 ``firered_core.rewards.ocr_layout`` (the same code the RL stage uses): text correctness, gated by agreement of
-position and glyph size with the source line. Outputs: the best candidate, its reward, an overlay of what OCR
-found on it, and a one-line-per-candidate report. Needs the ``ocr`` extra (rapidocr).
+character positions and glyph sizes with the old text. Outputs: the best candidate, its reward, an overlay of
+what OCR found on it, and a one-line-per-candidate report. Needs the ``ocr`` extra (rapidocr).
 """
 
 from __future__ import annotations

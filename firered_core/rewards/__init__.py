@@ -1,8 +1,10 @@
 """Rewards that score edited images: one implementation for the RL stage and the ComfyUI nodes.
 
 - ``ocr_layout``: the layout-aware OCR reward (is the requested text there, where the old text was, at the old
-  size?), over ``ocr_reader`` (RapidOCR, extra ``ocr``), ``text_match`` (edit distances) and ``text_boxes``
-  (geometry); ``quoted_text`` reads the requested text out of an instruction; ``overlay`` draws what was found.
+  size?) at character level, over ``ocr_reader`` (RapidOCR, extra ``ocr``), ``text_match`` (edit distances and
+  their alignment), ``text_boxes`` (detections), ``char_layout`` (character boxes, reference layout, penalties) and
+  ``layout_config`` (its settings); ``ocr_rewards`` scores a batch for the training stages; ``quoted_text`` reads
+  the requested text out of an instruction; ``overlay`` draws what was found.
 - ``vlm_judge``: the VLM judge (``judge_scores``), a rating read as the probability-weighted expectation over the
   rating tokens (``rating_tokens``), averaged over K passes, from an OpenAI-compatible server (``chat_client``,
   standard library only) or a local transformers model (``local_judge``).
@@ -32,12 +34,14 @@ _EXPORTS = {
     "TextBox": "text_boxes",
     "RapidOcrReader": "ocr_reader",
     "default_reader": "ocr_reader",
-    "LayoutRewardConfig": "ocr_layout",
+    "LayoutRewardConfig": "layout_config",
     "LayoutScore": "ocr_layout",
     "SourceText": "ocr_layout",
     "locate_source_text": "ocr_layout",
     "score_candidate": "ocr_layout",
     "ocr_layout_reward": "ocr_layout",
+    "ocr_rewards": "ocr_layout",
+    "CharLayout": "char_layout",
     "draw_layout_overlay": "overlay",
     "Face": "identity",
     "IdentityScore": "identity",

@@ -1,13 +1,15 @@
 """A picture of what the OCR reward saw: detected lines, the source line and the line that earned the reward.
 
 Colours: every candidate detection in orange, the source line (rescaled to the candidate) in blue, the matched line
-in green; each box is labelled with its recognised text, and the reward terms are written in the top-left corner.
+in green with its character boxes (the OCR's, or the even split) in thin green; each box is labelled with its
+recognised text, and the reward terms are written in the top-left corner.
 """
 
 from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .char_layout import char_boxes
 from .ocr_layout import LayoutScore
 from .text_boxes import TextBox
 
@@ -44,6 +46,8 @@ def draw_layout_overlay(image: Image.Image, score: LayoutScore) -> Image.Image:
     if score.source_box is not None:
         _outline(draw, score.source_box, SOURCE, width)
     if score.matched is not None:
+        for char in char_boxes(score.matched):
+            _outline(draw, char, MATCHED, max(1, width // 2))
         _outline(draw, score.matched, MATCHED, width + 1)
     terms = [f"reward {score.reward:.3f}", f"text {score.text:.2f}"]
     if score.position is not None and score.size is not None:

@@ -1,22 +1,12 @@
-"""Detected text lines and the geometry the layout reward compares them by.
+"""Detected text lines and their boxes.
 
 A ``TextBox`` is one OCR detection: its text, the recogniser's confidence and the detector's quadrilateral
 (4 corners, clockwise from top-left, in pixels). Glyph size is the quad's *height*: the mean length of its left
 and right edges, i.e. the line height, which tracks the font size whatever the text's length or rotation.
 
-Agreement of a candidate box ``c`` with the source box ``s`` (both in the candidate's pixel frame):
-
-    dx = max(0, |cx_c - cx_s| - |w_c - w_s| / 2) / h_s     horizontal offset the length change does not explain
-    dy = |cy_c - cy_s| / h_s                                vertical offset
-    position = exp(-sqrt(dx^2 + dy^2) / tau_pos)
-    size     = exp(-max(0, |ln(h_c / h_s)| - ln(1 + size_tol)) / tau_size)
-
-Offsets are measured in source glyph heights, so the scores do not depend on the image resolution. A new text of
-another length shifts the box centre by up to half the width change whether it was set left-, centre- or
-right-aligned; that shift is forgiven (the ``|w_c - w_s| / 2`` term), a real move is not. ``size_tol`` absorbs
-the jitter of detector boxes (ascenders, descenders, a different word); beyond it the size score decays
-symmetrically in the log ratio, so both shrunken and inflated glyphs (the reward hack FireRed's layout term is
-built against) lose credit.
+``chars`` holds the line's character boxes when the OCR engine gives them (RapidOCR does, from the recogniser's
+column positions: real x extents, the line's own y extent), one ``TextBox`` per non-space character; it is empty
+otherwise. ``char_layout.char_boxes`` turns either case into character boxes for the layout term.
 """
 
 from __future__ import annotations
@@ -26,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TextBox", "box_from_rect", "scale_box", "position_agreement", "size_agreement", "box_iou"]
+__all__ = ["TextBox", "box_from_rect", "scale_box", "box_iou"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +26,7 @@ class TextBox:
     text: str
     score: float
     quad: tuple[tuple[float, float], ...]
+    chars: tuple["TextBox", ...] = ()  # the OCR engine's character boxes, in reading order; () = not given
 
     @property
     def center(self) -> tuple[float, float]:
@@ -69,23 +60,8 @@ def box_from_rect(rect: tuple[float, float, float, float], text: str = "", score
 
 def scale_box(box: TextBox, sx: float, sy: float) -> TextBox:
     """``box`` in an image resized by (sx, sy), e.g. the source box in the frame of a larger candidate."""
-    return TextBox(text=box.text, score=box.score, quad=tuple((x * sx, y * sy) for x, y in box.quad))
-
-
-def position_agreement(candidate: TextBox, source: TextBox, tau: float = 1.0) -> float:
-    """1 when ``candidate`` sits where ``source`` was (up to a length change), decaying per glyph height moved."""
-    (cx, cy), (sx, sy) = candidate.center, source.center
-    h = max(source.height, 1e-6)
-    dx = max(0.0, abs(cx - sx) - abs(candidate.width - source.width) / 2.0) / h
-    dy = abs(cy - sy) / h
-    return math.exp(-math.hypot(dx, dy) / tau)
-
-
-def size_agreement(candidate: TextBox, source: TextBox, tolerance: float = 0.15, tau: float = 0.3) -> float:
-    """1 when the glyph heights agree within ``tolerance`` (relative), decaying with the log ratio beyond it."""
-    ratio = max(candidate.height, 1e-6) / max(source.height, 1e-6)
-    excess = max(0.0, abs(math.log(ratio)) - math.log1p(tolerance))
-    return math.exp(-excess / tau)
+    return TextBox(text=box.text, score=box.score, quad=tuple((x * sx, y * sy) for x, y in box.quad),
+                   chars=tuple(scale_box(c, sx, sy) for c in box.chars))
 
 
 def box_iou(a: TextBox, b: TextBox) -> float:

@@ -9,6 +9,10 @@ best-matching *substring* of ``found`` (``substring_distance``). Crediting a sub
 baseline's rule ("full credit when the target is a substring"); it is needed because OCR cuts lines differently in
 two images, so the expected words often arrive with neighbouring words on the same detected line.
 
+``substring_alignment`` runs the same recurrence with a backtrace: which character of ``expected`` sits on which
+character of ``found``. The character-level layout term pairs glyph boxes by it, so the text term and the layout
+term read the same alignment.
+
 Both strings are normalised first (``normalise_text``): Unicode NFKC (full-width Latin and digits become ASCII,
 ligatures split), whitespace removed (OCR inserts and drops spaces freely; Chinese has none) and, unless
 ``ignore_case=False``, case folded (the recogniser confuses o/O, s/S, c/C in most fonts).
@@ -17,8 +21,9 @@ ligatures split), whitespace removed (OCR inserts and drops spaces freely; Chine
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 
-__all__ = ["normalise_text", "levenshtein", "substring_distance", "text_accuracy"]
+__all__ = ["normalise_text", "levenshtein", "substring_distance", "substring_alignment", "Alignment", "text_accuracy"]
 
 
 def normalise_text(text: str, *, ignore_case: bool = True, ignore_spaces: bool = True) -> str:
@@ -57,6 +62,40 @@ def substring_distance(pattern: str, text: str) -> int:
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (cp != ct)))
         previous = current
     return min(previous)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How ``pattern`` sits on its best-matching substring ``text[start:end]``."""
+
+    distance: int  # the edit distance, equal to ``substring_distance(pattern, text)``
+    pairs: tuple[tuple[int, int], ...]  # (index in pattern, index in text) of identical characters, in order
+    start: int
+    end: int  # the matched substring is text[start:end]; its length is the prediction length of the reward
+
+
+def substring_alignment(pattern: str, text: str) -> Alignment:
+    """``substring_distance`` with its backtrace; ties prefer the longest substring, then the diagonal step."""
+    rows = [[0] * (len(text) + 1)]
+    for i, cp in enumerate(pattern, start=1):
+        prev, row = rows[-1], [i]
+        for j, ct in enumerate(text, start=1):
+            row.append(min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (cp != ct)))
+        rows.append(row)
+    last = rows[-1]
+    i, j = len(pattern), len(last) - 1 - last[::-1].index(min(last))
+    end, pairs = j, []
+    while i > 0:
+        here = rows[i][j]
+        if j > 0 and here == rows[i - 1][j - 1] + (pattern[i - 1] != text[j - 1]):
+            if pattern[i - 1] == text[j - 1]:
+                pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif here == rows[i - 1][j] + 1:  # a pattern character missing from the text
+            i -= 1
+        else:  # an extra character in the text
+            j -= 1
+    return Alignment(distance=min(last), pairs=tuple(reversed(pairs)), start=j, end=end)
 
 
 def text_accuracy(expected: str, found: str, *, ignore_case: bool = True, ignore_spaces: bool = True) -> float:

@@ -13,8 +13,7 @@ import pytest
 from firered_core.rewards.extras import MissingExtraError, import_extra
 from firered_core.rewards.ocr_layout import LayoutRewardConfig, combine_terms
 from firered_core.rewards.quoted_text import TextEditRequest, parse_text_edit, quoted_strings
-from firered_core.rewards.text_boxes import (TextBox, box_from_rect, box_iou, position_agreement, scale_box,
-                                             size_agreement)
+from firered_core.rewards.text_boxes import TextBox, box_from_rect, box_iou, scale_box
 from firered_core.rewards.text_match import levenshtein, normalise_text, substring_distance, text_accuracy
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -120,22 +119,6 @@ def test_box_measures() -> None:
         box_from_rect((5, 5, 5, 10))
 
 
-def test_position_agreement_forgives_a_length_change_but_not_a_move() -> None:
-    assert position_agreement(SOURCE, SOURCE) == 1.0
-    longer_left_aligned = box_from_rect((100, 100, 400, 140))
-    assert position_agreement(longer_left_aligned, SOURCE) == pytest.approx(1.0)
-    moved = box_from_rect((100, 220, 300, 260))  # 3 glyph heights down
-    assert position_agreement(moved, SOURCE) == pytest.approx(math.exp(-3))
-    assert position_agreement(moved, SOURCE, tau=3.0) == pytest.approx(math.exp(-1))
-
-
-def test_size_agreement_is_symmetric_with_a_tolerance() -> None:
-    assert size_agreement(box_from_rect((100, 100, 300, 145)), SOURCE) == 1.0  # +12.5%: within tolerance
-    bigger = size_agreement(box_from_rect((100, 100, 300, 180)), SOURCE)
-    smaller = size_agreement(box_from_rect((100, 100, 300, 120)), SOURCE)
-    assert bigger == pytest.approx(smaller) == pytest.approx(math.exp(-(math.log(2) - math.log(1.15)) / 0.3))
-
-
 def test_iou() -> None:
     assert box_iou(SOURCE, SOURCE) == 1.0
     assert box_iou(SOURCE, box_from_rect((200, 100, 400, 140))) == pytest.approx(1 / 3)
@@ -143,14 +126,26 @@ def test_iou() -> None:
 
 
 def test_combine_terms() -> None:
-    cfg = LayoutRewardConfig()
+    cfg = LayoutRewardConfig(w_text=0.5, w_layout=0.5, gate=0.5)
     assert combine_terms(1.0, 1.0, cfg) == 1.0
     assert combine_terms(1.0, 0.0, cfg) == 0.5
     assert combine_terms(0.4, 1.0, cfg) == pytest.approx(0.2)  # gate closed below 0.5
     assert combine_terms(0.75, 1.0, cfg) == pytest.approx(0.5 * 0.75 + 0.5 * 0.5)
     assert combine_terms(0.6, None, cfg) == 0.6  # no layout to agree with
-    with pytest.raises(ValueError, match="gate"):
-        LayoutRewardConfig(gate=1.0)
+    default = LayoutRewardConfig()  # 0.6 / 0.4, smooth gate from 0.8
+    assert combine_terms(0.9, 1.0, default) == pytest.approx(0.6 * 0.9 + 0.4 * 0.5)
+    hard = LayoutRewardConfig(gate_mode="hard")
+    assert combine_terms(0.8, 0.5, hard) == pytest.approx(0.6 * 0.8 + 0.4 * 0.5)
+    assert combine_terms(0.79, 0.5, hard) == pytest.approx(0.6 * 0.79)
+
+
+@pytest.mark.parametrize("field, value", [("gate", 1.0), ("w_text", -1), ("gate_mode", "soft"),
+                                          ("layout_norm", "max"), ("tau_pos", 0), ("tau_size", -1),
+                                          ("size_tolerance", -0.1), ("pos_tolerance", -1),
+                                          ("min_source_match", 2)])
+def test_config_errors_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        LayoutRewardConfig(**{field: value})
     with pytest.raises(ValueError, match="w_text"):
         LayoutRewardConfig(w_text=0, w_layout=0)
 
