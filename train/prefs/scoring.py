@@ -40,14 +40,14 @@ def _verifiable(sample: PrefSample, edits: Sequence[Image.Image], mode: str) -> 
 
 
 def _ocr(sample: PrefSample, edits: Sequence[Image.Image], mode: str) -> list[float]:
-    from firered_core.rewards import locate_source_text, parse_text_edit, score_candidate
+    from firered_core.rewards import ocr_rewards, parse_text_edit
 
     request = parse_text_edit(sample.instruction)
     if request is None or not sample.sources:
         raise ValueError(f"{sample.id}: the ocr reward needs a picture and a quoted new text in the instruction, "
                          f"got {sample.instruction!r}")
-    located = locate_source_text(sample.sources[0], request.new, old_text=request.old)
-    return [score_candidate(located, edit).reward for edit in edits]
+    n = len(edits)  # the same source object for every edit: it is read once
+    return ocr_rewards([sample.sources[0]] * n, list(edits), [request] * n)
 
 
 REWARDS: dict[str, Callable[[PrefSample, Sequence[Image.Image], str], list[float]]] = {
