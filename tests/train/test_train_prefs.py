@@ -90,3 +90,23 @@ def test_the_verifiable_reward_needs_a_spec(tmp_path: Path) -> None:
         score_edits("verifiable", sample, [picture])
     with pytest.raises(ValueError, match="reward must be one of"):
         score_edits("beauty", sample, [picture])
+
+
+def test_text_edits_are_scored_by_the_ocr_reward() -> None:
+    pytest.importorskip("rapidocr")
+    from PIL import Image, ImageDraw, ImageFont
+
+    from firered_train.prefs.scoring import PrefSample, score_edits
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf", 36)
+
+    def sign(text: str) -> Image.Image:
+        image = Image.new("RGB", (320, 160), "white")
+        ImageDraw.Draw(image).text((60, 55), text, fill="black", font=font)
+        return image
+
+    sample = PrefSample("s", "text", 'Change "OPEN" to "CLOSED"', [sign("OPEN")], sign("CLOSED"))
+    right, wrong, blank = score_edits("ocr", sample, [sign("CLOSED"), sign("HELLO"), sign("")])
+    assert right > wrong > blank == 0.0
+    pair = pick_pair([right, wrong, blank], PairConfig(k=3))
+    assert pair == (0, 2)
