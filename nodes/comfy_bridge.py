@@ -16,6 +16,7 @@ where trained LoRAs go              ``models/loras`` (first folder), runs under 
 memory: load, offload, free         ``comfy.model_patcher.ModelPatcher`` +              the model stays on the CPU
                                     ``comfy.model_management.load_models_gpu``
 default compute dtype               bfloat16 where ComfyUI says the device has it       float32
+server-owned settings files         ``folder_paths.get_user_directory()``               none
 ==================================  =================================================  ==============================
 
 Model names are checked before any path is built: a name with a ``..`` part or an absolute path inside ComfyUI
@@ -240,6 +241,17 @@ def lora_runs_folder() -> Path:
     if output is not None:
         return Path(output()) / RUNS_FOLDER
     return lora_output_folder() / f".{RUNS_FOLDER}"
+
+
+def user_config_file(relative: str) -> Path | None:
+    """``relative`` under ComfyUI's user folder (``folder_paths.get_user_directory()``); None outside ComfyUI.
+
+    The server's owner edits these files; the front end's userdata API only reaches per-user folders
+    (``user/default``, ``user/<name>_<uuid>``), so a FireRed subfolder there is out of a browser's reach.
+    """
+    folder_paths = comfy_module("folder_paths")
+    user_directory = getattr(folder_paths, "get_user_directory", None)
+    return None if user_directory is None else Path(user_directory()) / relative
 
 
 # ---------------------------------------------------------------------------------------------------------------

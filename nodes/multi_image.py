@@ -5,7 +5,8 @@ order then batch order (so one "Image Batch" of 5 pictures works as well as five
 ``max_composites`` pictures they go to the model unchanged. With more, ``composite.make_composites`` crops and
 stitches them (picture 1, the scene, stays whole; see its docstring) and ``reference_rewrite`` points the
 instruction's "Picture N" / "图N" at the composites. Setting ``vlm_endpoint`` lets a vision-language model choose
-the crops instead of the local heuristic (``vlm_hook``). Automatic output size follows picture 1's aspect, not
+the crops instead of the local heuristic (``vlm_hook``); it names one of the servers the server's owner allows
+(``vlm_endpoints``), checked before any picture is read. Automatic output size follows picture 1's aspect, not
 the last composite's. One edit is made (seed as given).
 
 Outputs: the edited IMAGE and LATENT, the instruction as sent to the model, and the composites (padded with
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import edit_runner
 from .common import CATEGORY, FireRedNodeError, pils_to_tensor, require_instruction, tensor_to_pils
 from .edit import sampler_input, sampling_inputs
 from .model_handle import SOCKET, FireRedModel
+
+if TYPE_CHECKING:
+    from .vlm_endpoints import Target
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,8 @@ MAX_INPUTS = 8
 class FireRedMultiImage:
     DESCRIPTION = ("Edits with more than three pictures: picture 1 stays whole, the others are cropped to their "
                    "subject and stitched so the model sees at most three images; 'Picture N' in the instruction "
-                   "is rewritten to match. Optional: a vision-language model (OpenAI-compatible URL) picks the "
-                   "crops.")
+                   "is rewritten to match. Optional: a vision-language model (an endpoint configured on the "
+                   "server, or a loopback URL) picks the crops.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "LATENT", "STRING", "IMAGE")
     RETURN_NAMES = ("image", "latent", "instruction", "composites")
@@ -53,7 +57,8 @@ class FireRedMultiImage:
             },
             "optional": {
                 **{f"image{i}": ("IMAGE",) for i in range(2, MAX_INPUTS + 1)},
-                "vlm_endpoint": ("STRING", {"default": "", "tooltip": "empty = local heuristic crops; else an "
+                "vlm_endpoint": ("STRING", {"default": "", "tooltip": "empty = local heuristic crops; else the name "
+                                            "of a VLM endpoint configured on this server, or a loopback "
                                             "OpenAI-compatible URL such as http://127.0.0.1:8000/v1"}),
                 "vlm_model": ("STRING", {"default": "", "tooltip": "model name sent to the VLM endpoint"}),
                 **sampler_input(),
@@ -74,8 +79,13 @@ class FireRedMultiImage:
                                                         sampler=sampler)
         if isinstance(max_composites, bool) or max_composites not in (1, 2, 3):
             raise FireRedNodeError(f"max_composites must be 1, 2 or 3, got {max_composites!r}")
+        target = _vlm_target(vlm_endpoint, vlm_model)
         pictures = _pictures(image1, images)
-        boxes = _vlm_boxes(vlm_endpoint, vlm_model, instruction, pictures) if len(pictures) > max_composites else None
+        boxes = None
+        if target is not None and len(pictures) > max_composites:
+            from .vlm_hook import ask_boxes
+
+            boxes = ask_boxes(target, vlm_model.strip(), instruction, pictures)
         plan = make_composites(pictures, max_composites, boxes)
         rewritten = rewrite_for_composites(instruction, plan.placements)
         log.info("FireRed Multi-Image: %d pictures -> %d composites; instruction: %s", len(pictures),
@@ -103,14 +113,15 @@ def _pictures(image1: Any, extra: dict[str, Any]) -> list:
     return pictures
 
 
-def _vlm_boxes(endpoint: Any, model_name: Any, instruction: str, pictures: list) -> dict | None:
+def _vlm_target(endpoint: Any, model_name: Any) -> Target | None:
+    """Where the VLM request would go, checked against the server's endpoint policy before any picture is read."""
     if not isinstance(endpoint, str) or not isinstance(model_name, str):
         raise FireRedNodeError("vlm_endpoint and vlm_model must be text")
     if not endpoint.strip():
         return None
-    from .vlm_hook import ask_boxes
+    from .vlm_endpoints import load_policy
 
-    return ask_boxes(endpoint, model_name.strip(), instruction, pictures)
+    return load_policy().resolve(endpoint)
 
 
 def _pad_to_common_size(images: list) -> list:

@@ -1,6 +1,6 @@
 """Optional: ask a vision-language model where the region of interest of each picture is.
 
-Off unless the node's ``vlm_endpoint`` is set. The endpoint is any server speaking OpenAI's chat-completions
+Off unless the node's ``vlm_endpoint`` is set. The endpoint is any allowed server speaking OpenAI's chat-completions
 protocol (vLLM, llama.cpp's server, Ollama, LM Studio, a hosted API...): give its base URL
 (``http://127.0.0.1:8000/v1``) or the full ``.../chat/completions`` URL. One request carries every picture
 (downscaled PNGs as data URLs) and the instruction, and asks for JSON ``{"boxes": [[x0, y0, x1, y1] | null, ...]}``
@@ -8,8 +8,9 @@ with coordinates as fractions of the picture. Any failure - unreachable server, 
 that JSON - is a node error saying what went wrong; the node never silently falls back.
 
 The HTTP side (timeouts, data URLs, error wording) is ``firered_core.rewards.chat_client``, shared with the VLM
-judge reward; this node asks once, without retries, since the user is waiting. Nothing is sent anywhere unless the
-user gives an endpoint.
+judge reward; this node asks once, without retries, since the user is waiting. Requests go only to a ``Target``
+that ``vlm_endpoints`` resolved: a loopback server or one the server's owner configured, never a URL a workflow
+brought along.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from firered_core.rewards.chat_client import chat_url as core_chat_url
 
 from .common import FireRedNodeError
 from .composite import Box
+from .vlm_endpoints import Target
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,11 @@ def request_body(model: str, instruction: str, pictures: Sequence[Image.Image]) 
     return body
 
 
-def ask_boxes(endpoint: str, model: str, instruction: str, pictures: Sequence[Image.Image],
-              api_key: str = "") -> dict[int, Box]:
-    """1-based picture -> pixel box for every picture the VLM located (null answers are left out)."""
-    client = ChatClient(chat_url(endpoint), api_key=api_key, timeout_s=TIMEOUT_S, retries=0)
+def ask_boxes(target: Target, model: str, instruction: str, pictures: Sequence[Image.Image]) -> dict[int, Box]:
+    """1-based picture -> pixel box for every picture the VLM at ``target`` located (null answers are left out)."""
+    if not isinstance(target, Target):
+        raise TypeError(f"target must be a vlm_endpoints.Target resolved by the endpoint policy, got {target!r}")
+    client = ChatClient(target.url, api_key=target.api_key, timeout_s=TIMEOUT_S, retries=0)
     try:
         text = message_text(client.complete(request_body(model, instruction, pictures)), client.url)
     except JudgeError as exc:

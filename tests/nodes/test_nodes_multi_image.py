@@ -241,9 +241,10 @@ def test_vlm_failures_are_node_errors(model, vlm: str, reply, message: str) -> N
 
 def test_vlm_unreachable_and_bad_urls() -> None:
     with pytest.raises(FireRedNodeError, match="could not be reached"):
+        from nodes.vlm_endpoints import EndpointPolicy
         from nodes.vlm_hook import ask_boxes
 
-        ask_boxes("http://127.0.0.1:9/v1", "", "x", [Image.new("RGB", (16, 16))])
+        ask_boxes(EndpointPolicy().resolve("http://127.0.0.1:9/v1"), "", "x", [Image.new("RGB", (16, 16))])
     for bad in ("ftp://host/v1", "localhost:8000", "file:///etc/passwd"):
         with pytest.raises(FireRedNodeError, match="http"):
             chat_url(bad)
