@@ -128,10 +128,11 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            message = f"VLM at {self.url} answered HTTP {exc.code}: {_server_message(exc)}"
+            detail = exc.msg if 300 <= exc.code < 400 else _server_message(exc)
+            message = f"VLM at {self.url} answered HTTP {exc.code}: {detail}"
             if exc.code in RETRIED_STATUS:
                 raise _Retryable(JudgeError, message + " (after {tries})") from exc
             raise JudgeError(message) from exc
@@ -149,6 +150,18 @@ class ChatClient:
         if not isinstance(reply, dict):
             raise JudgeError(f"VLM at {self.url} did not answer with a JSON object: {raw[:200]!r}")
         return reply
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are answered as errors: following one would hand the pictures and the API key to a server that
+    was not configured."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirects to {newurl}, which is not followed (the "
+                                     "pictures and the API key go only to the configured URL)", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class _Retryable(Exception):

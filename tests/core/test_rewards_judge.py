@@ -38,6 +38,9 @@ class _Judge(BaseHTTPRequestHandler):
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
             self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", payload.decode())
+                data = b""
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -191,6 +194,17 @@ def test_persistent_server_error_names_the_status(server: str) -> None:
     _Judge.script = [(503, b"busy", 0.0)] * 3
     with pytest.raises(JudgeError, match=r"HTTP 503: busy \(after 3 tries\)"):
         judge_scores(*_images(), ["x"], _config(server))
+
+
+def test_redirects_are_not_followed(server: str) -> None:
+    """A redirect would carry the pictures and the key to a URL nobody configured: it is an error, and the
+    server sees exactly one request (a followed redirect would be a second one, with the key)."""
+    for status in (302, 307):
+        _Judge.script, _Judge.requests = [(status, f"{server}/collect".encode(), 0)], []
+        client = ChatClient(server, api_key="secret", timeout_s=1, retries=2, backoff_s=0.01)
+        with pytest.raises(JudgeError, match=f"HTTP {status}: redirects to .*/collect, which is not followed"):
+            client.complete({"messages": []})
+        assert [path for path, _, _ in _Judge.requests] == ["/v1/chat/completions"]
 
 
 def test_bad_settings_name_the_argument() -> None:
