@@ -40,6 +40,7 @@ _EXPORTS = {
     "ocr_layout_reward": "ocr_layout",
     "draw_layout_overlay": "overlay",
     "Face": "identity",
+    "FaceLandmarks": "identity",
     "IdentityScore": "identity",
     "DlibFaceEmbedder": "identity",
     "default_embedder": "identity",
