@@ -5,6 +5,8 @@
 | ``flow.py`` | ``x_s = (1 - s) x0 + s eps``, target ``v = eps - x0`` (or to ``x0`` from another start), masked MSE |
 | ``timesteps.py`` | noise levels: uniform / logit-normal, shift, global or rank strata, rotation, curriculum, bins |
 | ``dpo.py`` | Diffusion-DPO with FireRed's asymmetric winner weight and SFT anchor, and what to log of it |
+| ``consistency.py`` | the SFT identity loss: ``eta sigma^2 (1 - cos)`` of face features of ``x0_hat`` and the target |
+| ``face_alignment.py`` | face landmarks -> 2x3 similarity onto ArcFace's five-point template; regions on the target |
 | ``ema.py`` | float32 moving average of trained weights: warm-up, validation swap, exact state |
 
 ::
@@ -22,6 +24,7 @@ The configs are sections of the training config (``config.sections``: ``Timestep
 ``EMAConfig``). Each module's docstring gives the formulas and the choices made where the report is silent.
 """
 
+from .consistency import ConsistencyConfig, ConsistencyTerms, consistency_loss, consistency_weight, x0_from_velocity
 from .dpo import DPOConfig, DPOTerms, dpo_loss
 from .ema import EMA
 from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction, clean_estimate, corrected_target,
@@ -29,6 +32,7 @@ from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction
 from .timesteps import Generators, TimestepConfig, TimestepSampler, loss_bins, timestep_generator, timestep_generators
 
 __all__ = [
+    "ConsistencyConfig", "ConsistencyTerms", "consistency_loss", "consistency_weight", "x0_from_velocity",
     "DPOConfig", "DPOTerms", "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "Generators", "LossOutput",
     "Reduction", "TimestepConfig", "TimestepSampler", "clean_estimate", "corrected_target", "dpo_loss",
     "flow_matching_loss", "flow_target", "loss_bins", "noisy_sample", "per_sample_flow_loss", "timestep_generator",
