@@ -14,15 +14,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from firered_core.config import get_preset
+from firered_core.latents import pack_latents
 from firered_core.rewards.extras import MissingExtraError
 from firered_core.vae import FireRedVAE
 from firered_train.config.coerce import ConfigError
 from firered_train.model.face_features import FaceFeatureConfig, FaceFeatures, load_face_features
+from firered_train.loop.consistency_step import consistency_terms
 from firered_train.model.region_decode import decode_regions, receptive_margin
 from firered_train.objectives.consistency import (ConsistencyConfig, consistency_loss, consistency_weight,
                                                   x0_from_velocity)
 from firered_train.objectives.face_alignment import (ARCFACE_TEMPLATE, alignment_from_landmarks, find_regions,
-                                                     shift_alignment, template_points)
+                                                     sampled_box, shift_alignment, template_points)
 
 TINY_FACE = FaceFeatureConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=8, crop=16)
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
@@ -214,6 +216,16 @@ def test_shift_alignment_moves_a_transform_into_a_crop() -> None:
                                _apply(matrix, points))
 
 
+def test_sampled_box_covers_what_the_warp_reads() -> None:
+    # identity into a 16 crop reads pixels 0..15 and, bilinearly, their right/lower neighbours: 0..16 -> end 17
+    assert sampled_box([IDENTITY], 16, 40, 40) == (0, 0, 17, 17)
+    # x -> 0.5 x - 10, y -> 0.5 y - 5 inverts to x = 2u + 20, y = 2v + 10: u, v in [0, 15] give x in [20, 50],
+    # y in [10, 40]; ends 52, 42; a second region at the origin widens the box, the image edge clips it
+    half = torch.tensor([[0.5, 0.0, -10.0], [0.0, 0.5, -5.0]], dtype=torch.float64)
+    assert sampled_box([half], 16, 64, 64) == (20, 10, 52, 42)
+    assert sampled_box([half, IDENTITY], 16, 64, 50) == (0, 0, 50, 42)
+
+
 def test_find_regions_needs_the_face_extra_or_finds_no_face_on_grey() -> None:
     grey = Image.new("RGB", (96, 96), (128, 128, 128))
     if importlib.util.find_spec("dlib") is None:
@@ -297,3 +309,48 @@ def test_decode_regions_without_margin_differs_and_refuses_bad_boxes() -> None:
         decode_regions(vae, latents, [(0, 0, 200, 20)])
     with pytest.raises(ValueError, match="one box"):
         decode_regions(vae, latents, [None, None])
+
+
+# -- the step's glue: tokens -> region decode -> loss ---------------------------------------------------------------
+
+
+def _face_at(centre: tuple[float, float], scale: float, degrees: float, crop: int = 16) -> torch.Tensor:
+    """Image -> crop similarity putting ``centre`` in the middle of the crop."""
+    m = _similarity(scale, degrees, (0.0, 0.0))
+    m[:, 2] = (crop - 1) / 2 - m[:, :2] @ torch.tensor(centre, dtype=torch.float64)
+    return m
+
+
+def test_consistency_terms_equal_the_loss_on_full_decodes() -> None:
+    vae, features, patch = _tiny_vae(), _tiny_features(), 2
+    target = torch.randn(3, vae.z_dim, 32, 32)  # 128 x 128 pixels
+    noise, s = torch.randn_like(target), torch.tensor([0.5, 0.95, 0.3])
+    x0_tokens, eps_tokens = pack_latents(target, patch), pack_latents(noise, patch)
+    x_t = (1 - s[:, None, None]) * x0_tokens + s[:, None, None] * eps_tokens
+    v = (eps_tokens - x0_tokens + 0.3 * torch.randn_like(x0_tokens)).requires_grad_(True)  # an imperfect model
+    regions = [[_face_at((60.0, 50.0), 0.5, 10.0)], [_face_at((64.0, 64.0), 0.5, 0.0)],
+               [_face_at((118.0, 120.0), 0.6, -20.0), _face_at((30.0, 90.0), 0.8, 5.0)]]
+    config = ConsistencyConfig(eta=1.0, crop=16)
+    got = consistency_terms(vae, features, x_t, v, s, target, regions, config, patch=patch)
+    (got_grad,) = torch.autograd.grad(got.loss, v)
+
+    x0_hat = torch.stack([vae.decode(z[None])[0] for z in
+                          torch.unbind(x0_from_velocity(x_t, v, s).unflatten(1, (16, 16)).permute(0, 3, 1, 2)
+                                       .unflatten(1, (vae.z_dim, patch, patch)).permute(0, 1, 4, 2, 5, 3)
+                                       .flatten(4, 5).flatten(2, 3))])  # tokens -> [B, C, 32, 32] by hand, decoded
+    want = consistency_loss(x0_hat, vae.decode(target).detach(), regions, features, s, config)
+    (want_grad,) = torch.autograd.grad(want.loss, v)
+    assert got.n_regions == 3 and want.n_regions == 3  # sample 1 is above sigma_max
+    torch.testing.assert_close(got.loss, want.loss, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6, rtol=1e-3)
+    assert got.loss.item() > 0 and got_grad[1].abs().sum() == 0
+
+
+def test_consistency_terms_skip_decoding_when_nothing_is_active() -> None:
+    vae, features = _tiny_vae(), _tiny_features()
+    target = torch.randn(2, vae.z_dim, 8, 8)
+    tokens = pack_latents(target, 2)
+    v = torch.randn_like(tokens, requires_grad=True)
+    terms = consistency_terms(vae, features, tokens, v, torch.tensor([0.95, 0.2]), target,
+                              [[IDENTITY], []], ConsistencyConfig(eta=1.0, crop=16), patch=2)
+    assert terms.loss.item() == 0.0 and not terms.loss.requires_grad and terms.n_regions == 0

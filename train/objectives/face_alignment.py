@@ -17,10 +17,12 @@ extra). dlib's five-point model gives the corners of both eyes and the *base* of
 means, so only the two eye centres are used: an exact two-point similarity, no bias from the nose's offset.
 
 Public API: ``ARCFACE_TEMPLATE``, ``template_points``, ``alignment_from_landmarks``, ``shift_alignment``,
-``find_regions``.
+``sampled_box``, ``find_regions``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from PIL import Image
 
 from firered_core.rewards.identity import default_embedder
 
-__all__ = ["ARCFACE_TEMPLATE", "template_points", "alignment_from_landmarks", "shift_alignment", "find_regions"]
+__all__ = ["ARCFACE_TEMPLATE", "template_points", "alignment_from_landmarks", "shift_alignment", "sampled_box",
+           "find_regions"]
 
 TEMPLATE_SIZE = 112
 ARCFACE_TEMPLATE = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
@@ -77,6 +80,23 @@ def shift_alignment(matrix: torch.Tensor, origin: tuple[int, int]) -> torch.Tens
     shifted = matrix.clone()
     shifted[..., :, 2] = matrix[..., :, 2] + matrix[..., :, :2] @ matrix.new_tensor(origin)
     return shifted
+
+
+def sampled_box(matrices: Sequence[torch.Tensor], crop: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), x1/y1 exclusive: the image pixels a bilinear warp by any of ``matrices`` into a ``crop``
+    crop reads (the crop's corners mapped back, widened to the next pixel), clipped to the image."""
+    corners = torch.tensor([[0, 0], [crop - 1, 0], [0, crop - 1], [crop - 1, crop - 1]], dtype=torch.float64)
+    points = []
+    for matrix in matrices:
+        m = torch.as_tensor(matrix, dtype=torch.float64)
+        points.append((corners - m[:, 2]) @ torch.linalg.inv(m[:, :2]).T)  # crop -> image coordinates
+    found = torch.cat(points)
+    lo, hi = found.min(0).values.floor(), found.max(0).values.floor() + 2  # bilinear reads floor(x) and floor(x)+1
+    x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
+    x1, y1 = min(width, int(hi[0])), min(height, int(hi[1]))
+    if x0 >= x1 or y0 >= y1:
+        raise ValueError(f"the regions sample nothing inside the {width}x{height} image (box {x0, y0, x1, y1})")
+    return x0, y0, x1, y1
 
 
 def _eye_centres(points: np.ndarray) -> np.ndarray:
