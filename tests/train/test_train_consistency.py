@@ -226,6 +226,23 @@ def test_sampled_box_covers_what_the_warp_reads() -> None:
     assert sampled_box([half, IDENTITY], 16, 64, 50) == (0, 0, 50, 42)
 
 
+def test_find_regions_aligns_the_astronauts_face_upright() -> None:
+    pytest.importorskip("dlib", reason="face detection needs the 'face' extra")
+    skdata = pytest.importorskip("skimage.data", reason="the face image comes from scikit-image")
+    from firered_core.rewards.identity import default_embedder
+
+    image = Image.fromarray(skdata.astronaut())  # Eileen Collins, public domain; her face is around (150..290, 50..190)
+    (matrix,) = find_regions(image, 112)
+    (face,) = default_embedder().landmarks(image)
+    eyes = torch.tensor(np.stack([face.points[0:2].mean(0), face.points[2:4].mean(0)]), dtype=torch.float64)
+    assert ((eyes[:, 0] > 150) & (eyes[:, 0] < 290) & (eyes[:, 1] > 50) & (eyes[:, 1] < 190)).all()
+    mapped = _apply(matrix, eyes[eyes[:, 0].argsort()])
+    torch.testing.assert_close(mapped, template_points(2, 112), atol=1e-9, rtol=0)  # two points: exact
+    # the nose base is not fitted, but an upright, unmirrored alignment puts it below and between the eyes
+    nose = _apply(matrix, torch.tensor(face.points[4:5], dtype=torch.float64))[0]
+    assert 38.3 < nose[0].item() < 73.5 and nose[1].item() > 60.0
+
+
 def test_find_regions_needs_the_face_extra_or_finds_no_face_on_grey() -> None:
     grey = Image.new("RGB", (96, 96), (128, 128, 128))
     if importlib.util.find_spec("dlib") is None:
