@@ -44,6 +44,7 @@ _EXPORTS = {
     "CharLayout": "char_layout",
     "draw_layout_overlay": "overlay",
     "Face": "identity",
+    "FaceLandmarks": "identity",
     "IdentityScore": "identity",
     "DlibFaceEmbedder": "identity",
     "default_embedder": "identity",

@@ -32,7 +32,7 @@ from .extras import import_extra
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Face", "IdentityScore", "DlibFaceEmbedder", "default_embedder", "identity_similarity",
+__all__ = ["Face", "FaceLandmarks", "IdentityScore", "DlibFaceEmbedder", "default_embedder", "identity_similarity",
            "SAME_PERSON_DISTANCE"]
 
 SAME_PERSON_DISTANCE = 0.6  # dlib's published threshold for its embedding (99.38% on LFW)
@@ -49,6 +49,16 @@ class Face:
     @property
     def area(self) -> int:
         return max(0, self.box[2] - self.box[0]) * max(0, self.box[3] - self.box[1])
+
+
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """One detected face's bounds, score and dlib's five points ``[5, 2]`` (x, y) in pixels: the two corners of
+    one eye (0, 1), the two corners of the other eye (2, 3) and the base of the nose (4)."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    points: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,28 @@ class DlibFaceEmbedder:
                 box = (max(0, rect.left()), max(0, rect.top()), min(image.width, rect.right()),
                        min(image.height, rect.bottom()))
                 found.append(Face(box=box, score=float(score), embedding=embedding))
+        return sorted(found, key=lambda f: -f.score)
+
+    def landmarks(self, image: Image.Image) -> list[FaceLandmarks]:
+        """Five landmarks of each face of ``image`` scoring at least ``min_score``, best score first (no embedding:
+        for aligning face crops)."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"face landmarks expect a PIL image, got {type(image).__name__}")
+        pixels = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+        with self._lock:
+            if self._models is None:
+                self._models = self._load()
+            detector, predictor, _ = self._models
+            rects, scores, _ = detector.run(pixels, self.upsample, 0.0)
+            found = []
+            for rect, score in zip(rects, scores):
+                if score < self.min_score:
+                    continue
+                shape = predictor(pixels, rect)
+                points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float64)
+                box = (max(0, rect.left()), max(0, rect.top()), min(image.width, rect.right()),
+                       min(image.height, rect.bottom()))
+                found.append(FaceLandmarks(box=box, score=float(score), points=points))
         return sorted(found, key=lambda f: -f.score)
 
 

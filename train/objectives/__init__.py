@@ -6,6 +6,8 @@
 | ``timesteps.py`` | noise levels: uniform / logit-normal, shift, global or rank strata, rotation, curriculum, bins |
 | ``dpo.py`` | Diffusion-DPO with FireRed's asymmetric winner weight and SFT anchor, and what to log of it |
 | ``nft.py`` | DiffusionNFT: per-prompt optimality from rewards, the implicit-policy loss, the old policy's decay |
+| ``consistency.py`` | the SFT identity loss: ``eta sigma^2 (1 - cos)`` of face features of ``x0_hat`` and the target |
+| ``face_alignment.py`` | face landmarks -> 2x3 similarity onto ArcFace's five-point template; regions on the target |
 | ``ema.py`` | float32 moving average of trained weights: warm-up, validation swap, exact state |
 
 ::
@@ -23,6 +25,7 @@ The configs are sections of the training config (``config.sections``: ``Timestep
 ``EMAConfig``). Each module's docstring gives the formulas and the choices made where the report is silent.
 """
 
+from .consistency import ConsistencyConfig, ConsistencyTerms, consistency_loss, consistency_weight, x0_from_velocity
 from .dpo import DPOConfig, DPOTerms, dpo_loss
 from .ema import EMA
 from .nft import NFT_PRESETS, NFTConfig, NFTTerms, group_advantages, nft_loss, old_policy_decay, update_old_policy
@@ -31,6 +34,7 @@ from .flow import (FIRERED_OUTLIER_THRESHOLD, Denominator, LossOutput, Reduction
 from .timesteps import Generators, TimestepConfig, TimestepSampler, loss_bins, timestep_generator, timestep_generators
 
 __all__ = [
+    "ConsistencyConfig", "ConsistencyTerms", "consistency_loss", "consistency_weight", "x0_from_velocity",
     "DPOConfig", "DPOTerms", "EMA", "FIRERED_OUTLIER_THRESHOLD", "Denominator", "Generators", "LossOutput",
     "NFTConfig", "NFTTerms", "NFT_PRESETS", "Reduction", "TimestepConfig", "TimestepSampler", "clean_estimate",
     "corrected_target", "dpo_loss", "flow_matching_loss", "flow_target", "group_advantages", "loss_bins", "nft_loss",
