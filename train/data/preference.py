@@ -21,14 +21,14 @@ Public API: ``PreferenceRecord``, ``preference_from_row``, ``read_preferences``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .readers.jsonl import _image  # path -> ImageRef: relative to the manifest, URLs refused, size from the header
+# _image: path -> ImageRef, relative to the manifest, URLs refused, size from the header
+from .readers.jsonl import _image, read_manifest_lines
 from .record import BadSampleError, ImageRef, SkipReason
 from .skips import SkipLog
 
@@ -118,26 +118,16 @@ def _located(error: BadSampleError, where: str) -> BadSampleError:
 def read_preferences(manifests: str | Path | Iterable[str | Path],
                      skips: SkipLog | None = None) -> list[PreferenceRecord]:
     """All good pairs of one or more manifests, in file then line order; bad lines are counted in ``skips``."""
-    paths = [Path(manifests)] if isinstance(manifests, (str, Path)) else [Path(m) for m in manifests]
     skips = skips if skips is not None else SkipLog()
     skipped_before = skips.total
-    records: list[PreferenceRecord] = []
-    for manifest in paths:
-        if not manifest.is_file():
-            raise FileNotFoundError(f"preference manifest {manifest} does not exist")
-        with manifest.open(encoding="utf-8-sig") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                where = f"{manifest.name}:{number}"
-                try:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise _malformed(where, f"not JSON: {exc}") from exc
-                    records.append(preference_from_row(row, manifest.parent, where))
-                except BadSampleError as exc:
-                    skips.add(_located(exc, where))
-    log.info("read %d preference pairs from %d manifest(s) (%d skipped)", len(records), len(paths),
+
+    def parse(row: Any, base: Path, where: str) -> PreferenceRecord:
+        try:
+            return preference_from_row(row, base, where)
+        except BadSampleError as exc:
+            raise _located(exc, where) from exc
+
+    records, count = read_manifest_lines(manifests, parse, skips, what="preference manifest")
+    log.info("read %d preference pairs from %d manifest(s) (%d skipped)", len(records), count,
              skips.total - skipped_before)
     return records

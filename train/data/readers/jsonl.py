@@ -26,10 +26,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from ..record import BadSampleError, EditRecord, ImageRef, SkipReason
 from ..skips import SkipLog
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +110,37 @@ def record_from_row(row: Any, base: Path, default_id: str, config: JsonlConfig =
     return EditRecord(id=sid, target=target, sources=sources, task=task, **texts).validate()
 
 
-def read_jsonl(manifests: str | Path | Iterable[str | Path], config: JsonlConfig = JsonlConfig(),
-               skips: SkipLog | None = None) -> list[EditRecord]:
-    """All good samples of one or more manifests, in file then line order; bad lines are counted in ``skips``."""
+def read_manifest_lines(manifests: str | Path | Iterable[str | Path], parse: Callable[[Any, Path, str], T],
+                        skips: SkipLog, what: str = "manifest") -> tuple[list[T], int]:
+    """``parse(row, manifest folder, "name:line")`` of every non-empty line of one or more JSONL manifests, in file
+    then line order; a line that is not JSON or that ``parse`` refuses (``BadSampleError``) is counted in ``skips``.
+    Returns the parsed values and the number of manifests."""
     paths = [Path(manifests)] if isinstance(manifests, (str, Path)) else [Path(m) for m in manifests]
-    skips = skips if skips is not None else SkipLog()
-    records: list[EditRecord] = []
+    parsed: list[T] = []
     for manifest in paths:
         if not manifest.is_file():
-            raise FileNotFoundError(f"manifest {manifest} does not exist")
+            raise FileNotFoundError(f"{what} {manifest} does not exist")
         with manifest.open(encoding="utf-8-sig") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
-                default_id = f"{manifest.name}:{number}"
+                where = f"{manifest.name}:{number}"
                 try:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise BadSampleError(SkipReason.MALFORMED, default_id, f"not JSON: {exc}") from exc
-                    records.append(record_from_row(row, manifest.parent, default_id, config))
+                        raise BadSampleError(SkipReason.MALFORMED, where, f"not JSON: {exc}") from exc
+                    parsed.append(parse(row, manifest.parent, where))
                 except BadSampleError as exc:
                     skips.add(exc)
-    log.info("read %d samples from %d manifest(s) (%d skipped)", len(records), len(paths), skips.total)
+    return parsed, len(paths)
+
+
+def read_jsonl(manifests: str | Path | Iterable[str | Path], config: JsonlConfig = JsonlConfig(),
+               skips: SkipLog | None = None) -> list[EditRecord]:
+    """All good samples of one or more manifests, in file then line order; bad lines are counted in ``skips``."""
+    skips = skips if skips is not None else SkipLog()
+    records, count = read_manifest_lines(manifests, lambda row, base, where: record_from_row(row, base, where, config),
+                                         skips)
+    log.info("read %d samples from %d manifest(s) (%d skipped)", len(records), count, skips.total)
     return records
