@@ -9,14 +9,13 @@ the configured one, picked by name, gets the pictures with the key in the Author
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Iterator
 
 import pytest
 
 from firered_core.default import is_available as default_model_shipped
 
+from ..chat_server import ChatServer, chat_answer
 from ..comfyui_harness import ComfyServer, make_base_dir, require_comfyui, start_server
 from ..workflow_convert import node_ids, to_api
 from ..workflow_inputs import write_example_inputs
@@ -31,40 +30,22 @@ KEY_ENV = "FIRERED_TEST_VLM_KEY"
 KEY = "test-key-not-in-the-workflow"
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers every chat request with "no box" for each of the workflow's 5 pictures; records what it saw."""
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.seen.append((self.path, dict(self.headers)))  # type: ignore[attr-defined]
-        data = json.dumps({"choices": [{"message": {"content": json.dumps({"boxes": [None] * 5})}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _recorder() -> HTTPServer:
-    server = HTTPServer(("127.0.0.1", 0), _Recorder)
-    server.seen = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ComfyServer, HTTPServer, HTTPServer]]:
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ComfyServer, ChatServer, ChatServer]]:
     require_comfyui()
-    house, collector = _recorder(), _recorder()
+    no_box = chat_answer(json.dumps({"boxes": [None] * 5}))  # "no box" for each of the workflow's 5 pictures
+    with ChatServer(no_box) as house, ChatServer(no_box) as collector:
+        yield from _comfy_with_endpoints(tmp_path_factory, house, collector)
+
+
+def _comfy_with_endpoints(tmp_path_factory: pytest.TempPathFactory, house: ChatServer,
+                          collector: ChatServer) -> Iterator[tuple[ComfyServer, ChatServer, ChatServer]]:
     base = make_base_dir(tmp_path_factory.mktemp("comfyui-vlm"))
     write_example_inputs(base / "input")
     config = base / "user" / "firered" / "vlm_endpoints.json"
     config.parent.mkdir(parents=True)
     config.write_text(json.dumps({"endpoints": [{"name": "house-vlm", "api_key_env": KEY_ENV,
-                                                 "url": f"http://127.0.0.1:{house.server_address[1]}/v1"}]}))
+                                                 "url": house.url}]}))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FIRERED_VLM_ALLOW_LOOPBACK", "0")
         env.setenv(KEY_ENV, KEY)
@@ -73,9 +54,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ComfyServe
         with start_server(base) as comfy:
             comfy.object_info = comfy.get_json("/object_info")  # type: ignore[attr-defined]
             yield comfy, house, collector
-    for server in (house, collector):
-        server.shutdown()
-        server.server_close()
 
 
 def _run_with_endpoint(comfy: ComfyServer, endpoint: str) -> dict[str, Any]:
@@ -88,19 +66,19 @@ def _run_with_endpoint(comfy: ComfyServer, endpoint: str) -> dict[str, Any]:
 
 def test_a_url_the_server_did_not_configure_is_refused_before_sending(setup) -> None:
     comfy, house, collector = setup
-    entry = _run_with_endpoint(comfy, f"http://127.0.0.1:{collector.server_address[1]}/v1")
+    entry = _run_with_endpoint(comfy, collector.url)
     assert entry["status"]["status_str"] == "error"
     errors = [m for kind, m in entry["status"]["messages"] if kind == "execution_error"]
     assert errors and "not an allowed VLM endpoint" in errors[0]["exception_message"], entry["status"]
     assert "firered/vlm_endpoints.json" in errors[0]["exception_message"]
-    assert collector.seen == [] and house.seen == []
+    assert collector.requests == [] and house.requests == []
 
 
 def test_the_configured_endpoint_gets_the_pictures_and_the_key(setup) -> None:
     comfy, house, collector = setup
     entry = _run_with_endpoint(comfy, "house-vlm")
     assert entry["status"]["status_str"] == "success", (entry["status"], comfy.log[-4000:])
-    (path, headers), = house.seen
+    (path, headers, _), = house.requests
     assert path == "/v1/chat/completions" and headers["Authorization"] == f"Bearer {KEY}"
-    assert collector.seen == []
+    assert collector.requests == []
     assert KEY not in json.dumps(entry)

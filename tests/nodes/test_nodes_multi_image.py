@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Iterator
 
 import numpy as np
@@ -17,6 +15,7 @@ from nodes.composite import Placement, group_pictures, make_composites, roi_box,
 from nodes.multi_image import FireRedMultiImage
 from nodes.reference_rewrite import rewrite_for_composites
 from nodes.vlm_hook import chat_url, parse_boxes
+from tests.chat_server import ChatServer, chat_answer
 from tests.node_fixtures import tiny_model
 
 SETTINGS = dict(negative_prompt=" ", steps=2, true_cfg_scale=4.0, seed=0, width=32, height=32, max_composites=3)
@@ -175,46 +174,18 @@ def test_bad_inputs_are_node_errors(model, inputs: dict, message: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _VLM(BaseHTTPRequestHandler):
-    reply: object = None
-    requests: list = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body))
-        status, payload = type(self).reply
-        data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def vlm() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _VLM)
-    _VLM.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+def vlm() -> Iterator[ChatServer]:
+    with ChatServer() as server:
+        yield server
 
 
-def _answer(text: str) -> tuple[int, dict]:
-    return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
-
-
-def test_vlm_boxes_drive_the_crops(model, vlm: str) -> None:
+def test_vlm_boxes_drive_the_crops(model, vlm: ChatServer) -> None:
     boxes = [None, [0, 0, 0.5, 0.5], None, [0.25, 0.25, 1, 1], None]
-    _VLM.reply = _answer("```json\n" + json.dumps({"boxes": boxes}) + "\n```")
-    outputs = FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_objects(5), vlm_endpoint=vlm,
+    vlm.reply = chat_answer("```json\n" + json.dumps({"boxes": boxes}) + "\n```")
+    outputs = FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_objects(5), vlm_endpoint=vlm.url,
                                        vlm_model="tiny-vlm", **SETTINGS)
-    (path, body), = _VLM.requests
+    (path, _, body), = vlm.requests
     assert path == "/v1/chat/completions" and body["model"] == "tiny-vlm"
     content = body["messages"][0]["content"]
     assert "Picture 4 on Picture 1" in content[0]["text"]
@@ -225,17 +196,17 @@ def test_vlm_boxes_drive_the_crops(model, vlm: str) -> None:
 
 
 @pytest.mark.parametrize("reply, message", [
-    (_answer("I cannot help with that"), "expected JSON"),
-    (_answer(json.dumps({"boxes": [None, None]})), "5 entries"),
-    (_answer(json.dumps({"boxes": [None, [0.5, 0, 0.2, 1], None, None, None]})), "box 2"),
+    (chat_answer("I cannot help with that"), "expected JSON"),
+    (chat_answer(json.dumps({"boxes": [None, None]})), "5 entries"),
+    (chat_answer(json.dumps({"boxes": [None, [0.5, 0, 0.2, 1], None, None, None]})), "box 2"),
     ((200, {"error": "no choices"}), "not a chat completion"),
     ((500, {"error": "boom"}), "HTTP 500"),
     ((200, b"<html>"), "did not answer with JSON"),
 ])
-def test_vlm_failures_are_node_errors(model, vlm: str, reply, message: str) -> None:
-    _VLM.reply = reply
+def test_vlm_failures_are_node_errors(model, vlm: ChatServer, reply, message: str) -> None:
+    vlm.reply = reply
     with pytest.raises(FireRedNodeError, match=message):
-        FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_objects(5), vlm_endpoint=vlm,
+        FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_objects(5), vlm_endpoint=vlm.url,
                                  **SETTINGS)
 
 
@@ -251,10 +222,10 @@ def test_vlm_unreachable_and_bad_urls() -> None:
     assert chat_url("http://h:1/v1/chat/completions/") == "http://h:1/v1/chat/completions"
 
 
-def test_vlm_is_not_asked_when_no_stitching_is_needed(model, vlm: str) -> None:
-    _VLM.reply = (500, {})
-    FireRedMultiImage().edit(model, "Picture 1", image1=_objects(2), vlm_endpoint=vlm, **SETTINGS)
-    assert _VLM.requests == []
+def test_vlm_is_not_asked_when_no_stitching_is_needed(model, vlm: ChatServer) -> None:
+    vlm.reply = (500, {})
+    FireRedMultiImage().edit(model, "Picture 1", image1=_objects(2), vlm_endpoint=vlm.url, **SETTINGS)
+    assert vlm.requests == []
 
 
 def test_parse_boxes_scales_fractions_to_pixels() -> None:

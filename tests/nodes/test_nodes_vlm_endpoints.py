@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +16,7 @@ from nodes.common import FireRedNodeError, pils_to_tensor
 from nodes.multi_image import FireRedMultiImage
 from nodes.vlm_endpoints import (CONFIG_ENV, ENDPOINTS_ENV, LOOPBACK_ENV, Endpoint, EndpointPolicy, Target,
                                  load_policy, parse_env, parse_file)
+from tests.chat_server import ChatServer, chat_answer
 from tests.node_fixtures import tiny_model
 
 SETTINGS = dict(negative_prompt=" ", steps=2, true_cfg_scale=4.0, seed=0, width=32, height=32, max_composites=3)
@@ -167,32 +166,10 @@ def test_the_refusal_names_the_file_to_edit() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _Server(BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append((self.path, dict(self.headers), body))
-        data = json.dumps({"choices": [{"message": {"content": json.dumps({"boxes": [None] * 5})}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def port() -> Iterator[int]:
-    server = HTTPServer(("127.0.0.1", 0), _Server)
-    _Server.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def server() -> Iterator[ChatServer]:
+    with ChatServer(reply=chat_answer(json.dumps({"boxes": [None] * 5}))) as chat:
+        yield chat
 
 
 @pytest.fixture(scope="module")
@@ -217,33 +194,33 @@ def _hostname_alias() -> str:
 
 
 @pytest.mark.parametrize("how", ["loopback default off", "host name alias"])
-def test_a_workflow_cannot_send_pictures_to_an_unallowed_server(model, port: int, how: str,
+def test_a_workflow_cannot_send_pictures_to_an_unallowed_server(model, server: ChatServer, how: str,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if how == "loopback default off":
         monkeypatch.setenv(LOOPBACK_ENV, "0")
-        url = f"http://127.0.0.1:{port}/v1"
+        url = f"http://127.0.0.1:{server.port}/v1"
     else:
-        url = f"http://{_hostname_alias()}:{port}/v1"
+        url = f"http://{_hostname_alias()}:{server.port}/v1"
     with pytest.raises(FireRedNodeError, match=f"not an allowed VLM endpoint.*{ENDPOINTS_ENV}"):
         FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_pictures(5), vlm_endpoint=url, **SETTINGS)
-    assert _Server.seen == []  # refused before anything was sent
+    assert server.requests == []  # refused before anything was sent
 
 
-def test_refused_even_when_no_picture_would_be_sent(model, port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refused_even_when_no_picture_would_be_sent(model, server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOOPBACK_ENV, "0")
     with pytest.raises(FireRedNodeError, match="not an allowed VLM endpoint"):
-        FireRedMultiImage().edit(model, "Picture 1", image1=_pictures(2), vlm_endpoint=f"http://127.0.0.1:{port}/v1",
+        FireRedMultiImage().edit(model, "Picture 1", image1=_pictures(2), vlm_endpoint=f"http://127.0.0.1:{server.port}/v1",
                                  **SETTINGS)
 
 
-def test_a_configured_endpoint_gets_the_key_from_the_server(model, port: int, tmp_path: Path,
+def test_a_configured_endpoint_gets_the_key_from_the_server(model, server: ChatServer, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(LOOPBACK_ENV, "0")
     monkeypatch.setenv(CONFIG_ENV, str(_config(tmp_path, {"endpoints": [
-        {"name": "house-vlm", "url": f"http://127.0.0.1:{port}/v1", "api_key_env": "VLM_KEY"}]})))
+        {"name": "house-vlm", "url": f"http://127.0.0.1:{server.port}/v1", "api_key_env": "VLM_KEY"}]})))
     monkeypatch.setenv("VLM_KEY", SECRET)
     FireRedMultiImage().edit(model, "Picture 4 on Picture 1", image1=_pictures(5), vlm_endpoint="house-vlm",
                              vlm_model="tiny-vlm", **SETTINGS)
-    (path, headers, body), = _Server.seen
+    (path, headers, body), = server.requests
     assert path == "/v1/chat/completions" and body["model"] == "tiny-vlm"
     assert headers["Authorization"] == f"Bearer {SECRET}"
