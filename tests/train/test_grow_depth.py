@@ -11,7 +11,7 @@ import torch
 from firered_core.cli import main as firered_main
 from firered_core.compact_vae import CompactVAE
 from firered_core.config import get_preset
-from firered_core.loading import save_component_folder
+from firered_core.loading import ModelDefaults, save_component_folder
 from firered_core.loading.diffusers_folder import load_transformer_dir
 from firered_core.loading.save import write_safetensors
 from firered_core.transformer import FireRedTransformer
@@ -32,7 +32,7 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_safetensors(root / "transformer.safetensors", transformer.state_dict())
     save_component_folder(CompactVAE(preset.vae), root / "vae_run" / "vae")
     return export_default(root / "transformer.safetensors", root / "vae_run", root / "model",
-                          defaults={"steps": 2, "true_cfg_scale": 1.0, "area": 4096}, storage_dtype=torch.float32)
+                          defaults=ModelDefaults(steps=2, true_cfg_scale=1.0, area=4096), storage_dtype=torch.float32)
 
 
 def _inputs() -> tuple:
