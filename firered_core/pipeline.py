@@ -66,7 +66,7 @@ from .preserve import PreserveConfig
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import SAMPLERS, VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
-from .sizing import output_size
+from .sizing import fit_side, output_size
 
 if TYPE_CHECKING:
     from .loading.model_defaults import ModelDefaults
@@ -292,6 +292,11 @@ class FireRedEditPipeline(PlacedPipeline):
         model cannot make is a ``ValueError`` naming the nearest ones it can."""
         aspect = images[-1].width / images[-1].height if images else 1.0
         return output_size(self.compression * self.patch, self.output_area, aspect, width, height)
+
+    def fit_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size nearest at or below ``width`` x ``height`` that the model can make (``sizing.fit_side``)."""
+        unit = self.compression * self.patch
+        return fit_side(width, unit), fit_side(height, unit)
 
     def _check_inputs(self, images: Sequence[ImageInput], instruction: str, steps: int, true_cfg_scale: float,
                       seed: int) -> list[Image.Image]:

@@ -55,6 +55,12 @@ def check_side(name: str, value: int, unit: int, max_side: int = MAX_SIDE) -> in
                      f"to {high} (nearest: {nearest})")
 
 
+def fit_side(value: int, unit: int, max_side: int = MAX_SIDE) -> int:
+    """``value`` floored to the token size within the limits: for callers whose sizes come from data (a target
+    image's size), not from a user who should hear that the size is not possible."""
+    return min(max(value // unit * unit, unit), max_side // unit * unit)
+
+
 def output_size(unit: int, area: float, aspect: float, width: int | None = None, height: int | None = None,
                 max_side: int = MAX_SIDE) -> tuple[int, int]:
     """(width, height) following the rules above; ``aspect`` = width / height of the reference it follows."""

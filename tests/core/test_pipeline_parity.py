@@ -349,6 +349,11 @@ def test_sizes_the_model_cannot_make_are_refused_naming_the_nearest() -> None:
         pipe.output_size([], width=64, height=9000)
 
 
+def test_sizes_from_data_are_fitted_to_the_token_size() -> None:
+    assert _sizing_pipeline().fit_size(1000, 7) == (992, 16)
+    assert _sizing_pipeline().fit_size(9000, 64) == (8192, 64)
+
+
 def test_one_side_given_the_other_follows_the_aspect_within_the_limits() -> None:
     pipe = _sizing_pipeline()
     tall = Image.new("RGB", (64, 96))
