@@ -294,6 +294,12 @@ def test_keep_unedited_and_sampler_flags_and_their_older_names() -> None:
     assert cli.SAMPLERS == SAMPLERS
 
 
+def test_the_offload_names_the_cli_checks_without_torch_are_the_offload_packages() -> None:
+    from firered_core import offload
+
+    assert (cli.OFFLOAD_MODES, cli.GB) == (offload.OFFLOAD_MODES, offload.GB)
+
+
 def test_the_benchmark_takes_the_same_flags_and_their_older_names() -> None:
     from firered_bench.evaluate.bench import register_bench
 
