@@ -18,8 +18,9 @@ exit code. An entry point is imported only when its subcommand runs, so a heavy 
 down or breaks ``firered edit``, and this package never imports the packages that provide them.
 
 Exit codes: 0 success; 2 bad usage or bad input, reported as one line on stderr without a traceback (missing or
-unreadable files, invalid images, weights or configs, an empty instruction, an existing output without
-``--overwrite``); 130 interrupted (Ctrl-C or a cancel hook). Any other exception is a bug and keeps its traceback.
+unreadable files, invalid images, weights or configs, an empty instruction, a size the model cannot make, an
+existing output without ``--overwrite`` or an output folder that is not writable; all but the weights and
+configs are checked before torch is imported, so a rejection takes a fraction of a second); 130 interrupted (Ctrl-C or a cancel hook). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 This is diffusers' ``QwenImageEditPlusPipeline.__call__`` reproduced step by step on the core's own components, so
 the same weights, inputs and seed give the same latents and the same pixels (the parity test checks it):
 
-1. **Output size.** ``width``/``height`` when given, otherwise about ``output_area`` (1024^2) pixels at the aspect
-   of the LAST reference image (square without references), each side a multiple of 32; then both sides are
-   floored to a multiple of ``VAE compression x patch`` (16 for the released model).
+1. **Output size** (``sizing.py``). ``width``/``height`` when given (multiples of the token size, ``VAE
+   compression x patch``: 16 for the released model; other sides are refused naming the nearest), otherwise about
+   ``output_area`` (1024^2) pixels at the aspect of the LAST reference image (square without references), each
+   side a multiple of 32 floored to the token size; with one side given the other follows that aspect.
 2. **References, twice.** Every reference goes to the condition encoder together with the instruction (the
    encoder resizes it to ~384^2 for the VLM), and is also resized to about ``reference_area`` (1024^2) pixels at
    its own aspect, VAE-encoded (posterior mode, normalised) and packed into tokens appended after the target's.
