@@ -18,8 +18,9 @@ exit code. An entry point is imported only when its subcommand runs, so a heavy 
 down or breaks ``firered edit``, and this package never imports the packages that provide them.
 
 Exit codes: 0 success; 2 bad usage or bad input, reported as one line on stderr without a traceback (missing or
-unreadable files, invalid images, weights or configs, an empty instruction, an existing output without
-``--overwrite``); 130 interrupted (Ctrl-C or a cancel hook). Any other exception is a bug and keeps its traceback.
+unreadable files, invalid images, weights or configs, an empty instruction, a size the model cannot make, an
+existing output without ``--overwrite`` or an output folder that is not writable; all but the weights and
+configs are checked before torch is imported, so a rejection takes a fraction of a second); 130 interrupted (Ctrl-C or a cancel hook). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -31,18 +32,24 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "firered.commands"
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default" / "model"  # firered_core.default.MODEL_DIR
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")  # no float16: this model family overflows in it (black or NaN images)
 SAMPLERS = ("euler", "stochastic")  # sampler.SAMPLERS, named here so `firered --help` need not import torch
+OFFLOAD_MODES, GB = ("none", "model", "blocks"), 2**30  # offload's, named here so a bad flag is refused without torch
 
 Runner = Callable[[argparse.Namespace], int]
 Register = Callable[[argparse.ArgumentParser], Runner]
@@ -66,10 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = argparse.ArgumentParser(prog=f"firered {args.command}")
         run = register(sub)
         return int(run(sub.parse_args(args.args)))
-    except _interruptions():
-        print(f"firered {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _expected_errors() as exc:
+    except BaseException as exc:
+        if isinstance(exc, _interruptions()):
+            print(f"firered {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if not isinstance(exc, _expected_errors()):
+            raise
         if args.verbose >= 2:
             log.exception("firered %s failed", args.command)
         print(f"firered {args.command}: error: {_one_line(exc)}", file=sys.stderr)
@@ -111,9 +120,10 @@ def _find_command(name: str) -> Register:
 
 
 def _interruptions() -> tuple[type[BaseException], ...]:
-    from .progress import Cancelled  # imported late: it pulls in torch, which `firered --help` does not need
-
-    return KeyboardInterrupt, Cancelled
+    """Ctrl-C, and the cancel hook's exception once its module (which pulls in torch) has been imported: before
+    that nothing can have raised it, and a rejected input must not pay for importing torch."""
+    progress = sys.modules.get(f"{__package__}.progress")
+    return (KeyboardInterrupt,) if progress is None else (KeyboardInterrupt, progress.Cancelled)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
@@ -122,12 +132,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ValueError, ConfigError, FileNotFoundError, FileExistsError,
                                          IsADirectoryError, NotADirectoryError, PermissionError]
-    try:
-        from .loading import WeightFileError
-    except ImportError:  # a build without the loading package
-        pass
-    else:
-        errors.append(WeightFileError)
+    safetensors_io = sys.modules.get(f"{__package__}.loading.safetensors_io")  # imported only once weights are read
+    if safetensors_io is not None:
+        errors.append(safetensors_io.WeightFileError)
     return tuple(errors)
 
 
@@ -162,11 +169,13 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--cfg", type=float, default=None, help="true CFG scale; <= 1 disables it (default: "
                         "the model folder's defaults.json, e.g. 1 for the embedded model; 4 without one)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--width", type=int, default=None, help="output width (default ~1024^2 area)")
-    parser.add_argument("--height", type=int, default=None, help="output height")
+    parser.add_argument("--width", type=int, default=None, help="output width, a multiple of the model's token "
+                        "size (default: the model's default area at the last image's aspect; with only --height, "
+                        "follows that aspect)")
+    parser.add_argument("--height", type=int, default=None, help="output height (likewise)")
     parser.add_argument("--negative", default=" ", help="negative prompt for true CFG (default ' ')")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="compute dtype (default float32 on "
-                        "CPU, bfloat16 on CUDA)")
+    parser.add_argument("--dtype", default=None, metavar="{" + ",".join(DTYPES) + "}", help="compute dtype "
+                        "(default float32 on CPU, bfloat16 on CUDA; no float16: the model overflows in it)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--fp8", action="store_true", help="store transformer weights in fp8 (less memory; "
                         "scaled-fp8 files stay as stored)")
@@ -190,15 +199,25 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
     return run_edit
 
 
-def run_edit(args: argparse.Namespace) -> int:
-    """Validate everything cheap first, then load the model, edit, and write the output atomically."""
-    import torch
+@dataclass(frozen=True)
+class _EditInputs:
+    """``firered edit``'s arguments, checked; none of it needed torch."""
 
-    from .images import check_output_path, load_image, save_image, side_by_side
-    from .pipeline import FireRedEditPipeline
-    from .progress import tqdm_progress
+    output: Path
+    compare: Path | None
+    model: Path | list[Path]
+    refs: list["Image.Image"]
+    loras: list[tuple[Path, float]]
+    offload: str
+    max_vram: int | None
 
-    start = time.perf_counter()
+
+def check_edit_args(args: argparse.Namespace) -> _EditInputs:
+    """Every cheap check of ``firered edit``, before torch is imported or a weight is read: output path (its folder
+    writable), numbers, sizes the model can make, model and LoRA paths, and the images themselves."""
+    from .images import check_output_path, load_image
+    from .sizing import folder_token_size, output_size
+
     output = check_output_path(Path(args.output).expanduser(), overwrite=args.overwrite)
     compare = check_output_path(output.with_name(f"{output.stem}_compare{output.suffix}"),
                                 overwrite=args.overwrite) if args.compare else None
@@ -212,10 +231,36 @@ def run_edit(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be a positive integer, got {value}")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        why = " (this model family overflows in float16: black or NaN images)" if args.dtype == "float16" else ""
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}{why}")
     offload, max_vram = parse_offload(args.offload, args.max_vram)
     loras = [parse_lora(spec) for spec in args.lora]
     model = resolve_model(args.model)
     refs = [load_image(Path(p).expanduser()) for p in args.images]
+    unit = folder_token_size(model) if isinstance(model, Path) else None  # files: checked once loaded
+    if unit is not None and (args.width is not None or args.height is not None):
+        aspect = refs[-1].width / refs[-1].height if refs else 1.0
+        try:  # the area is not needed when a side is given
+            output_size(unit, 1.0, aspect, args.width, args.height)
+        except ValueError as exc:
+            raise ValueError(f"--{exc}") from None
+    return _EditInputs(output, compare, model, refs, loras, offload, max_vram)
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    """Validate everything cheap first (no torch yet), then load the model, edit, and write the output
+    atomically."""
+    start = time.perf_counter()
+    checked = check_edit_args(args)
+    import torch
+
+    from .images import save_image, side_by_side
+    from .pipeline import FireRedEditPipeline
+    from .progress import tqdm_progress
+
+    model, refs, loras, offload, max_vram = (checked.model, checked.refs, checked.loras, checked.offload,
+                                             checked.max_vram)
     device = _resolve_device(args.device)
     dtype = getattr(torch, args.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
 
@@ -231,6 +276,7 @@ def run_edit(args: argparse.Namespace) -> int:
                                                    max_vram=max_vram)
     for path, strength in loras:
         pipe.load_lora(path, strength)
+    pipe.output_size(refs, args.width, args.height)  # the model's own rule, before any sampling
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
@@ -240,11 +286,11 @@ def run_edit(args: argparse.Namespace) -> int:
             "seed": args.seed, "width": result.width, "height": result.height,
             "keep_unedited": result.keep_unedited, "sampler": result.sampler,
             "loras": [[p.name, s] for p, s in loras]}
-    save_image(result.image, output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
-    if compare is not None:
-        save_image(side_by_side([*refs, result.image]), compare, overwrite=args.overwrite)
-        print(f"wrote {compare} (inputs | result)", flush=True)
-    print(f"wrote {output} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
+    save_image(result.image, checked.output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
+    if checked.compare is not None:
+        save_image(side_by_side([*refs, result.image]), checked.compare, overwrite=args.overwrite)
+        print(f"wrote {checked.compare} (inputs | result)", flush=True)
+    print(f"wrote {checked.output} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)", flush=True)
     return EXIT_OK
 
@@ -269,8 +315,6 @@ def add_sampler(parser: argparse.ArgumentParser, text: str, default: str | None 
 
 def parse_offload(mode: str, max_vram_gb: str | None) -> tuple[str, int | None]:
     """``--offload`` and ``--max-vram`` checked: (mode, budget in bytes or None)."""
-    from .offload import GB, OFFLOAD_MODES
-
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {mode!r}")
     if max_vram_gb is None:

@@ -14,8 +14,8 @@ Loading (``load_image``) accepts what a user is likely to hand over and refuses 
   black). EXIF orientation is applied, so phone photos come out upright; an animated file gives its
   first frame.
 
-Sizing (``calculate_dimensions``) is the reference's rule: a target pixel area at a given aspect, each side
-rounded to a multiple of 32.
+Sizing (``calculate_dimensions``, from ``sizing.py``) is the reference's rule: a target pixel area at a given
+aspect, each side rounded to a multiple of 32.
 
 Tensors: ``to_tensor`` resizes with Lanczos and maps bytes to [-1, 1] with the same float32 operations as
 diffusers' ``VaeImageProcessor.preprocess``; ``to_pil`` maps [-1, 1] back with ``VaeImageProcessor.postprocess``'s
@@ -31,37 +31,22 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .sizing import SIZE_MULTIPLE, ImageError, calculate_dimensions  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so checking files stays cheap
+    import torch
 
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 16  # px; smaller than one 16x16 latent token is certainly a mistake (a 1x1 tracking pixel, an icon)
 MAX_PIXELS = 64 * 1024 * 1024  # 64 MiP: 4x the largest photos a phone takes, far below what would exhaust RAM
-SIZE_MULTIPLE = 32  # the reference rounds both sides of every computed size to this
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
-
-
-class ImageError(ValueError):
-    """An image file or array cannot be used; the message names it and says why."""
-
-
-def calculate_dimensions(target_area: float, aspect: float) -> tuple[int, int]:
-    """(width, height) of about ``target_area`` pixels at ``aspect`` = width / height, sides multiples of 32.
-
-    Python's ``round`` (half to even) is used on purpose: it is what the reference uses, and sizes must agree.
-    """
-    if not (math.isfinite(aspect) and aspect > 0):
-        raise ImageError(f"aspect must be a positive finite number, got {aspect!r}")
-    if not (math.isfinite(target_area) and target_area > 0):
-        raise ImageError(f"target_area must be a positive finite number, got {target_area!r}")
-    width = math.sqrt(target_area * aspect)
-    height = width / aspect
-    return round(width / SIZE_MULTIPLE) * SIZE_MULTIPLE, round(height / SIZE_MULTIPLE) * SIZE_MULTIPLE
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -143,6 +128,8 @@ def to_tensor(img: Image.Image, width: int, height: int) -> torch.Tensor:
         raise ImageError(f"to_tensor expects an RGB image, got mode {img.mode!r}; use ensure_rgb first")
     if width <= 0 or height <= 0:
         raise ImageError(f"to_tensor: width and height must be positive, got {width}x{height}")
+    import torch
+
     resized = img.resize((width, height), resample=Image.Resampling.LANCZOS)
     # float32 division then 2x-1, the order the reference uses, so every value is bit-identical
     unit = np.asarray(resized).astype(np.float32) / 255.0
@@ -173,7 +160,8 @@ def save_image(img: Image.Image, path: str | os.PathLike[str], *, overwrite: boo
                metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``img`` to ``path`` atomically (temp file + rename); the format follows the file extension.
 
-    An existing file is left untouched unless ``overwrite`` is set. ``metadata`` becomes PNG text chunks.
+    An existing file is left untouched unless ``overwrite`` is set. ``metadata`` becomes PNG text chunks. The file's
+    mode follows the umask, as any file the user creates.
     """
     out = Path(path)
     check_output_path(out, overwrite=overwrite)
@@ -186,6 +174,7 @@ def save_image(img: Image.Image, path: str | os.PathLike[str], *, overwrite: boo
         options["pnginfo"] = info
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the image gets the mode of any file the user creates
         with os.fdopen(fd, "wb") as fh:
             img.save(fh, format=fmt, **options)
         if not overwrite and out.exists():  # it may have appeared while we were encoding
@@ -197,8 +186,16 @@ def save_image(img: Image.Image, path: str | os.PathLike[str], *, overwrite: boo
     return out
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Raise if ``path`` cannot receive an image: existing (without ``overwrite``), no folder, unknown extension."""
+    """Raise if ``path`` cannot receive an image: existing (without ``overwrite``), no folder or one that is not
+    writable, unknown extension."""
     out = Path(path)
     if out.suffix.lower() not in Image.registered_extensions():
         raise ImageError(f"output file {str(out)!r}: unknown image extension {out.suffix!r} (use .png)")
@@ -208,6 +205,11 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
         raise FileExistsError(f"output file {str(out)!r} already exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(out.parent)!r} does not exist")
+    try:  # os.access says yes to root even on a read-only mount: a real file is the only honest probe
+        with tempfile.NamedTemporaryFile(prefix=f".{out.name}.", suffix=".probe", dir=out.parent):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"output folder {str(out.parent)!r} is not writable ({exc.strerror})") from None
     return out
 
 

@@ -3,9 +3,10 @@
 This is diffusers' ``QwenImageEditPlusPipeline.__call__`` reproduced step by step on the core's own components, so
 the same weights, inputs and seed give the same latents and the same pixels (the parity test checks it):
 
-1. **Output size.** ``width``/``height`` when given, otherwise about ``output_area`` (1024^2) pixels at the aspect
-   of the LAST reference image (square without references), each side a multiple of 32; then both sides are
-   floored to a multiple of ``VAE compression x patch`` (16 for the released model).
+1. **Output size** (``sizing.py``). ``width``/``height`` when given (multiples of the token size, ``VAE
+   compression x patch``: 16 for the released model; other sides are refused naming the nearest), otherwise about
+   ``output_area`` (1024^2) pixels at the aspect of the LAST reference image (square without references), each
+   side a multiple of 32 floored to the token size; with one side given the other follows that aspect.
 2. **References, twice.** Every reference goes to the condition encoder together with the instruction (the
    encoder resizes it to ~384^2 for the VLM), and is also resized to about ``reference_area`` (1024^2) pixels at
    its own aspect, VAE-encoded (posterior mode, normalised) and packed into tokens appended after the target's.
@@ -66,12 +67,14 @@ from .preserve import PreserveConfig
 from .progress import CancelFn, ProgressFn, check_cancel
 from .sampler import SAMPLERS, VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
+from .sizing import fit_side, output_size
 
 if TYPE_CHECKING:
     from .loading.model_defaults import ModelDefaults
     from .lora import LoRAReport
 
 log = logging.getLogger(__name__)
+USEFUL_STEPS_FACTOR = 4  # more steps than this times the model's default refine nothing visible: warned about
 
 __all__ = ["EditResult", "FireRedEditPipeline", "ImageInput"]
 
@@ -285,20 +288,16 @@ class FireRedEditPipeline(PlacedPipeline):
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
                     height: int | None = None) -> tuple[int, int]:
-        """(width, height) the pipeline will produce for these references and requested sides."""
-        if images:
-            last_w, last_h = images[-1].size
-            auto_w, auto_h = calculate_dimensions(self.output_area, last_w / last_h)
-        else:
-            auto_w, auto_h = calculate_dimensions(self.output_area, 1.0)
-        unit = self.compression * self.patch
-        out_w = (width or auto_w) // unit * unit
-        out_h = (height or auto_h) // unit * unit
-        if out_w < unit or out_h < unit:
-            raise ValueError(f"width/height {width}x{height} are too small: each side needs at least {unit} px")
-        return out_w, out_h
+        """(width, height) the pipeline will produce for these references and requested sides (``sizing.py``):
+        automatic sides follow the last reference's aspect (square without references); a requested side the
+        model cannot make is a ``ValueError`` naming the nearest ones it can."""
+        aspect = images[-1].width / images[-1].height if images else 1.0
+        return output_size(self.compression * self.patch, self.output_area, aspect, width, height)
 
-    # -- steps --------------------------------------------------------------------------------------------------
+    def fit_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size nearest at or below ``width`` x ``height`` that the model can make (``sizing.fit_side``)."""
+        unit = self.compression * self.patch
+        return fit_side(width, unit), fit_side(height, unit)
 
     def _check_inputs(self, images: Sequence[ImageInput], instruction: str, steps: int, true_cfg_scale: float,
                       seed: int) -> list[Image.Image]:
@@ -306,6 +305,10 @@ class FireRedEditPipeline(PlacedPipeline):
             raise ValueError("instruction is empty: describe the edit to make (e.g. 'make the sky purple')")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps > self.useful_steps:
+            log.warning("steps=%d is far above this model's useful range (1-%d, %dx its default of %d): sampling "
+                        "takes about %dx as long as the default for no better result", steps, self.useful_steps,
+                        USEFUL_STEPS_FACTOR, self.default_steps, steps // max(self.default_steps, 1))
         if not true_cfg_scale >= 0:
             raise ValueError(f"true_cfg_scale must be >= 0, got {true_cfg_scale!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
@@ -347,6 +350,11 @@ class FireRedEditPipeline(PlacedPipeline):
         log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
                          first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
+
+    @property
+    def useful_steps(self) -> int:
+        """The most steps worth sampling: more are allowed, with a warning."""
+        return USEFUL_STEPS_FACTOR * self.default_steps
 
     def sampling_choice(self, steps: int | None, true_cfg_scale: float | None) -> tuple[int, float]:
         """The ``(steps, true_cfg_scale)`` an ``edit`` call with these arguments samples with: None means the

@@ -27,9 +27,10 @@ def sampling_inputs() -> dict[str, tuple]:
         "seed": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SEED, "control_after_generate": True,
                          "tooltip": "edit i of a batch uses seed + i"}),
         "width": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SIDE, "step": 16,
-                          "tooltip": "0 = automatic: about 1 MP at the last image's aspect"}),
+                          "tooltip": "0 = automatic: the model's default area at the last image's aspect, or that "
+                                     "aspect when only height is given"}),
         "height": ("INT", {"default": 0, "min": 0, "max": edit_runner.MAX_SIDE, "step": 16,
-                           "tooltip": "0 = automatic"}),
+                           "tooltip": "0 = automatic (follows width at the last image's aspect)"}),
     }
 
 

@@ -111,7 +111,9 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
     if not isinstance(model, FireRedModel):
         raise FireRedNodeError(f"model: expected a FIRERED_MODEL from FireRed Model Loader, got "
                                f"{type(model).__name__}")
-    with node_errors(what):
+    with node_errors(what):  # a size the model cannot make is refused before the model is moved or run
+        for refs in batches:
+            model.loaded.pipeline.output_size(list(refs), settings.width, settings.height)
         pipeline = model.prepare()
     steps, _ = pipeline.sampling_choice(settings.steps, settings.true_cfg_scale)
     update = comfy_bridge.progress_bar(steps * len(batches))

@@ -49,6 +49,13 @@ class FireRedModelLoader:
                            "weights, about half the memory of bfloat16; weight_dtype: always weight_dtype"}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight_dtype: str) -> bool | str:
+        """Replaces ComfyUI's list check of ``weight_dtype`` only to let saved workflows keep their float16."""
+        if weight_dtype in model_sources.DTYPES or weight_dtype in model_sources.LEGACY_DTYPES:
+            return True
+        return f"weight_dtype: {weight_dtype!r} is not one of {', '.join(model_sources.DTYPES)}"
+
     def load(self, model: str, text_encoder: str, vae: str, weight_dtype: str,
              encoder_storage: str = "default") -> tuple[FireRedModel]:
         precision = model_sources.Precision.parse(weight_dtype, encoder_storage)

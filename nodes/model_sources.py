@@ -11,9 +11,11 @@ Choices of the loader's ``model`` input, in this order:
   stay quantised and are dequantised per layer at compute time). A single file carries no VAE or encoder: ``text_encoder`` (``models/text_encoders``, e.g.
   qwen2.5vl-7b-bf16.safetensors) and ``vae`` (``models/vae``, e.g. qwen_image_vae.safetensors) must be chosen.
 
-Storage: ``weight_dtype`` fp8_e4m3fn keeps the transformer's Linear weights in 8 bits (a scaled-fp8 file stays as
-stored); ``encoder_storage`` does the same for the condition encoder, whose default keeps fp8 files (e.g.
-qwen_2.5_vl_7b_fp8_scaled.safetensors) in fp8 and loads other files in the compute dtype.
+Precision: ``weight_dtype`` offers no float16 (this model family overflows in it: black or NaN images); a saved
+workflow that chose it loads in bfloat16 with a warning. ``weight_dtype`` fp8_e4m3fn keeps the transformer's
+Linear weights in 8 bits (a scaled-fp8 file stays as stored); ``encoder_storage`` does the same for the condition
+encoder, whose default keeps fp8 files (e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors) in fp8 and loads other files
+in the compute dtype.
 
 Files are recognised by their keys (the core's ``loading`` package), never by their names.
 """
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CHOICE = "firered-default"  # equals firered_core.default.DEFAULT_NAME (checked by a test); no import here
 FROM_MODEL = "(from model)"
 DIFFUSERS_PREFIX = "diffusers/"
-DTYPES = ("default", "float32", "bfloat16", "float16", "fp8_e4m3fn")
+DTYPES = ("default", "float32", "bfloat16", "fp8_e4m3fn")
+# offered until this model family was seen to overflow in it (black or NaN images); saved workflows still say it
+LEGACY_DTYPES = {"float16": "bfloat16"}
 # the condition encoder's storage: as its file is (fp8 files stay fp8), fp8 always, or weight_dtype always
 ENCODER_STORAGES = {"default": None, "fp8": True, "weight_dtype": False}
 
@@ -66,6 +70,10 @@ class Precision:
     def parse(cls, choice: str, encoder_storage: str = "default") -> "Precision":
         import torch
 
+        if choice in LEGACY_DTYPES:
+            log.warning("weight_dtype %s: this model family overflows in it (black or NaN images); loading in %s, "
+                        "the same memory (choose it in the loader to silence this)", choice, LEGACY_DTYPES[choice])
+            choice = LEGACY_DTYPES[choice]
         if choice not in DTYPES:
             raise FireRedNodeError(f"weight_dtype: {choice!r} is not one of {', '.join(DTYPES)}")
         if encoder_storage not in ENCODER_STORAGES:

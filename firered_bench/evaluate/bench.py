@@ -148,7 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
     sampler = pipe.sampler_choice(args.sampler)
 
     def edit(sample: SyntheticSample, index: int) -> Image.Image:
-        size = sample.target.size
+        size = pipe.fit_size(*sample.target.size)
         return pipe.edit(list(sample.sources), sample.instruction, steps=steps, true_cfg_scale=cfg, seed=index,
                          width=size[0], height=size[1], keep_unedited=preserve or False,
                          sampler=sampler).image

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import logging
+import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +294,12 @@ def test_keep_unedited_and_sampler_flags_and_their_older_names() -> None:
     assert cli.SAMPLERS == SAMPLERS
 
 
+def test_the_offload_names_the_cli_checks_without_torch_are_the_offload_packages() -> None:
+    from firered_core import offload
+
+    assert (cli.OFFLOAD_MODES, cli.GB) == (offload.OFFLOAD_MODES, offload.GB)
+
+
 def test_the_benchmark_takes_the_same_flags_and_their_older_names() -> None:
     from firered_bench.evaluate.bench import register_bench
 
@@ -370,3 +379,84 @@ def test_cancel_exits_130_and_bugs_keep_their_traceback(monkeypatch: pytest.Monk
     assert code == 130 and "interrupted" in err
     with pytest.raises(RuntimeError, match="internal bug"):
         main(["bug"])
+
+
+# --- rejected early: before torch, before any model work ------------------------------------------------------------
+
+@pytest.mark.parametrize("width,needles", [
+    ("13", ("--width=13", "multiples of 8 px from 8 to 8192", "nearest: 8 or 16")),  # the embedded model: 8-px tokens
+    ("8192", ("--width=8192 at the reference aspect 0.667", "gives 8192x12288", "limit of 8192 px")),  # 64x96 image
+])
+def test_a_width_the_model_cannot_make_is_refused_saying_why(image: Path, tmp_path: Path, width: str,
+                                                             needles: tuple[str, ...],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["edit", str(image), "-p", "x", "-o", str(tmp_path / "o.png"), "--width", width], capsys)
+    assert code == 2
+    _assert_one_line_error(err, *needles)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_bad_width_is_refused_without_importing_torch(image: Path, tmp_path: Path) -> None:
+    code = ("import sys, time; start = time.perf_counter(); from firered_core.cli import main; "
+            f"c = main(['edit', {str(image)!r}, '-p', 'x', '-o', {str(tmp_path / 'o.png')!r}, '--width', '13']); "
+            "print(c, 'torch' in sys.modules, time.perf_counter() - start)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    exit_code, torch_loaded, seconds = done.stdout.split()
+    assert (exit_code, torch_loaded) == ("2", "False"), done.stderr
+    assert "--width=13" in done.stderr
+    assert float(seconds) < 1.5, wall  # ~0.2 s here (0.35 s with the interpreter); it took 9-13 s with torch
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_model(image: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):  # root writes anywhere but where the kernel says no, as in /sys
+        folder = Path("/sys")
+    code, _, err = _run(["edit", str(image), "-p", "x", "-o", str(folder / "o.png"), "--model",
+                         str(tmp_path / "missing")], capsys)
+    assert code == 2
+    _assert_one_line_error(err, "output folder", "is not writable")
+
+
+def test_float16_is_refused_saying_why(image: Path, fake_model: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["edit", str(image), "-p", "x", "-o", str(tmp_path / "o.png"), "--model", str(fake_model),
+                         "--dtype", "float16"], capsys)
+    assert code == 2
+    _assert_one_line_error(err, "--dtype must be one of float32, bfloat16", "overflows in float16")
+
+
+def test_help_names_the_models_default_size(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    out = capsys.readouterr().out
+    assert "1024^2" not in out and "the model's default area" in out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_images_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    from firered_core.images import save_image
+
+    old = os.umask(umask)
+    try:
+        out = save_image(Image.new("RGB", (16, 16)), tmp_path / "o.png")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_steps_far_above_the_models_range_warn(full_folder, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    from firered_core.pipeline import FireRedEditPipeline
+
+    pipe = FireRedEditPipeline.from_pretrained(full_folder.folder)
+    pipe.default_steps = 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="firered_core.pipeline"):
+        pipe.edit([], "a red square", steps=8, width=32, height=32)
+    assert "useful range" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="firered_core.pipeline"):
+        pipe.edit([], "a red square", steps=9, width=32, height=32)
+    assert "steps=9 is far above this model's useful range (1-8, 4x its default of 2)" in caplog.text

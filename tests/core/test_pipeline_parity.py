@@ -337,12 +337,31 @@ def test_default_output_size_follows_last_image(size: tuple[int, int]) -> None:
     assert pipe.output_size([]) == (1024, 1024)
 
 
-def test_explicit_size_is_floored_to_token_multiple() -> None:
-    pipe = _sizing_pipeline()
-    assert pipe.output_size([Image.new("RGB", (64, 96))], width=1000, height=700) == (992, 688)
-    assert pipe.output_size([Image.new("RGB", (64, 96))], width=1000) == (992, 1248)
-    with pytest.raises(ValueError, match="too small"):
+def test_sizes_the_model_cannot_make_are_refused_naming_the_nearest() -> None:
+    pipe = _sizing_pipeline()  # token size 16
+    tall = Image.new("RGB", (64, 96))
+    assert pipe.output_size([tall], width=992, height=688) == (992, 688)
+    with pytest.raises(ValueError, match=r"width=1000 .*multiples of 16 .*nearest: 992 or 1008"):
+        pipe.output_size([tall], width=1000, height=688)
+    with pytest.raises(ValueError, match=r"width=8 .*nearest: 16\)"):
         pipe.output_size([], width=8, height=64)
+    with pytest.raises(ValueError, match=r"height=9000 .*nearest: 8192\)"):
+        pipe.output_size([], width=64, height=9000)
+
+
+def test_sizes_from_data_are_fitted_to_the_token_size() -> None:
+    assert _sizing_pipeline().fit_size(1000, 7) == (992, 16)
+    assert _sizing_pipeline().fit_size(9000, 64) == (8192, 64)
+
+
+def test_one_side_given_the_other_follows_the_aspect_within_the_limits() -> None:
+    pipe = _sizing_pipeline()
+    tall = Image.new("RGB", (64, 96))
+    assert pipe.output_size([tall], width=992) == (992, 1488)  # 992 * 3/2, a multiple of 16
+    assert pipe.output_size([tall], height=96) == (64, 96)
+    assert pipe.output_size([], width=8192) == (8192, 8192)
+    with pytest.raises(ValueError, match=r"width=8192 .*8192x12288.*limit of 8192 px"):
+        pipe.output_size([tall], width=8192)
 
 
 @pytest.mark.parametrize("instruction", ["", "   ", "\n\t"])

@@ -44,6 +44,24 @@ def test_automatic_size_follows_the_last_image(model) -> None:
     assert image.shape[2] > image.shape[1]
 
 
+def test_a_side_the_model_cannot_make_is_refused_naming_the_nearest(model) -> None:
+    with pytest.raises(FireRedNodeError, match=r"width=13 .*multiples of 8 px from 8 to 8192 \(nearest: 8 or 16\)"):
+        _edit(model, width=13, height=0, image1=image_tensor(1, 32, 32))
+
+
+def test_one_side_given_the_other_follows_the_image_aspect(model) -> None:
+    image, _ = _edit(model, width=48, height=0, image1=image_tensor(1, 64, 32))  # 1:2 -> 48x96
+    assert image.shape == (1, 96, 48, 3)
+    image, _ = _edit(model, width=0, height=24, image1=image_tensor(1, 64, 32))
+    assert image.shape == (1, 24, 16, 3)  # 12 px rounds to the 8-px token size: 16
+
+
+def test_a_side_that_would_pass_the_limit_is_refused_before_any_work(model, monkeypatch) -> None:
+    monkeypatch.setattr(type(model), "prepare", lambda self: pytest.fail("the model was prepared"))
+    with pytest.raises(FireRedNodeError, match=r"width=8192 .*8192x16384.*limit of 8192 px"):
+        _edit(model, width=8192, height=0, image1=image_tensor(1, 64, 32))
+
+
 def test_batch_of_b_equals_b_single_runs_with_consecutive_seeds(model) -> None:
     batch = image_tensor(2, 32, 32, seed=3)
     shared = image_tensor(1, 32, 32, seed=4)
@@ -82,7 +100,7 @@ def test_wrong_image_shapes_are_node_errors(model, bad) -> None:
     ("seed", 2**64, "seed"),
     ("width", -16, "width"),
     ("height", 10**6, "height"),
-    ("width", 4, "too small"),  # the tiny model's unit is 8 px
+    ("width", 4, r"width=4 is not a size this model can make.*nearest: 8\)"),  # the tiny model: 8-px tokens
     ("negative_prompt", 3, "negative_prompt"),
     ("keep_unedited", "always", "keep_unedited must be one of model default, on, off"),
     ("sampler", "ddim", "sampler must be one of model default, stochastic, euler"),

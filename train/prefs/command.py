@@ -105,7 +105,7 @@ def _edit_fn(model: str | None, steps: int | None) -> EditFn:
     pipe: Any = load_default_pipeline() if model is None else FireRedEditPipeline.from_pretrained(model)
 
     def edit(sample: PrefSample, seed: int) -> Image.Image:
-        width, height = sample.target.size
+        width, height = pipe.fit_size(*sample.target.size)
         return pipe.edit(sample.sources, sample.instruction, steps=steps, seed=seed, width=width,
                          height=height).image
     return edit
