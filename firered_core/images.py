@@ -26,7 +26,6 @@ never replaces an existing file unless asked to.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import warnings
