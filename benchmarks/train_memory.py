@@ -53,9 +53,9 @@ from firered_core.offload import GB, DeviceMemoryTracker  # noqa: E402
 from firered_core.offload.weights import set_entry, weight_entries  # noqa: E402
 from firered_core.transformer import FireRedTransformer  # noqa: E402
 from firered_core.vae import FireRedVAE  # noqa: E402
-from firered_train.batch import TrainBatch  # noqa: E402
+from firered_train.loop.batch import TrainBatch  # noqa: E402
 from firered_train.config.sections import ObjectiveConfig  # noqa: E402
-from firered_train.step import step_loss  # noqa: E402
+from firered_train.loop.step import step_loss  # noqa: E402
 from memory_phases import BLOCK_TOKENS, IMAGE_TOKENS, TEMPLATE_TOKENS  # noqa: E402
 
 CARDS = (16, 24, 32, 48, 80)
