@@ -23,7 +23,6 @@ from typing import Any, Sequence
 from PIL import Image
 
 from firered_core.rewards.chat_client import ChatClient, JudgeError, message_text, user_message
-from firered_core.rewards.chat_client import chat_url as core_chat_url
 
 from .common import FireRedNodeError
 from .composite import Box
@@ -39,14 +38,6 @@ PROMPT = ("You are given {n} pictures, numbered 1 to {n} in the order shown. An 
           "the instruction needs from it (the object or person it refers to), as fractions of the picture's width "
           "and height: [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, or null if the whole picture "
           "is needed. Answer with JSON only, exactly {{\"boxes\": [...]}} with {n} entries.")
-
-
-def chat_url(endpoint: str) -> str:
-    """The chat-completions URL for ``endpoint`` (a base URL or the full URL); only http(s) is accepted."""
-    try:
-        return core_chat_url(endpoint)
-    except ValueError as exc:
-        raise FireRedNodeError(f"vlm_endpoint must be an http:// or https:// URL, got {endpoint!r}") from exc
 
 
 def request_body(model: str, instruction: str, pictures: Sequence[Image.Image]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from nodes.common import FireRedNodeError, pils_to_tensor
 from nodes.composite import Placement, group_pictures, make_composites, roi_box, stitch
 from nodes.multi_image import FireRedMultiImage
 from nodes.reference_rewrite import rewrite_for_composites
-from nodes.vlm_hook import chat_url, parse_boxes
+from nodes.vlm_endpoints import endpoint_url
+from nodes.vlm_hook import parse_boxes
 from tests.chat_server import ChatServer, chat_answer
 from tests.node_fixtures import tiny_model
 
@@ -218,8 +219,8 @@ def test_vlm_unreachable_and_bad_urls() -> None:
         ask_boxes(EndpointPolicy().resolve("http://127.0.0.1:9/v1"), "", "x", [Image.new("RGB", (16, 16))])
     for bad in ("ftp://host/v1", "localhost:8000", "file:///etc/passwd"):
         with pytest.raises(FireRedNodeError, match="http"):
-            chat_url(bad)
-    assert chat_url("http://h:1/v1/chat/completions/") == "http://h:1/v1/chat/completions"
+            endpoint_url(bad, "vlm_endpoint")
+    assert endpoint_url("http://h:1/v1/chat/completions/", "vlm_endpoint") == "http://h:1/v1/chat/completions"
 
 
 def test_vlm_is_not_asked_when_no_stitching_is_needed(model, vlm: ChatServer) -> None:
