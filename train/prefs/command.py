@@ -10,15 +10,14 @@ Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from ..data.readers.jsonl import record_from_row
-from ..data.record import BadSampleError
+from ..data.readers.jsonl import read_manifest_lines, record_from_row
+from ..data.skips import SkipLog
 from .pairs import PAIR_MODES, TARGET, PairConfig, PreferenceWriter, pick_pair
 from .scoring import REWARDS, PrefSample, score_edits
 
@@ -29,25 +28,22 @@ __all__ = ["build_preferences", "register_prefs", "run_prefs"]
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
 
-def read_samples(manifest: Path) -> Iterator[PrefSample]:
-    """The manifest's samples, pictures decoded; a bad line is logged and skipped."""
-    base = manifest.parent
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        default_id = f"{manifest.name}:{number}"
-        try:
-            row = json.loads(line)
-            record = record_from_row(row, base, default_id)
-            sources, target = record.open_images()
-        except (json.JSONDecodeError, BadSampleError) as exc:
-            log.warning("%s:%d skipped: %s", manifest, number, exc)
-            continue
+def read_samples(manifest: Path, skips: SkipLog | None = None) -> list[PrefSample]:
+    """The manifest's samples, pictures decoded; a bad line is counted in ``skips`` and left out."""
+    def parse(row: Any, base: Path, where: str) -> PrefSample:
+        record = record_from_row(row, base, where)
+        sources, target = record.open_images()
         spec = row.get("spec") if isinstance(row.get("spec"), dict) else None
-        yield PrefSample(record.id, record.task, record.instruction, sources, target, spec)
+        return PrefSample(record.id, record.task, record.instruction, sources, target, spec)
+
+    skips = skips if skips is not None else SkipLog()
+    samples, _ = read_manifest_lines(manifest, parse, skips)
+    if skips.total:
+        log.warning("%s: %d bad lines skipped (%s)", manifest, skips.total, skips.counts)
+    return samples
 
 
-def build_preferences(samples: Sequence[PrefSample] | Iterator[PrefSample], edit: EditFn, reward: str,
+def build_preferences(samples: Sequence[PrefSample], edit: EditFn, reward: str,
                       out: Path, config: PairConfig, *, seed: int = 0, reward_mode: str = "graded",
                       overwrite: bool = False) -> tuple[Path, int, int]:
     """Edit, score and pair every sample; returns (manifest path, samples seen, pairs written)."""
@@ -99,10 +95,10 @@ def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
 
 
 def _edit_fn(model: str | None, steps: int | None) -> EditFn:
-    from firered_core.default import load_default_pipeline
+    from firered_core.default import model_dir
     from firered_core.pipeline import FireRedEditPipeline
 
-    pipe: Any = load_default_pipeline() if model is None else FireRedEditPipeline.from_pretrained(model)
+    pipe = FireRedEditPipeline.from_pretrained(model if model is not None else model_dir())  # its defaults.json
 
     def edit(sample: PrefSample, seed: int) -> Image.Image:
         width, height = pipe.fit_size(*sample.target.size)
@@ -121,7 +117,7 @@ def run_prefs(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"manifest {manifest} not found")
     samples = read_samples(manifest)
     if args.limit is not None:
-        samples = (s for i, s in enumerate(samples) if i < args.limit)
+        samples = samples[:args.limit]
     path, seen, pairs = build_preferences(samples, _edit_fn(args.model, args.steps), args.reward, out, config,
                                           seed=args.seed, reward_mode=args.reward_mode, overwrite=args.overwrite)
     log.info("prefs: %d pairs from %d samples in %s", pairs, seen, path)
