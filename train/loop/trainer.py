@@ -238,12 +238,17 @@ class Trainer:
             return contextlib.nullcontext()
         return gradient_sync(self.model, False) if self.sharded else self.acc.no_sync(self.model)
 
+    def _draws(self, batch: TrainBatch, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise levels and noise of a micro-step, each seeded by what it belongs to, so resume needs no replay;
+        the global RNG only drives LoRA dropout and is reseeded per micro-step for the same reason."""
+        torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
+        s = seeded_levels(self.timesteps, batch, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
+                          world_size=self.world)
+        return s, seeded_noise(batch, self.cfg.seed, self.patch)
+
     def _dpo_micro_step(self, batch_w: TrainBatch, batch_l: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
         """One micro-step of pairs: the levels and noise of the winner batch serve both (``pair_step``)."""
-        torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
-        s = seeded_levels(self.timesteps, batch_w, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
-                          world_size=self.world)
-        noise = seeded_noise(batch_w, self.cfg.seed, self.patch)
+        s, noise = self._draws(batch_w, micro)
         with self._sync_context(sync):
             with self.autocast():
                 out = dpo_step(self.model, self.reference, batch_w, batch_l, s, noise, self.cfg.objective,
@@ -252,16 +257,11 @@ class Trainer:
             self.acc.backward(out.terms.loss / self.cfg.schedule.grad_accumulation)
         if batch_w.weight > 0:
             self.state.bins.update(out.s.cpu(), out.per_sample_w.cpu())
-            terms = out.terms
-            self._dpo_window.append({name: float(getattr(terms, name)) for name in DPO_METRICS})
+            self._dpo_window.append({name: float(getattr(out.terms, name)) for name in DPO_METRICS})
         return out.terms.loss.detach()
 
     def _micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
-        # the global RNG only drives LoRA dropout; reseeding it per micro-step makes resume exact without replay
-        torch.manual_seed(step_seed(self.cfg.seed, "global", micro, self.rank))
-        s = seeded_levels(self.timesteps, batch, self.cfg.seed, self.patch, step=self.state.step, rank=self.rank,
-                          world_size=self.world)
-        noise = seeded_noise(batch, self.cfg.seed, self.patch)
+        s, noise = self._draws(batch, micro)
         start = None
         level = rollout_level(self.cfg.objective.rollout, self.comps.scheduler, seed=self.cfg.seed,
                               micro_step=batch.step, tokens=target_tokens(batch, self.patch))
