@@ -7,7 +7,8 @@
 // task: {name, build: <graph spec>}   build the graph with LiteGraph, lay it out, serialize, then load that back
 //       {name, load: <UI workflow>}   load a saved workflow as a drag-and-drop would
 //       both take screenshot: <png path> (optional) and report what the page showed.
-// result: {ok, setup: {dismissed: [...]}, tasks: [{name, workflow, prompt, problems: {...}, ...}], error?}
+// result: {ok, setup: {dismissed: [...]}, tasks: [{name, workflow, prompt, widgets: {node id: {name: value}},
+//          problems: {...}, ...}], error?}
 //
 // A graph spec: {nodes: [{key, type, title?, width?, height?, column?, widgets: {name: value}}],
 //                links: [[from_key, output_name, to_key, input_name], ...]}
@@ -183,8 +184,11 @@ async function inspectGraph() {
   }
   const missing = app.graph.nodes.filter((n) => !(n.type in LiteGraph.registered_node_types) || n.has_errors)
     .map((n) => n.type);
+  // each node's widgets by name, as the front end holds them (what a saved value landed on)
+  const widgets = Object.fromEntries(app.graph.nodes.map(
+    (n) => [n.id, Object.fromEntries((n.widgets || []).map((w) => [w.name, w.value]))]));
   const prompt = await app.graphToPrompt();
-  return {rects, overlaps, missing, workflowAfterLoad: app.graph.serialize(), prompt: prompt.output};
+  return {rects, overlaps, missing, widgets, workflowAfterLoad: app.graph.serialize(), prompt: prompt.output};
 }
 
 // In the page: create a spec's nodes with the front end's own node classes, set their widgets, connect them.
