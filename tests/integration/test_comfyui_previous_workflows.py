@@ -5,7 +5,7 @@ a reordered one, would put an old file's values on the wrong inputs. The fixture
 ``tests/nodes/fixtures/previous_workflows/`` are this project's own ``workflows/*.json`` as committed before each
 change of a node's widget list (their README says which commit each comes from); they are never edited.
 
-Per fixture, in one headless-Chromium session of the real front end (tests/frontend_harness.py): the file loads as
+Per fixture, all in one headless-Chromium page of the real front end (tests/frontend_harness.py): the file loads as
 a dropped file would with no toast, dialog or missing node; every saved value is read back from the widget it was
 saved for (``WIDGETS_SINCE``: each node type's widget names over the project's history) and each widget added
 since holds its default; the front end's API prompt (``app.graphToPrompt``, what Queue sends) carries those values,
@@ -115,7 +115,8 @@ def widgets_then(node_type: str, date: str) -> tuple[str, ...]:
 
 
 def widgets_now(info: Mapping[str, Any]) -> tuple[str, ...]:
-    """The widget names the front end gives a node of ``/object_info`` entry ``info``, in saved order."""
+    """The widget names the front end gives a node of ``/object_info`` entry ``info``, in saved order (a FireRed
+    node's only extra widget is the seed's ``CONTROL``)."""
     specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
     names: list[str] = []
     for name in [*info["input_order"].get("required", []), *info["input_order"].get("optional", [])]:
@@ -147,7 +148,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
 
 @pytest.fixture(scope="module")
 def loaded(server: ComfyServer) -> dict[str, dict[str, Any]]:
-    """Every fixture loaded in one front-end session: file stem -> the driver's report."""
+    """Every fixture loaded in one front-end page: file stem -> the driver's report."""
     require_frontend()
     result = run_frontend(server.url, [{"name": p.stem, "load": _load(p)} for p in PREVIOUS])
     return {task["name"]: task for task in result["tasks"]}
