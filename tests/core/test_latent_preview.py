@@ -153,3 +153,28 @@ def test_without_a_shipped_table_the_projection_is_fitted_once_from_the_vae() ->
     assert pipe.preview_projection() is fitted  # kept
     again = fit_from_vae(pipe.vae)
     assert torch.allclose(torch.tensor(again.factors), torch.tensor(fitted.factors), atol=1e-9)  # seeded
+
+
+def _fit_script():  # noqa: ANN202 - the script's module
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "fit_latent_preview.py"
+    spec = importlib.util.spec_from_file_location("fit_latent_preview", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@needs_default
+def test_the_fit_script_writes_a_table_the_pipeline_reads(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    script = _fit_script()
+    out = tmp_path / PREVIEW_FILE
+    assert script.main(["--samples", "2", "--steps", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted table, held out" in printed and "random-latent fallback, held out" in printed
+    table = LatentPreview.load(out)
+    assert table.channels == 16 and table.fitted_on.startswith("1 edits") and table.rmse > 0
+    with pytest.raises(SystemExit):
+        script.main(["--model", str(tmp_path), "--out", str(out)])  # no vae/ folder
+    assert "not a diffusers-layout model folder" in capsys.readouterr().err
