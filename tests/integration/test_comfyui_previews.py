@@ -7,7 +7,9 @@ binary event-4 messages naming the node they belong to (tests/comfyui_ws.py deco
 
 With previews on: one JPEG per sampling step for the edit node, each at the latent grid's size scaled by ComfyUI
 to fit 256 px, and the last one is the output picture seen through the projection (close to it once both are
-averaged to the latent grid). With previews off: progress, but not one preview message.
+averaged to the latent grid). The same model as a diffusers folder without its ``vae/latent_preview.json`` gets
+its table fitted from its VAE on first use, inside ComfyUI's model management, and previews as well. With
+previews off: progress, but not one preview message.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -25,7 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from firered_core.default import is_available as default_model_shipped
+from firered_core.default import is_available as default_model_shipped, model_dir
+from firered_core.latent_preview import PREVIEW_FILE
 
 from ..comfyui_harness import REPO, ComfyServer, make_base_dir, require_comfyui, start_server
 from ..comfyui_ws import EventStream
@@ -44,6 +48,8 @@ FRONT_END_FLAGS = {"supports_preview_metadata": True}  # what ComfyUI's front en
 STEPS = 4
 PREVIEW_SIZE = 256
 RUN_TIMEOUT = 900
+NO_TABLE = "firered_no_table"  # the embedded model as a diffusers folder without its preview table
+FITTED = "latent preview fitted on this VAE's decodes of random latents"  # the pipeline's log line for the fallback
 
 
 def _server(base: Path, extra_args: tuple[str, ...]) -> Any:
@@ -56,7 +62,10 @@ def _server(base: Path, extra_args: tuple[str, ...]) -> Any:
 @pytest.fixture(scope="module")
 def previews_on(tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
     args = ("--preview-method", "latent2rgb", "--preview-size", str(PREVIEW_SIZE))
-    with _server(tmp_path_factory.mktemp("comfyui-previews-on"), args) as server:
+    base = tmp_path_factory.mktemp("comfyui-previews-on")
+    folder = base / "models" / "diffusers" / NO_TABLE
+    shutil.copytree(model_dir(), folder, ignore=shutil.ignore_patterns(PREVIEW_FILE))
+    with _server(base, args) as server:
         yield server
 
 
@@ -66,19 +75,23 @@ def previews_off(tmp_path_factory: pytest.TempPathFactory) -> ComfyServer:
         yield server
 
 
-def _edit_graph(server: ComfyServer) -> tuple[dict[str, Any], str, str]:
-    """(API graph of workflows/basic_edit.json at STEPS steps with keep_unedited off, edit node id, save node id)."""
+def _edit_graph(server: ComfyServer, model: str | None = None) -> tuple[dict[str, Any], str, str]:
+    """(API graph of workflows/basic_edit.json at STEPS steps with keep_unedited off - on ``model`` when given -,
+    edit node id, save node id)."""
     workflow = json.loads((REPO / "workflows" / "basic_edit.json").read_text(encoding="utf-8"))
     api = to_api(workflow, server.get_json("/object_info"))
     (edit_id,) = node_ids(workflow, "FireRedEdit")
     (save_id,) = node_ids(workflow, "SaveImage")
     api[edit_id]["inputs"].update(steps=STEPS, keep_unedited="off")
+    if model is not None:
+        (loader_id,) = node_ids(workflow, "FireRedModelLoader")
+        api[loader_id]["inputs"]["model"] = model
     return api, edit_id, save_id
 
 
-def _run(server: ComfyServer) -> dict[str, Any]:
+def _run(server: ComfyServer, model: str | None = None) -> dict[str, Any]:
     """Run the edit with a front-end-like websocket open: its progress values, previews and saved picture."""
-    api, edit_id, save_id = _edit_graph(server)
+    api, edit_id, save_id = _edit_graph(server, model)
     progress: list[int] = []
     with EventStream(server.port, CLIENT_ID, feature_flags=FRONT_END_FLAGS) as events:
         answer = server.request("/prompt", {"prompt": api, "client_id": CLIENT_ID})
@@ -112,8 +125,10 @@ def _psnr_on_grid(a: Image.Image, b: Image.Image, grid: tuple[int, int]) -> floa
 def test_previews_on_show_every_step_on_the_edit_node(previews_on: ComfyServer) -> None:
     from firered_core.default import load_default_pipeline
 
+    fits_before = previews_on.log.count(FITTED)
     run = _run(previews_on)
     frames, output = run["frames"], run["output"]
+    assert previews_on.log.count(FITTED) == fits_before  # the shipped table, no fit
     assert run["progress"][-1] == STEPS and len(run["progress"]) >= STEPS, run["progress"]
     assert len(frames) == STEPS, [meta for meta, _ in frames]  # one per step
     compression = load_default_pipeline().compression
@@ -135,3 +150,10 @@ def test_previews_off_send_no_preview_at_all(previews_off: ComfyServer) -> None:
     run = _run(previews_off)
     assert run["progress"][-1] == STEPS, run["progress"]
     assert run["frames"] == [], [meta for meta, _ in run["frames"]]
+
+
+def test_a_folder_without_a_table_fits_one_and_previews(previews_on: ComfyServer) -> None:
+    run = _run(previews_on, f"diffusers/{NO_TABLE}")
+    assert len(run["frames"]) == STEPS, [meta for meta, _ in run["frames"]]
+    assert all(meta["node_id"] == run["edit_id"] for meta, _ in run["frames"])
+    assert FITTED in previews_on.log
