@@ -8,7 +8,7 @@ need                                inside ComfyUI                              
 ==================================  =================================================  ==============================
 model files by name                 ``folder_paths`` (``diffusion_models``, ...)         absolute paths only
 progress                            ``comfy.utils.ProgressBar``                         none
-live previews on or off, their size ``comfy.cli_args``' ``--preview-method``,           off
+live previews: on or off, size      ``comfy.cli_args``: ``--preview-method``,            off
                                     ``--preview-size``
 interruption                        ``comfy.model_management``'s interrupt flag        none
 progress text on a node             ``PromptServer.instance.send_progress_text``         a DEBUG log line
