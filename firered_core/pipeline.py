@@ -22,6 +22,11 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    own pixels wherever the result's latents match Picture 1's (``preserve.py``), so a local edit leaves the rest of
    the image exactly as it was instead of sending it through the VAE.
 
+Live previews: ``edit(preview=fn)`` hands ``fn`` the sampler's clean-latent estimate after every step (``x0``,
+unpacked to ``[1, C, h, w]``, normalised); without ``preview`` none is computed. ``preview_projection()`` is the
+cheap latent -> RGB map to draw it with (``latent_preview.py``): the folder's fitted ``vae/latent_preview.json``,
+else one fitted once on a few decoded random latents of this VAE.
+
 Model folder settings: ``from_pretrained`` applies a folder's ``defaults.json`` (``loading.model_defaults``: the
 trained area, steps, true CFG, ``keep_unedited``), as diffusers applies a folder's scheduler config.
 
@@ -57,6 +62,7 @@ import torch
 from PIL import Image
 
 from .config import SchedulerConfig
+from .latent_preview import LatentPreview, fit_from_vae, read_latent_preview
 from .images import calculate_dimensions, ensure_rgb, load_image, to_pil, to_tensor
 from .latents import pack_latents, unpack_latents
 from .offload import Placement, check_max_vram, check_mode
@@ -64,7 +70,7 @@ from .pipeline_placement import PlacedPipeline
 from .placement import compute_dtype
 from . import preserve
 from .preserve import PreserveConfig
-from .progress import CancelFn, ProgressFn, check_cancel
+from .progress import CancelFn, PreviewFn, ProgressFn, check_cancel
 from .sampler import SAMPLERS, VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
 from .sizing import fit_side, output_size
@@ -129,6 +135,8 @@ class FireRedEditPipeline(PlacedPipeline):
     # VAE tile side in latent pixels for reference encoding and decoding; None: the VAE's own rule (tiles only
     # above its max_untiled_pixels). Tiles bound the VAE's activation memory, see FireRedVAE.
     vae_tile: int | None = None
+    # latent -> RGB map for live previews: a folder's fitted table, else fitted on first use (preview_projection)
+    latent_preview: LatentPreview | None = None
 
     def __init__(self, transformer: Any, vae: Any, encoder: Any, scheduler_config: SchedulerConfig) -> None:
         if not isinstance(scheduler_config, SchedulerConfig):
@@ -155,7 +163,8 @@ class FireRedEditPipeline(PlacedPipeline):
         ``set_offload``) ``device`` is the compute device, the weights are loaded on the CPU (on the device for
         "none"; for "blocks" the transformer blocks stay file-backed where the file holds their storage dtype, so
         host memory need not hold them either) and ``max_vram`` bytes bound what sits on the device. A folder's
-        ``defaults.json`` is applied (``apply_defaults``).
+        ``defaults.json`` is applied (``apply_defaults``), and its ``vae/latent_preview.json`` becomes
+        ``latent_preview``.
         """
         from .loading import load_components, read_model_defaults
 
@@ -171,6 +180,7 @@ class FireRedEditPipeline(PlacedPipeline):
                                                                       device=load_device, fp8_encoder=fp8_encoder,
                                                                       map_blocks=offload == "blocks")
         pipe = cls(transformer, vae, encoder, scheduler_config).apply_defaults(read_model_defaults(path_or_files))
+        pipe.latent_preview = read_latent_preview(path_or_files)
         return pipe if offload is None else pipe.set_offload(offload, device=device, max_vram=max_vram)
 
     def apply_defaults(self, defaults: "ModelDefaults") -> "FireRedEditPipeline":
@@ -198,6 +208,23 @@ class FireRedEditPipeline(PlacedPipeline):
         log.info("LoRA %s: %d layers at strength %s", path, report.applied, strength)
         return report
 
+    def preview_projection(self) -> LatentPreview:
+        """The latent -> RGB map for previews of this pipeline's latents: ``latent_preview`` when it fits the VAE's
+        channels, else one fitted now on four decoded random 16x16 latents (``latent_preview.fit_from_vae``) and
+        kept as ``latent_preview``."""
+        table = self.latent_preview
+        channels = int(self.vae.z_dim)
+        if table is not None and table.channels == channels:
+            return table
+        if table is not None:
+            log.warning("latent preview table has %d channels, the VAE %d: fitting a new one", table.channels,
+                        channels)
+        with torch.inference_mode(), self._use("vae"):
+            table = fit_from_vae(self.vae, device=self.device, dtype=self._vae_dtype())
+        log.info("latent preview fitted on this VAE's decodes of random latents (RMSE %.3f)", table.rmse)
+        self.latent_preview = table
+        return table
+
     @property
     def dtype(self) -> torch.dtype:
         """The compute dtype of the latents: that of the condition the transformer consumes."""
@@ -224,14 +251,16 @@ class FireRedEditPipeline(PlacedPipeline):
              steps: int | None = None, true_cfg_scale: float | None = None, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
              cancel: CancelFn | None = None, keep_unedited: bool | PreserveConfig | None = None,
-             sampler: str | None = None) -> EditResult:
+             sampler: str | None = None, preview: PreviewFn | None = None) -> EditResult:
         """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
 
         ``keep_unedited``: None uses the pipeline's ``keep_unedited`` setting (off unless a model folder's
         ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
         off, a ``PreserveConfig`` is used as given. ``sampler``: ``"euler"`` (deterministic steps) or
         ``"stochastic"`` (re-noise every step) for this call; None: the scheduler config's. ``steps`` and
-        ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``)."""
+        ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``).
+        ``preview``: called after every step with the predicted clean latents ``[1, C, h, w]`` (normalised, on
+        the compute device), e.g. for ``preview_projection().image``; None computes nothing for it."""
         steps, true_cfg_scale = self.sampling_choice(steps, true_cfg_scale)
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
         keep = self.keep_unedited_config(keep_unedited)
@@ -252,7 +281,7 @@ class FireRedEditPipeline(PlacedPipeline):
             uncond = self._predictor(negative, prepared) if negative is not None else None
             generator = torch.Generator(device="cpu").manual_seed(seed)
             latents = self._sample(prepared, cond, uncond, steps, true_cfg_scale, seed, generator,
-                                   sampler, progress, cancel)
+                                   sampler, progress, cancel, preview)
             check_cancel(cancel, "edit before decoding")
             with self._use("vae"):
                 pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel, **self._tiling())
@@ -265,18 +294,24 @@ class FireRedEditPipeline(PlacedPipeline):
 
     def _sample(self, prepared: "_Prepared", cond: VelocityFn, uncond: VelocityFn | None, steps: int,
                 true_cfg_scale: float, seed: int, generator: torch.Generator, sampler: str,
-                progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
+                progress: ProgressFn | None, cancel: CancelFn | None,
+                preview: PreviewFn | None = None) -> torch.Tensor:
         """Seeded noise -> sampled latents ``[1, C, h, w]`` on the compute device, the transformer placed."""
         latent_shape = (1, self.transformer.config.latent_channels,
                         prepared.height // self.compression, prepared.width // self.compression)
         x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
                           generator=generator)
         sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
+        denoised = None
+        if preview is not None:
+            def denoised(step: int, total: int, tokens: torch.Tensor) -> None:
+                preview(step, total, unpack_latents(tokens, prepared.height, prepared.width, self.compression,
+                                                    self.patch))
         with self._use("transformer"):
             tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
                                   progress=progress, cancel=cancel,
-                                  step_noise=generator if sampler == "stochastic" else None)
+                                  step_noise=generator if sampler == "stochastic" else None, denoised=denoised)
         return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
 
     def _tiling(self) -> dict[str, int]:

@@ -6,10 +6,13 @@ shows the progress:
 * ``ProgressFn(step, total, preview)``: called after unit ``step`` of ``total`` is done (``step`` counts from 1).
   ``preview`` is the current state when there is one worth showing (the sampler passes its latent tokens), else
   ``None``. The CLI maps it to tqdm (``tqdm_progress``); the ComfyUI nodes map it to ComfyUI's ProgressBar.
+* ``PreviewFn(step, total, latents)``: the sampler's estimate of the clean result after unit ``step``, for a live
+  preview: the pipeline passes normalised latents ``[B, C, h, w]`` (its ``x0`` prediction, unpacked). It is an
+  extra hook so that nothing is computed for it unless one is given; the nodes turn it into ComfyUI's preview.
 * ``CancelFn()``: polled before each unit of work; returning ``True`` makes the loop raise ``Cancelled`` at a clean
   point (no half-applied step). ComfyUI's interrupt button plugs in here.
 
-Public API: ``ProgressFn``, ``CancelFn``, ``Cancelled``, ``check_cancel``, ``tqdm_progress``.
+Public API: ``ProgressFn``, ``PreviewFn``, ``CancelFn``, ``Cancelled``, ``check_cancel``, ``tqdm_progress``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["ProgressFn", "CancelFn", "Cancelled", "check_cancel", "tqdm_progress"]
+__all__ = ["ProgressFn", "PreviewFn", "CancelFn", "Cancelled", "check_cancel", "tqdm_progress"]
 
 ProgressFn = Callable[[int, int, "torch.Tensor | None"], None]
+PreviewFn = Callable[[int, int, "torch.Tensor"], None]
 CancelFn = Callable[[], bool]
 
 

@@ -135,12 +135,15 @@ def euler_sample(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     step_noise: torch.Generator | None = None,
+    denoised: ProgressFn | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``sigmas[0]`` to ``sigmas[-1]``; returns the final tokens (``x``'s shape).
 
     ``cancel`` is polled before every step (``Cancelled`` is raised, no step is half-done); ``progress`` gets
     ``(step, num_steps, x)`` after every step. ``step_noise``: a seeded CPU generator turns on stochastic
-    sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. See the module docstring
+    sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. ``denoised`` gets
+    ``(step, num_steps, x0)`` after every step, before ``progress``: the clean tokens predicted at that step's
+    level, ``x0 = x - s v`` in float32 (computed only when it is given; for previews). See the module docstring
     for the model-function contract.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
@@ -158,6 +161,8 @@ def euler_sample(
         v = _predict(predict, x, t, "conditional")
         if guided:
             v = cfg_combine(v, _predict(predict_negative, x, t, "negative"), cfg_scale)  # type: ignore[arg-type]
+        if denoised is not None:
+            denoised(i + 1, total, x.to(torch.float32) - sigmas[i] * v)
         if step_noise is None:
             x = euler_step(x, v, sigmas[i], sigmas[i + 1])
         else:

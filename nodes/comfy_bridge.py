@@ -8,6 +8,8 @@ need                                inside ComfyUI                              
 ==================================  =================================================  ==============================
 model files by name                 ``folder_paths`` (``diffusion_models``, ...)         absolute paths only
 progress                            ``comfy.utils.ProgressBar``                         none
+live previews: on or off, size      ``comfy.cli_args``: ``--preview-method``,            off
+                                    ``--preview-size``
 interruption                        ``comfy.model_management``'s interrupt flag        none
 progress text on a node             ``PromptServer.instance.send_progress_text``         a DEBUG log line
 where trained LoRAs go              ``models/loras`` (first folder), runs under         ``$FIRERED_LORA_DIR``
@@ -156,15 +158,6 @@ def resolve_diffusers_folder(name: Any, what: str) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def progress_bar(total: int) -> Callable[[int], None] | None:
-    """``update(done)`` drawing ComfyUI's progress bar for ``total`` units, or None outside ComfyUI."""
-    utils = comfy_module("comfy.utils")
-    if utils is None:
-        return None
-    bar = utils.ProgressBar(total)
-    return lambda done: bar.update_absolute(done, total)
-
-
 def cancel_hook() -> Callable[[], bool] | None:
     """A ``firered_core.progress.CancelFn`` that raises ComfyUI's own interrupt exception when the user stops.
 
@@ -185,18 +178,34 @@ def cancel_hook() -> Callable[[], bool] | None:
 PREVIEW_SIZE = 512  # px, longest side of a preview image (ComfyUI's --preview-size default)
 
 
-def progress_with_preview(total: int) -> Callable[[int, "Image.Image | None"], None] | None:
-    """``update(done, preview)`` for ComfyUI's progress bar, ``preview`` a PIL image shown on the node (or None);
-    None outside ComfyUI."""
+def progress_with_preview(total: int, max_size: int = PREVIEW_SIZE
+                          ) -> Callable[[int, "Image.Image | None"], None] | None:
+    """``update(done, preview)`` for ComfyUI's progress bar, ``preview`` a PIL image shown on the node (or None),
+    which ComfyUI scales to fit ``max_size`` px as it sends it; None outside ComfyUI."""
     utils = comfy_module("comfy.utils")
     if utils is None:
         return None
     bar = utils.ProgressBar(total)
 
     def update(done: int, preview: "Image.Image | None" = None) -> None:
-        bar.update_absolute(done, total, None if preview is None else ("JPEG", preview, PREVIEW_SIZE))
+        bar.update_absolute(done, total, None if preview is None else ("JPEG", preview, max_size))
 
     return update
+
+
+def sampling_preview_size() -> int | None:
+    """The longest side of sampler previews when ComfyUI shows them (``--preview-method`` other than ``none``),
+    its ``--preview-size``; None when previews are off or outside ComfyUI.
+
+    Every method but ``none`` gets the plugin's latent -> RGB projection: ComfyUI itself falls back to its own
+    projection when it has no TAESD decoder for a model, and there is none for this model's latents.
+    """
+    cli_args = comfy_module("comfy.cli_args") if in_comfyui() else None
+    args = getattr(cli_args, "args", None)
+    method = getattr(args, "preview_method", None)
+    if method is None or method == cli_args.LatentPreviewMethod.NoPreviews:
+        return None
+    return int(args.preview_size)
 
 
 def progress_text(text: str, node_id: str | None) -> None:

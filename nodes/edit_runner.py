@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from . import comfy_bridge
 from .common import FireRedNodeError, node_errors, pils_to_tensor, tensor_to_pils
@@ -107,7 +107,8 @@ def reference_batches(images: Sequence[tuple[str, "torch.Tensor | None"]]) -> li
 def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], instruction: str,
               settings: EditSettings, what: str = "FireRed Edit") -> list["EditResult"]:
     """One edit per entry of ``batches`` (edit ``i`` with seed ``settings.seed + i``), with ComfyUI's progress bar
-    across all of them and its interrupt button polled between steps."""
+    across all of them, its interrupt button polled between steps and, when ComfyUI's previews are on, a preview
+    of each step's clean-latent estimate on the node (``live_previews``)."""
     if not isinstance(model, FireRedModel):
         raise FireRedNodeError(f"model: expected a FIRERED_MODEL from FireRed Model Loader, got "
                                f"{type(model).__name__}")
@@ -116,23 +117,36 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
             model.loaded.pipeline.output_size(list(refs), settings.width, settings.height)
         pipeline = model.prepare()
     steps, _ = pipeline.sampling_choice(settings.steps, settings.true_cfg_scale)
-    update = comfy_bridge.progress_bar(steps * len(batches))
+    preview_size = comfy_bridge.sampling_preview_size()
+    update = comfy_bridge.progress_with_preview(steps * len(batches), preview_size or comfy_bridge.PREVIEW_SIZE)
+    project = live_previews(pipeline) if preview_size is not None and update is not None else None
     cancel = comfy_bridge.cancel_hook()
     results = []
     for i, refs in enumerate(batches):
         offset = i * steps
+        shown: list["Image.Image"] = []  # the step's preview, made by the preview hook just before its progress
 
-        def progress(step: int, _total: int, _preview: object, offset: int = offset) -> None:
+        def progress(step: int, _total: int, _state: object, offset: int = offset,
+                     shown: list["Image.Image"] = shown) -> None:
             if update is not None:
-                update(offset + step)
+                update(offset + step, shown.pop() if shown else None)
+
+        def preview(_step: int, _total: int, latents: "torch.Tensor", shown: list["Image.Image"] = shown) -> None:
+            shown[:] = [project(latents)]  # type: ignore[misc]
 
         with node_errors(what):
             results.append(pipeline.edit(
                 list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
                 true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
                 height=settings.height, progress=progress, cancel=cancel, keep_unedited=settings.keep_unedited,
-                sampler=settings.sampler))
+                sampler=settings.sampler, preview=preview if project is not None else None))
     return results
+
+
+def live_previews(pipeline: "FireRedEditPipeline") -> Callable[["torch.Tensor"], "Image.Image"]:
+    """Latents ``[1, C, h, w]`` -> an ``h x w`` preview picture, by the pipeline's latent -> RGB projection (its
+    folder's fitted table, else one fitted once from its VAE); ComfyUI scales it to its preview size."""
+    return pipeline.preview_projection().image
 
 
 def to_outputs(results: Sequence["EditResult"], pipeline: "FireRedEditPipeline") -> tuple["torch.Tensor", dict]:

@@ -7,13 +7,17 @@
         for event in events.iter(timeout=600):     # {"type": "progress", "data": {...}}, ...
             ...
 
-Only what a test needs from RFC 6455: the client handshake, reading the server's (unmasked) text frames, skipping
-binary ones (ComfyUI's preview images), answering pings. The server sends its events as JSON text messages.
+Only what a test needs from RFC 6455: the client handshake, reading the server's (unmasked) text frames, keeping
+binary ones (ComfyUI's preview images) aside in ``binary`` in the order they came, answering pings. The server
+sends its events as JSON text messages. ``feature_flags`` (e.g. ``{"supports_preview_metadata": True}``, what
+ComfyUI's front end announces) are sent as the first message, as the front end does, so the server talks to the
+test as it talks to a browser; ``preview_frames`` decodes the preview messages.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import socket
@@ -25,7 +29,9 @@ OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2,
 
 
 class EventStream:
-    def __init__(self, port: int, client_id: str, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, client_id: str, host: str = "127.0.0.1",
+                 feature_flags: dict[str, Any] | None = None) -> None:
+        self.binary: list[bytes] = []  # binary messages (event type + payload), in arrival order
         self.sock = socket.create_connection((host, port), timeout=30)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -40,6 +46,8 @@ class EventStream:
         status, _, self._buffer = head.partition(b"\r\n\r\n")
         if b" 101 " not in status.split(b"\r\n", 1)[0]:
             raise ConnectionError(f"websocket handshake refused: {status[:200]!r}")
+        if feature_flags is not None:
+            self._send(OP_TEXT, json.dumps({"type": "feature_flags", "data": feature_flags}).encode())
 
     def _read(self, n: int) -> bytes:
         while len(self._buffer) < n:
@@ -53,7 +61,9 @@ class EventStream:
     def _send(self, opcode: int, payload: bytes = b"") -> None:
         mask = os.urandom(4)  # clients must mask what they send
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked)
+        size = (struct.pack("!B", 0x80 | len(payload)) if len(payload) < 126
+                else struct.pack("!BH", 0x80 | 126, len(payload)))  # up to 64 KiB is all a test sends
+        self.sock.sendall(struct.pack("!B", 0x80 | opcode) + size + mask + masked)
 
     def _frame(self) -> tuple[bool, int, bytes]:
         first, second = self._read(2)
@@ -91,12 +101,35 @@ class EventStream:
             message += payload
             if fin and kind == OP_TEXT:
                 return json.loads(message.decode("utf-8"))
+            if fin and kind == OP_BINARY:
+                self.binary.append(message)
 
     def iter(self, timeout: float) -> Iterator[dict[str, Any]]:
         """Events until ``timeout`` seconds have passed in total."""
         deadline = time.monotonic() + timeout
         while (event := self.next_event(max(0.0, deadline - time.monotonic()))) is not None:
             yield event
+
+    def preview_frames(self) -> list[tuple[dict[str, Any], Any]]:
+        """The preview images among ``binary`` as ``(metadata, PIL image)``, decoded as the front end decodes them:
+        event 1 (a 4-byte image type, then the image; metadata ``{}``) and event 4 (a 4-byte length, that much
+        JSON metadata - ``node_id``, ``display_node_id``, ``image_type``... - then the image)."""
+        from PIL import Image
+
+        frames = []
+        for message in self.binary:
+            (event,) = struct.unpack(">I", message[:4])
+            if event == 1:
+                metadata, data = {}, message[8:]
+            elif event == 4:
+                (length,) = struct.unpack(">I", message[4:8])
+                metadata, data = json.loads(message[8:8 + length].decode("utf-8")), message[8 + length:]
+            else:
+                continue
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            frames.append((metadata, image))
+        return frames
 
     def close(self) -> None:
         try:

@@ -144,7 +144,8 @@ def test_bridge_without_comfyui() -> None:
 
     assert not comfy_bridge.in_comfyui()
     assert comfy_bridge.model_files("loras") == [] and comfy_bridge.diffusers_folders() == []
-    assert comfy_bridge.progress_bar(10) is None and comfy_bridge.cancel_hook() is None
+    assert comfy_bridge.progress_with_preview(10) is None and comfy_bridge.cancel_hook() is None
+    assert comfy_bridge.sampling_preview_size() is None
     assert comfy_bridge.devices() == (torch.device("cpu"), torch.device("cpu"))
     assert comfy_bridge.default_dtype() == torch.float32
     assert comfy_bridge.manage(torch.nn.Linear(2, 2)) is None
