@@ -252,7 +252,7 @@ class FireRedEditPipeline(PlacedPipeline):
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
         check_size_mode(size_mode)
         vae_area = check_area("vae_ref_area", vae_ref_area) or self.reference_area
-        encode_options = self._condition_options(check_area("cond_ref_area", cond_ref_area))
+        encode_options = self.condition_options(check_area("cond_ref_area", cond_ref_area))
         self.output_size(refs, width, height, size_mode)
         keep = self.keep_unedited_config(keep_unedited)
         sampler = self.sampler_choice(sampler)
@@ -326,7 +326,7 @@ class FireRedEditPipeline(PlacedPipeline):
             raise ValueError("size_mode='match' follows Picture 1, but no reference image was given")
         return match_canvas(self.compression * self.patch, images[0].width, images[0].height, width, height)
 
-    def _condition_options(self, cond_ref_area: int | None) -> dict[str, int]:
+    def condition_options(self, cond_ref_area: int | None) -> dict[str, int]:
         """The keywords ``encoder.encode`` gets: ``image_area`` when ``cond_ref_area`` is set (an encoder that
         cannot take it is refused here, before any work), nothing otherwise so any encoder works."""
         if cond_ref_area is None:
