@@ -28,6 +28,7 @@ run "$py" benchmarks/gguf_forward.py --smoke
 run "$py" benchmarks/offload_overhead.py --smoke
 run "$py" benchmarks/encoder_fp8.py --smoke
 run "$py" benchmarks/real_size.py --smoke
+run "$py" benchmarks/alignment_shift.py --smoke
 if [ -x "$comfy_py" ]; then
     run "$comfy_py" benchmarks/memory_table.py --smoke
 else
