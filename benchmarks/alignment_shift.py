@@ -1,6 +1,6 @@
 """How far an edit is shifted against Picture 1, in size mode "area" (the default) and "match".
 
-Run (about 2 minutes on 2 cores):
+Run (the smoke setting took 37 s on 2 cores; the full one was not timed to the end, see docs/ALIGNMENT.md):
 
     python benchmarks/alignment_shift.py            # the embedded model at 64x64 .. 123x77, the tiny one larger
     python benchmarks/alignment_shift.py --smoke    # one size per model, one step: seconds (CI)
@@ -129,7 +129,8 @@ def measure(pipe, model: str, refs: list[Image.Image], instruction: str, mode: s
         result.image.resize(picture.size, Image.Resampling.LANCZOS)
     shift = phase_shift(picture, back)
     mae = float(np.abs(np.asarray(back, np.float64) - np.asarray(picture, np.float64)).mean())
-    return Row(model, picture.size, len(refs), keep, mode, result.image.size, shift.dx, shift.dy, shift.peak, mae, seconds)
+    return Row(model, picture.size, len(refs), keep, mode, result.image.size, shift.dx, shift.dy, shift.peak, mae,
+               seconds)
 
 
 def run(smoke: bool) -> list[Row]:
@@ -159,7 +160,8 @@ HEADER = ("| model | Picture 1 | refs | keep_unedited | size mode | made at | dx
 def _line(r: Row) -> str:
     made = f"{r.output[0]}x{r.output[1]}" if r.mode == "match" else \
         f"{r.output[0]}x{r.output[1]} -> resized"
-    return (f"| {r.model} | {r.size[0]}x{r.size[1]} | {r.refs} | {r.keep} | {r.mode} | {made} | {r.dx:+.2f}, {r.dy:+.2f} | "
+    return (f"| {r.model} | {r.size[0]}x{r.size[1]} | {r.refs} | {r.keep} | {r.mode} | {made} | "
+            f"{r.dx:+.2f}, {r.dy:+.2f} | "
             f"{(r.dx ** 2 + r.dy ** 2) ** 0.5:.2f} | {r.peak:.2f} | {r.mae:.1f} |")
 
 

@@ -442,7 +442,8 @@ class FireRedEditPipeline(PlacedPipeline):
         encoded at that size); not applied when Picture 1 has another aspect."""
         first_ref = prepared.first_ref
         height, width = pixels.shape[-2:]
-        if prepared.first_ref_canvas is None and abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02:
+        other_aspect = abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02
+        if prepared.first_ref_canvas is None and other_aspect:  # in size mode "match" Picture 1 is the canvas
             log.info("keep_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
                      first_ref.width, first_ref.height, width, height)
             return pixels, False
