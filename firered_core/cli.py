@@ -9,6 +9,9 @@ PATH[:STRENGTH]`` may be repeated. Computation is float32 on the CPU unless ``--
 otherwise (bfloat16 is the default on CUDA). ``--offload none|model|blocks`` and ``--max-vram GB`` choose how the
 model shares the device's memory (``FireRedEditPipeline.set_offload``; docs/MEMORY.md): everything on the device
 (the default), one component at a time, or the transformer's blocks streamed within the budget.
+``--size-mode match`` makes the output at Picture 1's own pixel size, aligned with it (not shifted or zoomed);
+``--vae-ref-area`` / ``--cond-ref-area`` set the pixels the references are encoded at for the VAE and for the
+condition encoder (default: the model's, ~1024^2 and ~384^2 for the released model).
 
 Subcommands are pluggable: besides the built-in ``edit``, any installed distribution can add one through the
 entry-point group ``firered.commands``. The entry point's name is the subcommand; its object is a function
@@ -48,6 +51,7 @@ ENTRY_POINT_GROUP = "firered.commands"
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default" / "model"  # firered_core.default.MODEL_DIR
 DTYPES = ("float32", "bfloat16")  # no float16: this model family overflows in it (black or NaN images)
+SIZE_MODES = ("area", "match")  # sizing.SIZE_MODES
 SAMPLERS = ("euler", "stochastic")  # sampler.SAMPLERS, named here so `firered --help` need not import torch
 OFFLOAD_MODES, GB = ("none", "model", "blocks"), 2**30  # offload's, named here so a bad flag is refused without torch
 
@@ -173,6 +177,15 @@ def register_edit(parser: argparse.ArgumentParser) -> Runner:
                         "size (default: the model's default area at the last image's aspect; with only --height, "
                         "follows that aspect)")
     parser.add_argument("--height", type=int, default=None, help="output height (likewise)")
+    parser.add_argument("--size-mode", choices=SIZE_MODES, default="area",
+                        help="area (default): the model's area at the last image's aspect, or --width/--height; "
+                        "match: Picture 1's own pixel size, aligned with it (padded to the model's token size "
+                        "internally and cropped back)")
+    parser.add_argument("--vae-ref-area", default=None, metavar="PIXELS", help="pixels each reference is resized "
+                        "to for the VAE, as N or WxH (e.g. 1024x1024; default: the model's area)")
+    parser.add_argument("--cond-ref-area", default=None, metavar="PIXELS", help="pixels each reference is resized "
+                        "to for the condition encoder, as N or WxH (default: the encoder's own, 384x384 for "
+                        "Qwen2.5-VL; the embedded model's encoder reads no images and ignores it)")
     parser.add_argument("--negative", default=" ", help="negative prompt for true CFG (default ' ')")
     parser.add_argument("--dtype", default=None, metavar="{" + ",".join(DTYPES) + "}", help="compute dtype "
                         "(default float32 on CPU, bfloat16 on CUDA; no float16: the model overflows in it)")
@@ -210,13 +223,15 @@ class _EditInputs:
     loras: list[tuple[Path, float]]
     offload: str
     max_vram: int | None
+    vae_ref_area: int | None = None
+    cond_ref_area: int | None = None
 
 
 def check_edit_args(args: argparse.Namespace) -> _EditInputs:
     """Every cheap check of ``firered edit``, before torch is imported or a weight is read: output path (its folder
     writable), numbers, sizes the model can make, model and LoRA paths, and the images themselves."""
     from .images import check_output_path, load_image
-    from .sizing import folder_token_size, output_size
+    from .sizing import check_area, folder_token_size, match_canvas, output_size
 
     output = check_output_path(Path(args.output).expanduser(), overwrite=args.overwrite)
     compare = check_output_path(output.with_name(f"{output.stem}_compare{output.suffix}"),
@@ -235,17 +250,27 @@ def check_edit_args(args: argparse.Namespace) -> _EditInputs:
         why = " (this model family overflows in float16: black or NaN images)" if args.dtype == "float16" else ""
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {args.dtype!r}{why}")
     offload, max_vram = parse_offload(args.offload, args.max_vram)
+    areas = [check_area(f"--{name}", parse_area(f"--{name}", getattr(args, name.replace("-", "_"))))
+             for name in ("vae-ref-area", "cond-ref-area")]
     loras = [parse_lora(spec) for spec in args.lora]
     model = resolve_model(args.model)
     refs = [load_image(Path(p).expanduser()) for p in args.images]
     unit = folder_token_size(model) if isinstance(model, Path) else None  # files: checked once loaded
-    if unit is not None and (args.width is not None or args.height is not None):
+    if args.size_mode == "match":
+        if not refs:
+            raise ValueError("--size-mode match follows Picture 1, but no image was given")
+        try:
+            match_canvas(unit or 1, refs[0].width, refs[0].height, args.width, args.height)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("size_mode='match'", "--size-mode match").replace(
+                "size_mode='area'", "--size-mode area").replace(" (0 in the node)", "")) from None
+    elif unit is not None and (args.width is not None or args.height is not None):
         aspect = refs[-1].width / refs[-1].height if refs else 1.0
         try:  # the area is not needed when a side is given
             output_size(unit, 1.0, aspect, args.width, args.height)
         except ValueError as exc:
             raise ValueError(f"--{exc}") from None
-    return _EditInputs(output, compare, model, refs, loras, offload, max_vram)
+    return _EditInputs(output, compare, model, refs, loras, offload, max_vram, *areas)
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -276,15 +301,17 @@ def run_edit(args: argparse.Namespace) -> int:
                                                    max_vram=max_vram)
     for path, strength in loras:
         pipe.load_lora(path, strength)
-    pipe.output_size(refs, args.width, args.height)  # the model's own rule, before any sampling
+    pipe.output_size(refs, args.width, args.height, args.size_mode)  # the model's own rule, before any sampling
     with tqdm_progress("firered edit") as progress:
         result = pipe.edit(refs, args.instruction, negative_prompt=args.negative, steps=args.steps,
                            true_cfg_scale=args.cfg, seed=args.seed, width=args.width, height=args.height,
-                           progress=progress, keep_unedited=args.keep_unedited, sampler=args.sampler)
+                           progress=progress, keep_unedited=args.keep_unedited, sampler=args.sampler,
+                           size_mode=args.size_mode, vae_ref_area=checked.vae_ref_area,
+                           cond_ref_area=checked.cond_ref_area)
     meta = {"instruction": args.instruction, "negative": args.negative, "steps": result.steps,
             "cfg": result.true_cfg_scale,
             "seed": args.seed, "width": result.width, "height": result.height,
-            "keep_unedited": result.keep_unedited, "sampler": result.sampler,
+            "keep_unedited": result.keep_unedited, "sampler": result.sampler, "size_mode": result.size_mode,
             "loras": [[p.name, s] for p, s in loras]}
     save_image(result.image, checked.output, overwrite=args.overwrite, metadata={"firered": json.dumps(meta)})
     if checked.compare is not None:
@@ -326,6 +353,16 @@ def parse_offload(mode: str, max_vram_gb: str | None) -> tuple[str, int | None]:
     if not math.isfinite(gb) or gb <= 0:
         raise ValueError(f"--max-vram must be a positive number of GB, got {max_vram_gb!r}")
     return mode, int(gb * GB)
+
+
+def parse_area(flag: str, value: str | None) -> int | None:
+    """``N`` or ``WxH`` (``1024x1024``) -> pixels; None stays None (the model's own)."""
+    if value is None:
+        return None
+    parts = value.lower().replace(" ", "").split("x")
+    if len(parts) in (1, 2) and all(part.isdigit() for part in parts):
+        return math.prod(int(part) for part in parts)
+    raise ValueError(f"{flag} must be a number of pixels (e.g. 1048576) or WxH (e.g. 1024x1024), got {value!r}")
 
 
 def parse_lora(spec: str) -> tuple[Path, float]:

@@ -7,9 +7,15 @@ the same weights, inputs and seed give the same latents and the same pixels (the
    compression x patch``: 16 for the released model; other sides are refused naming the nearest), otherwise about
    ``output_area`` (1024^2) pixels at the aspect of the LAST reference image (square without references), each
    side a multiple of 32 floored to the token size; with one side given the other follows that aspect.
+   ``size_mode="match"`` (not in the reference) instead makes Picture 1's own size: each side padded up to the
+   token size by edge replication (less than one token), the padding cropped off the decoded result, so the
+   output has Picture 1's exact pixel size and grid and is not shifted or zoomed against it.
 2. **References, twice.** Every reference goes to the condition encoder together with the instruction (the
-   encoder resizes it to ~384^2 for the VLM), and is also resized to about ``reference_area`` (1024^2) pixels at
-   its own aspect, VAE-encoded (posterior mode, normalised) and packed into tokens appended after the target's.
+   encoder resizes it to ~384^2 for the VLM; ``cond_ref_area`` changes that area for encoders that read images),
+   and is also resized to about ``reference_area`` (1024^2; per call ``vae_ref_area``) pixels at its own aspect,
+   VAE-encoded (posterior mode, normalised) and packed into tokens appended after the target's. In size mode
+   ``"match"`` Picture 1 is encoded at exactly the output's padded canvas instead, so its tokens line up with the
+   target's one to one.
 3. **Condition.** The instruction and, for true CFG, the negative prompt are encoded separately with the same
    images. True CFG runs only when ``true_cfg_scale > 1`` and ``negative_prompt`` is not ``None``.
 4. **Sampling.** Seeded noise (``sampler.initial_noise``), sigmas from ``schedule.flow_sigmas`` with the shift
@@ -73,7 +79,7 @@ from .preserve import PreserveConfig
 from .progress import CancelFn, PreviewFn, ProgressFn, check_cancel
 from .sampler import SAMPLERS, VelocityFn, euler_sample, initial_noise
 from .schedule import flow_sigmas
-from .sizing import fit_side, output_size
+from .sizing import check_area, check_size_mode, fit_side, match_canvas, output_size
 
 if TYPE_CHECKING:
     from .loading.model_defaults import ModelDefaults
@@ -95,6 +101,8 @@ class EditResult:
     ``keep_unedited``: Picture 1's pixels were kept outside the edited area (asked for, and a local edit).
     ``sampler``: what the steps were, ``"euler"`` or ``"stochastic"`` (re-noised every step).
     ``steps`` and ``true_cfg_scale``: what the sampler ran with (the pipeline's defaults when the call gave none).
+    ``size_mode``: ``"area"`` or ``"match"``; in ``"match"`` ``width`` x ``height`` is Picture 1's own size and
+    ``latents`` cover the padded canvas (sides rounded up to the token size), the image its top-left part.
     """
 
     image: Image.Image
@@ -106,6 +114,7 @@ class EditResult:
     sampler: str = "euler"
     steps: int = 0
     true_cfg_scale: float = 0.0
+    size_mode: str = "area"
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,8 @@ class _Prepared:
     img_shapes: list[tuple[int, int, int]]
     first_ref: Image.Image | None = None  # Picture 1, for keep_unedited
     first_ref_latents: torch.Tensor | None = None  # its latents as encoded for the sequence (reused when sizes match)
+    first_ref_canvas: torch.Tensor | None = None  # size mode "match": Picture 1 padded to the canvas, [-1, 1]
+    crop: tuple[int, int] | None = None  # size mode "match": (width, height) of Picture 1, cut from the canvas
 
 
 class FireRedEditPipeline(PlacedPipeline):
@@ -251,7 +262,8 @@ class FireRedEditPipeline(PlacedPipeline):
              steps: int | None = None, true_cfg_scale: float | None = None, seed: int = 0, width: int | None = None,
              height: int | None = None, progress: ProgressFn | None = None,
              cancel: CancelFn | None = None, keep_unedited: bool | PreserveConfig | None = None,
-             sampler: str | None = None, preview: PreviewFn | None = None) -> EditResult:
+             sampler: str | None = None, preview: PreviewFn | None = None, size_mode: str = "area",
+             vae_ref_area: int | None = None, cond_ref_area: int | None = None) -> EditResult:
         """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
 
         ``keep_unedited``: None uses the pipeline's ``keep_unedited`` setting (off unless a model folder's
@@ -260,9 +272,17 @@ class FireRedEditPipeline(PlacedPipeline):
         ``"stochastic"`` (re-noise every step) for this call; None: the scheduler config's. ``steps`` and
         ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``).
         ``preview``: called after every step with the predicted clean latents ``[1, C, h, w]`` (normalised, on
-        the compute device), e.g. for ``preview_projection().image``; None computes nothing for it."""
+        the compute device), e.g. for ``preview_projection().image``; None computes nothing for it.
+        ``size_mode``: ``"area"`` (the reference's rule) or ``"match"`` (Picture 1's own size, aligned with it; no
+        ``width``/``height`` then). ``vae_ref_area`` / ``cond_ref_area``: pixels each reference is resized to for
+        the VAE / for the condition encoder (None: ``reference_area`` / the encoder's own, ~384^2 for Qwen2.5-VL;
+        encoders that do not read images ignore it). All of it is checked before any torch work."""
         steps, true_cfg_scale = self.sampling_choice(steps, true_cfg_scale)
         refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
+        check_size_mode(size_mode)
+        vae_area = check_area("vae_ref_area", vae_ref_area) or self.reference_area
+        encode_options = self.condition_options(check_area("cond_ref_area", cond_ref_area))
+        self.output_size(refs, width, height, size_mode)
         keep = self.keep_unedited_config(keep_unedited)
         sampler = self.sampler_choice(sampler)
         if self.encoder is None:
@@ -272,11 +292,11 @@ class FireRedEditPipeline(PlacedPipeline):
         if true_cfg_scale > 1 and negative_prompt is None:
             log.warning("true_cfg_scale=%s has no effect without a negative prompt", true_cfg_scale)
         with torch.inference_mode():
-            prepared = self._prepare(refs, width, height, cancel)
+            prepared = self._prepare(refs, width, height, cancel, size_mode, vae_area)
             check_cancel(cancel, "edit before encoding the instruction")
             with self._use("encoder"):
-                condition = self._encode(instruction, refs)
-                negative = self._encode(negative_prompt, refs) if guided else None
+                condition = self._encode(instruction, refs, encode_options)
+                negative = self._encode(negative_prompt, refs, encode_options) if guided else None
             cond = self._predictor(condition, prepared)
             uncond = self._predictor(negative, prepared) if negative is not None else None
             generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -288,9 +308,10 @@ class FireRedEditPipeline(PlacedPipeline):
                 kept = False
                 if keep is not None and prepared.first_ref is not None:
                     pixels, kept = self._keep_unedited(pixels, latents, prepared, keep)
-        return EditResult(image=to_pil(pixels), latents=latents.detach().cpu(), width=prepared.width,
-                          height=prepared.height, seed=seed, keep_unedited=kept, sampler=sampler,
-                          steps=steps, true_cfg_scale=float(true_cfg_scale))
+        width, height = prepared.crop or (prepared.width, prepared.height)
+        return EditResult(image=to_pil(pixels[..., :height, :width]), latents=latents.detach().cpu(), width=width,
+                          height=height, seed=seed, keep_unedited=kept, sampler=sampler,
+                          steps=steps, true_cfg_scale=float(true_cfg_scale), size_mode=size_mode)
 
     def _sample(self, prepared: "_Prepared", cond: VelocityFn, uncond: VelocityFn | None, steps: int,
                 true_cfg_scale: float, seed: int, generator: torch.Generator, sampler: str,
@@ -322,12 +343,36 @@ class FireRedEditPipeline(PlacedPipeline):
         return {"tile": self.vae_tile, "tile_overlap": min(8, self.vae_tile // 2)}
 
     def output_size(self, images: Sequence[Image.Image], width: int | None = None,
-                    height: int | None = None) -> tuple[int, int]:
+                    height: int | None = None, size_mode: str = "area") -> tuple[int, int]:
         """(width, height) the pipeline will produce for these references and requested sides (``sizing.py``):
         automatic sides follow the last reference's aspect (square without references); a requested side the
-        model cannot make is a ``ValueError`` naming the nearest ones it can."""
+        model cannot make is a ``ValueError`` naming the nearest ones it can. Size mode ``"match"``: Picture 1's
+        own size (refused without a reference, with a requested side, or over the model's side limit)."""
+        if check_size_mode(size_mode) == "match":
+            self._match_canvas(images, width, height)
+            return images[0].width, images[0].height
         aspect = images[-1].width / images[-1].height if images else 1.0
         return output_size(self.compression * self.patch, self.output_area, aspect, width, height)
+
+    def _match_canvas(self, images: Sequence[Image.Image], width: int | None,
+                      height: int | None) -> tuple[int, int]:
+        """The padded canvas of size mode ``"match"`` (``sizing.match_canvas``)."""
+        if not images:
+            raise ValueError("size_mode='match' follows Picture 1, but no reference image was given")
+        return match_canvas(self.compression * self.patch, images[0].width, images[0].height, width, height)
+
+    def condition_options(self, cond_ref_area: int | None) -> dict[str, int]:
+        """The keywords ``encoder.encode`` gets: ``image_area`` when ``cond_ref_area`` is set (an encoder that
+        cannot take it is refused here, before any work), nothing otherwise so any encoder works."""
+        if cond_ref_area is None:
+            return {}
+        import inspect
+
+        encode = getattr(self.encoder, "encode", None)
+        if encode is None or "image_area" not in inspect.signature(encode).parameters:
+            raise ValueError(f"cond_ref_area: the condition encoder {type(self.encoder).__name__} has no setting "
+                             "for the area it reads images at; leave cond_ref_area unset")
+        return {"image_area": cond_ref_area}
 
     def fit_size(self, width: int, height: int) -> tuple[int, int]:
         """The size nearest at or below ``width`` x ``height`` that the model can make (``sizing.fit_side``)."""
@@ -365,26 +410,36 @@ class FireRedEditPipeline(PlacedPipeline):
         raise TypeError(f"reference image {index + 1}: expected a PIL image or a path, got {type(image).__name__}")
 
     def _prepare(self, refs: list[Image.Image], width: int | None, height: int | None,
-                 cancel: CancelFn | None) -> _Prepared:
-        out_w, out_h = self.output_size(refs, width, height)
+                 cancel: CancelFn | None, size_mode: str = "area", vae_area: int | None = None) -> _Prepared:
+        vae_area = vae_area or self.reference_area
+        match = size_mode == "match"
+        out_w, out_h = self._match_canvas(refs, width, height) if match else self.output_size(refs, width, height)
         unit = self.compression * self.patch
         shapes = [(1, out_h // unit, out_w // unit)]
         packed = []
-        first_latents = None
+        first_latents = first_canvas = None
         with self._use("vae") if refs else contextlib.nullcontext():
             for i, ref in enumerate(refs):
                 check_cancel(cancel, f"edit before encoding reference image {i + 1}")
-                ref_w, ref_h = calculate_dimensions(self.reference_area, ref.width / ref.height)
-                pixels = to_tensor(ref, ref_w, ref_h).to(self.device, self._vae_dtype())
+                if match and i == 0:  # Picture 1 unresized, edge-padded to the canvas (less than one token)
+                    ref_w, ref_h = out_w, out_h
+                    pixels = torch.nn.functional.pad(to_tensor(ref, ref.width, ref.height),
+                                                     (0, out_w - ref.width, 0, out_h - ref.height), mode="replicate")
+                    pixels = first_canvas = pixels.to(self.device, self._vae_dtype())
+                else:
+                    ref_w, ref_h = calculate_dimensions(vae_area, ref.width / ref.height)
+                    pixels = to_tensor(ref, ref_w, ref_h).to(self.device, self._vae_dtype())
                 latents = self.vae.encode(pixels, **self._tiling()).to(self.dtype)  # [1, C, h/8, w/8], normalised
                 packed.append(pack_latents(latents, self.patch))
                 shapes.append((1, ref_h // unit, ref_w // unit))
                 if i == 0:
                     first_latents = latents
         ref_tokens = torch.cat(packed, dim=1) if packed else None
-        log.info("output %dx%d, %d reference(s), token grids %s", out_w, out_h, len(refs), shapes)
+        log.info("output %dx%d%s, %d reference(s), token grids %s", out_w, out_h,
+                 f" cropped to Picture 1's {refs[0].width}x{refs[0].height}" if match else "", len(refs), shapes)
         return _Prepared(width=out_w, height=out_h, ref_tokens=ref_tokens, img_shapes=shapes,
-                         first_ref=refs[0] if refs else None, first_ref_latents=first_latents)
+                         first_ref=refs[0] if refs else None, first_ref_latents=first_latents,
+                         first_ref_canvas=first_canvas, crop=(refs[0].width, refs[0].height) if match else None)
 
     @property
     def useful_steps(self) -> int:
@@ -422,19 +477,24 @@ class FireRedEditPipeline(PlacedPipeline):
         encoded at that size); not applied when Picture 1 has another aspect."""
         first_ref = prepared.first_ref
         height, width = pixels.shape[-2:]
-        if abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02:
+        other_aspect = abs(math.log(first_ref.width / first_ref.height) - math.log(width / height)) > 0.02
+        if prepared.first_ref_canvas is None and other_aspect:  # in size mode "match" Picture 1 is the canvas
             log.info("keep_unedited: Picture 1 (%dx%d) has another aspect than the %dx%d output, result kept",
                      first_ref.width, first_ref.height, width, height)
             return pixels, False
-        source = to_tensor(first_ref, width, height).to(pixels.device, self._vae_dtype())
+        source = prepared.first_ref_canvas
+        if source is None:
+            source = to_tensor(first_ref, width, height).to(pixels.device, self._vae_dtype())
         kept, applied = preserve.keep_unedited(self.vae, pixels, latents, source, config, prepared.first_ref_latents)
         log.info("keep_unedited: %s", "Picture 1 kept outside the edited area" if applied else "a whole-image "
                  f"edit (over {100 * config.max_edited_fraction:.0f}% of the latents changed), result kept")
         return kept, applied
 
-    def _encode(self, prompt: str, refs: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(embeds [1, L, D], mask [1, L] or None when nothing is padded) for one prompt."""
-        cond = self.encoder.encode([prompt], refs)
+    def _encode(self, prompt: str, refs: list[Image.Image],
+                options: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embeds [1, L, D], mask [1, L] or None when nothing is padded) for one prompt; ``options`` are the
+        encoder's keywords (``_condition_options``)."""
+        cond = self.encoder.encode([prompt], refs, **(options or {}))
         embeds, mask = cond.embeds, cond.mask
         if not refs:
             embeds = embeds[:, : self.max_text_tokens]

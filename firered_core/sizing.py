@@ -6,11 +6,15 @@ released model, 8 for the embedded one), between one token and ``MAX_SIDE``:
 - no side given: about the model's area at the reference aspect (``calculate_dimensions``, the reference's rule),
   each side then floored to the token size;
 - one side given: the other follows the reference aspect, rounded to the token size;
-- both given: used as they are.
+- both given: used as they are;
+- size mode ``"match"`` (``match_canvas``): Picture 1's own size, each side padded up to the next multiple of the
+  token size (by less than one token); the pipeline encodes Picture 1 at exactly that canvas and crops the
+  padding off the result, so the output has Picture 1's pixel size and grid.
 
 A given side the model cannot make is refused with the nearest sizes it can, never rounded silently; an automatic
 side that falls outside the limits is refused with the reason. ``folder_token_size`` reads a model folder's token
-size from its config files, so a size can be refused before any weights are read.
+size from its config files, so a size can be refused before any weights are read. ``check_area`` validates the
+areas references are encoded at (``vae_ref_area``, ``cond_ref_area``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pathlib import Path
 
 SIZE_MULTIPLE = 32  # the reference rounds both sides of every computed size to this
 MAX_SIDE = 8192  # px; also the nodes' widget limit and the largest side images.MAX_PIXELS admits in a square
+SIZE_MODES = ("area", "match")  # the model's area at the last reference's aspect / Picture 1's own size
+MIN_AREA = SIZE_MULTIPLE * SIZE_MULTIPLE  # smallest reference area: one 32 px step of the sizing rule per side
+MAX_AREA = MAX_SIDE * MAX_SIDE  # = images.MAX_PIXELS
 
 
 class ImageError(ValueError):
@@ -83,6 +90,41 @@ def output_size(unit: int, area: float, aspect: float, width: int | None = None,
                          f"a side over this model's limit of {max_side} px: give a smaller side, or both width "
                          "and height")
     return width, height
+
+
+def check_size_mode(mode: str) -> str:
+    """``mode`` if it is one of ``SIZE_MODES``, else a ``ValueError`` naming them."""
+    if not isinstance(mode, str) or mode not in SIZE_MODES:
+        raise ValueError(f"size_mode must be one of {', '.join(SIZE_MODES)}, got {mode!r}")
+    return mode
+
+
+def check_area(name: str, value: int | None) -> int | None:
+    """A reference area in pixels (None: the model's own) if it is an integer from ``MIN_AREA`` (32x32) to
+    ``MAX_AREA`` (8192x8192), else a ``ValueError`` naming ``name`` and the range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_AREA <= value <= MAX_AREA:
+        raise ValueError(f"{name} must be an integer number of pixels from {MIN_AREA} (32x32) to {MAX_AREA} "
+                         f"(8192x8192), e.g. {1024 * 1024} for about 1024x1024; got {value!r}")
+    return value
+
+
+def match_canvas(unit: int, width: int, height: int, width_given: int | None = None,
+                 height_given: int | None = None, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """(width, height) the model makes for size mode ``"match"``: Picture 1's ``width`` x ``height`` with each
+    side rounded UP to the token size ``unit`` (padding of less than one token, cropped off afterwards).
+
+    A requested width or height conflicts with taking the size from Picture 1 and is refused, as is a side over
+    the model's limit."""
+    if width_given is not None or height_given is not None:
+        raise ValueError("size_mode='match' takes the output size from Picture 1: leave width and height unset "
+                         "(0 in the node), or use size_mode='area'")
+    canvas_w, canvas_h = -(-width // unit) * unit, -(-height // unit) * unit
+    if max(canvas_w, canvas_h) > max_side // unit * unit:
+        raise ValueError(f"size_mode='match': Picture 1 is {width}x{height}, a side over this model's limit of "
+                         f"{max_side // unit * unit} px; resize it first or use size_mode='area'")
+    return canvas_w, canvas_h
 
 
 def folder_token_size(folder: Path) -> int | None:

@@ -51,6 +51,26 @@ def sampler_input() -> dict[str, tuple]:
                    "firered-default, euler for the released models)"})}
 
 
+def reference_inputs() -> dict[str, tuple]:
+    """The optional size-mode and reference-area widgets (``EditSettings``), appended after every other widget so
+    saved workflows keep loading by position."""
+    return {
+        "size_mode": (list(edit_runner.SIZE_MODES), {
+            "default": "model area",
+            "tooltip": "model area: the model's default area at the last image's aspect (or width/height); match "
+                       "Picture 1: the output has Picture 1's exact pixel size and lines up with it (no shift or "
+                       "zoom; width and height must be 0)"}),
+        "vae_ref_area": ("INT", {
+            "default": edit_runner.MODEL_AREA, "min": edit_runner.MODEL_AREA, "max": edit_runner.MAX_AREA,
+            "tooltip": "pixels each reference is resized to for the VAE, e.g. 1048576 = 1024x1024; 0 = the "
+                       "model's own (its trained area)"}),
+        "cond_ref_area": ("INT", {
+            "default": edit_runner.MODEL_AREA, "min": edit_runner.MODEL_AREA, "max": edit_runner.MAX_AREA,
+            "tooltip": "pixels each reference is resized to for the condition encoder, e.g. 147456 = 384x384; "
+                       "0 = the encoder's own (384x384 for Qwen2.5-VL; firered-default's encoder reads no images)"}),
+    }
+
+
 class FireRedEdit:
     DESCRIPTION = ("Edits up to three images following an instruction (none: generates from the text). Refer to "
                    "the images as Picture 1, 2, 3 in the order of the connected inputs. An input with a batch of "
@@ -74,16 +94,20 @@ class FireRedEdit:
                 **{f"image{i}": ("IMAGE",) for i in (1, 2, 3)},
                 **keep_unedited_input(),
                 **sampler_input(),
+                **reference_inputs(),
             },
         }
 
     def edit(self, model: FireRedModel, instruction: str, negative_prompt: str, steps: int, true_cfg_scale: float,
              seed: int, width: int, height: int, image1: Any = None, image2: Any = None,
              image3: Any = None, keep_unedited: str = "model default",
-             sampler: str = "model default") -> tuple[Any, dict]:
+             sampler: str = "model default", size_mode: str = "model area",
+             vae_ref_area: int = edit_runner.MODEL_AREA,
+             cond_ref_area: int = edit_runner.MODEL_AREA) -> tuple[Any, dict]:
         instruction = require_instruction(instruction)
         settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
-                                                        keep_unedited, sampler)
+                                                        keep_unedited, sampler, size_mode, vae_ref_area,
+                                                        cond_ref_area)
         batches = edit_runner.reference_batches([("image1", image1), ("image2", image2), ("image3", image3)])
         results = edit_runner.run_edits(model, batches, instruction, settings)
         return edit_runner.to_outputs(results, model.loaded.pipeline)

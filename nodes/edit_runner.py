@@ -42,6 +42,9 @@ MODEL_STEPS = 0  # the steps widget's "the model's own"
 MODEL_CFG = -1.0  # the true_cfg_scale widget's "the model's own" (any negative value means it)
 KEEP_UNEDITED = {"model default": None, "on": True, "off": False}  # widget choice -> edit(keep_unedited=...)
 SAMPLERS = {"model default": None, "stochastic": "stochastic", "euler": "euler"}  # -> edit(sampler=...)
+SIZE_MODES = {"model area": "area", "match Picture 1": "match"}  # widget choice -> edit(size_mode=...)
+MODEL_AREA = 0  # the reference-area widgets' "the model's own"
+MAX_AREA = MAX_SIDE * MAX_SIDE
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,15 @@ class EditSettings:
     height: int | None
     keep_unedited: bool | None = None  # keep Picture 1 outside the edit: None = the model's own setting
     sampler: str | None = None  # "stochastic" (re-noise every step) or "euler": None = the model's own
+    size_mode: str = "area"  # "match": Picture 1's own size, aligned with it (width and height must be automatic)
+    vae_ref_area: int | None = None  # pixels references are VAE-encoded at: None = the model's own
+    cond_ref_area: int | None = None  # pixels the condition encoder sees them at: None = the encoder's own
 
     @classmethod
     def from_inputs(cls, negative_prompt: Any, steps: Any, true_cfg_scale: Any, seed: Any, width: Any = 0,
                     height: Any = 0, keep_unedited: Any = "model default",
-                    sampler: Any = "model default") -> "EditSettings":
+                    sampler: Any = "model default", size_mode: Any = "model area",
+                    vae_ref_area: Any = MODEL_AREA, cond_ref_area: Any = MODEL_AREA) -> "EditSettings":
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise FireRedNodeError(f"negative_prompt must be text, got {type(negative_prompt).__name__}")
         steps = _integer(steps, "steps", MODEL_STEPS, 1000) or None  # MODEL_STEPS (0): the model's own
@@ -73,8 +80,32 @@ class EditSettings:
         sides = [_integer(v, name, 0, MAX_SIDE) or None for v, name in ((width, "width"), (height, "height"))]
         # an empty negative prompt disables true CFG in the reference; " " is the released default
         negative = negative_prompt if negative_prompt else None
+        mode = _choice(size_mode, "size_mode", SIZE_MODES)
+        if mode == "match" and any(sides):
+            raise FireRedNodeError("size_mode 'match Picture 1' takes the output size from Picture 1: set width and "
+                                   "height to 0, or choose 'model area'")
+        areas = [_area(v, name) for v, name in ((vae_ref_area, "vae_ref_area"), (cond_ref_area, "cond_ref_area"))]
         return cls(negative, steps, cfg, seed, sides[0], sides[1],
-                   _choice(keep_unedited, "keep_unedited", KEEP_UNEDITED), _choice(sampler, "sampler", SAMPLERS))
+                   _choice(keep_unedited, "keep_unedited", KEEP_UNEDITED), _choice(sampler, "sampler", SAMPLERS),
+                   mode, *areas)
+
+    def edit_options(self) -> dict[str, Any]:
+        """The keywords of ``FireRedEditPipeline.edit`` these settings give (seed aside: it varies per edit)."""
+        return {"negative_prompt": self.negative_prompt, "steps": self.steps, "true_cfg_scale": self.true_cfg_scale,
+                "width": self.width, "height": self.height, "keep_unedited": self.keep_unedited,
+                "sampler": self.sampler, "size_mode": self.size_mode, "vae_ref_area": self.vae_ref_area,
+                "cond_ref_area": self.cond_ref_area}
+
+
+def _area(value: Any, name: str) -> int | None:
+    """A reference-area widget: ``MODEL_AREA`` (0) = None, the model's own; else pixels (``sizing.check_area``)."""
+    from firered_core.sizing import check_area
+
+    area = _integer(value, name, MODEL_AREA, MAX_AREA)
+    try:
+        return check_area(name, area) if area != MODEL_AREA else None
+    except ValueError as exc:
+        raise FireRedNodeError(f"{exc} (0 = the model's own)") from None
 
 
 def _choice(value: Any, name: str, choices: Mapping[str, T]) -> T:
@@ -114,7 +145,8 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
                                f"{type(model).__name__}")
     with node_errors(what):  # a size the model cannot make is refused before the model is moved or run
         for refs in batches:
-            model.loaded.pipeline.output_size(list(refs), settings.width, settings.height)
+            model.loaded.pipeline.output_size(list(refs), settings.width, settings.height, settings.size_mode)
+        model.loaded.pipeline.condition_options(settings.cond_ref_area)  # an encoder that cannot take it
         pipeline = model.prepare()
     steps, _ = pipeline.sampling_choice(settings.steps, settings.true_cfg_scale)
     preview_size = comfy_bridge.sampling_preview_size()
@@ -135,11 +167,10 @@ def run_edits(model: FireRedModel, batches: Sequence[Sequence["Image.Image"]], i
             shown[:] = [project(latents)]  # type: ignore[misc]
 
         with node_errors(what):
-            results.append(pipeline.edit(
-                list(refs), instruction, negative_prompt=settings.negative_prompt, steps=settings.steps,
-                true_cfg_scale=settings.true_cfg_scale, seed=(settings.seed + i) % 2**64, width=settings.width,
-                height=settings.height, progress=progress, cancel=cancel, keep_unedited=settings.keep_unedited,
-                sampler=settings.sampler, preview=preview if project is not None else None))
+            results.append(pipeline.edit(list(refs), instruction, seed=(settings.seed + i) % 2**64,
+                                         progress=progress, cancel=cancel,
+                                         preview=preview if project is not None else None,
+                                         **settings.edit_options()))
     return results
 
 

@@ -7,7 +7,8 @@ stitches them (picture 1, the scene, stays whole; see its docstring) and ``refer
 instruction's "Picture N" / "图N" at the composites. Setting ``vlm_endpoint`` lets a vision-language model choose
 the crops instead of the local heuristic (``vlm_hook``); it names one of the servers the server's owner allows
 (``vlm_endpoints``), checked before any picture is read. Automatic output size follows picture 1's aspect, not
-the last composite's. One edit is made (seed as given).
+the last composite's; size mode "match Picture 1" makes picture 1's own size, aligned with it. One edit is made
+(seed as given).
 
 Outputs: the edited IMAGE and LATENT, the instruction as sent to the model, and the composites (padded with
 white to one size so they form an IMAGE batch) to check what the model saw.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import edit_runner
 from .common import CATEGORY, FireRedNodeError, pils_to_tensor, require_instruction, tensor_to_pils
-from .edit import sampler_input, sampling_inputs
+from .edit import reference_inputs, sampler_input, sampling_inputs
 from .model_handle import SOCKET, FireRedModel
 
 if TYPE_CHECKING:
@@ -62,13 +63,15 @@ class FireRedMultiImage:
                                             "OpenAI-compatible URL such as http://127.0.0.1:8000/v1"}),
                 "vlm_model": ("STRING", {"default": "", "tooltip": "model name sent to the VLM endpoint"}),
                 **sampler_input(),
+                **reference_inputs(),
             },
         }
 
     def edit(self, model: FireRedModel, instruction: str, image1: Any, negative_prompt: str, steps: int,
              true_cfg_scale: float, seed: int, width: int, height: int, max_composites: int,
              vlm_endpoint: str = "", vlm_model: str = "", sampler: str = "model default",
-             **images: Any) -> tuple[Any, dict, str, Any]:
+             size_mode: str = "model area", vae_ref_area: int = edit_runner.MODEL_AREA,
+             cond_ref_area: int = edit_runner.MODEL_AREA, **images: Any) -> tuple[Any, dict, str, Any]:
         from firered_core.images import calculate_dimensions
 
         from .composite import make_composites
@@ -76,7 +79,8 @@ class FireRedMultiImage:
 
         instruction = require_instruction(instruction)
         settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
-                                                        sampler=sampler)
+                                                        sampler=sampler, size_mode=size_mode,
+                                                        vae_ref_area=vae_ref_area, cond_ref_area=cond_ref_area)
         if isinstance(max_composites, bool) or max_composites not in (1, 2, 3):
             raise FireRedNodeError(f"max_composites must be 1, 2 or 3, got {max_composites!r}")
         target = _vlm_target(vlm_endpoint, vlm_model)
@@ -88,9 +92,12 @@ class FireRedMultiImage:
             boxes = ask_boxes(target, vlm_model.strip(), instruction, pictures)
         plan = make_composites(pictures, max_composites, boxes)
         rewritten = rewrite_for_composites(instruction, plan.placements)
+        if settings.size_mode == "match" and plan.images[0].size != pictures[0].size:
+            raise FireRedNodeError(f"size_mode 'match Picture 1': picture 1 was stitched with others into one "
+                                   f"composite (max_composites={max_composites}); use 2 or 3 so it stays whole")
         log.info("FireRed Multi-Image: %d pictures -> %d composites; instruction: %s", len(pictures),
                  len(plan.images), rewritten)
-        if settings.width is None or settings.height is None:
+        if settings.size_mode == "area" and (settings.width is None or settings.height is None):
             auto_w, auto_h = calculate_dimensions(model.loaded.pipeline.output_area,
                                                   pictures[0].width / pictures[0].height)
             settings = dataclasses.replace(settings, width=settings.width or auto_w,

@@ -29,6 +29,7 @@ run "$py" benchmarks/offload_overhead.py --smoke
 run "$py" benchmarks/encoder_fp8.py --smoke
 run "$py" benchmarks/real_size.py --smoke
 run "$py" benchmarks/latent_preview.py --latent 8 --runs 1
+run "$py" benchmarks/alignment_shift.py --smoke
 if [ -x "$comfy_py" ]; then
     run "$comfy_py" benchmarks/memory_table.py --smoke
 else

@@ -13,7 +13,9 @@ extra widgets that it also saves: the "control after generate" choice after an i
 ``control_after_generate`` (and after any INT input named ``seed``/``noise_seed``) and the upload button after a
 combo marked ``image_upload`` (and its video/audio kin). An input connected by a link sends
 ``[from_node_id, from_slot]`` instead of its widget value. Front-end-only nodes (notes) are left out, as the front
-end leaves them out; so are muted nodes (mode 2); bypassed ones (mode 4) are refused.
+end leaves them out; so are muted nodes (mode 2); bypassed ones (mode 4) are refused. A workflow saved before a
+node gained optional widgets at its end has fewer values: those widgets keep their defaults, as the front end
+loads such a file.
 
 tests/integration/test_comfyui_frontend.py checks this conversion against the front end's own (``app.graphToPrompt``) for every
 workflow in ``workflows/``.
@@ -55,11 +57,23 @@ def extra_widgets(name: str, spec: list | tuple) -> int:
     return int(bool(control)) + int(any(options.get(f) for f in UPLOAD_FLAGS))
 
 
-def _ordered_inputs(info: Mapping[str, Any]) -> Iterator[tuple[str, list]]:
+def _ordered_inputs(info: Mapping[str, Any]) -> Iterator[tuple[str, list, bool]]:
+    """(name, spec, optional) of every input in the front end's widget order."""
     specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
     order = info.get("input_order") or {k: list(v) for k, v in info["input"].items() if k != "hidden"}
-    for name in [*order.get("required", []), *order.get("optional", [])]:
-        yield name, specs[name]
+    for name in order.get("required", []):
+        yield name, specs[name], False
+    for name in order.get("optional", []):
+        yield name, specs[name], True
+
+
+def widget_default(spec: list | tuple) -> Any:
+    """The value a new widget starts with: its ``default``, else a combo's first choice."""
+    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "default" in options:
+        return options["default"]
+    kind = spec[0]
+    return kind[0] if isinstance(kind, list) and kind else options.get("options", [None])[0]
 
 
 def node_inputs(node: Mapping[str, Any], info: Mapping[str, Any],
@@ -72,12 +86,15 @@ def node_inputs(node: Mapping[str, Any], info: Mapping[str, Any],
     linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
     inputs: dict[str, Any] = {}
     position = 0
-    for name, spec in _ordered_inputs(info):
+    for name, spec, optional in _ordered_inputs(info):
         if has_widget(spec):
-            if position >= len(values):
+            if position >= len(values) and optional:  # added to the node after the workflow was saved
+                inputs[name] = widget_default(spec)
+            elif position >= len(values):
                 raise WorkflowError(f"{label}: no saved value for {name!r} (widgets_values has {len(values)})")
-            inputs[name] = values[position]
-            position += 1 + extra_widgets(name, spec)
+            else:
+                inputs[name] = values[position]
+                position += 1 + extra_widgets(name, spec)
         if name in linked:
             link = links.get(linked[name])
             if link is None:

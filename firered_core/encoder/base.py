@@ -16,6 +16,8 @@ Contract of ``encode(prompts, images)``:
 * ``images``: the edit's reference images, 0..N, *shared by every prompt* (true CFG encodes the instruction and
   the negative prompt against the same references). Callers pass the originals: the encoder does any resizing its
   model needs (Qwen2.5-VL looks at ~384x384 versions).
+* Optional: an ``image_area`` keyword (pixels the images are resized to) lets callers choose that area; the
+  pipeline passes it only when its ``cond_ref_area`` is set and refuses encoders without it.
 * The result is right-padded to the longest row; ``mask`` is ``1`` on real positions and ``0`` on padding, dtype
   ``torch.long``. Padding positions of ``embeds`` are zero.
 

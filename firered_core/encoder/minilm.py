@@ -142,8 +142,10 @@ class MiniLMConditionEncoder(FrozenModelEncoder):
                                return_tensors="pt")
         return {name: value.to(self.device) for name, value in batch.items()}
 
-    def encode(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> EncodedCondition:
-        """Per-token embeddings of each prompt; ``images`` are validated and ignored (see the module docstring)."""
+    def encode(self, prompts: Sequence[str], images: Sequence[Image.Image], *,
+               image_area: int | None = None) -> EncodedCondition:
+        """Per-token embeddings of each prompt; ``images`` are validated and ignored (see the module docstring),
+        and with them ``image_area``, the area an image-reading encoder would see them at."""
         prompts, _ = check_encode_args(prompts, images)
         inputs = self.tokenize(prompts)
         with torch.no_grad():

@@ -58,7 +58,8 @@ from PIL import Image
 
 from .base import EncodedCondition, FrozenModelEncoder, check_encode_args
 from .qwen_processor import QwenVLProcessor, build_qwen_vl_processor
-from .template import TEXT_MAX_TOKENS, PromptTemplate, resize_condition_image, select_template
+from .template import (CONDITION_IMAGE_AREA, TEXT_MAX_TOKENS, PromptTemplate, resize_condition_image,
+                       select_template)
 
 if TYPE_CHECKING:
     from transformers import Qwen2_5_VLConfig
@@ -119,13 +120,15 @@ class QwenVLConditionEncoder(FrozenModelEncoder):
     def dim(self) -> int:
         return int(self.model.config.text_config.hidden_size)
 
-    def encode(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> EncodedCondition:
-        """Embeddings of each prompt against the shared reference ``images`` (originals; resized here)."""
+    def encode(self, prompts: Sequence[str], images: Sequence[Image.Image], *,
+               image_area: int = CONDITION_IMAGE_AREA) -> EncodedCondition:
+        """Embeddings of each prompt against the shared reference ``images`` (originals; resized here to about
+        ``image_area`` pixels, the release's ~384^2 by default)."""
         prompts, images = check_encode_args(prompts, images)
         template = select_template(len(images))
         with torch.no_grad():
             if images:
-                inputs = self._edit_inputs(template, prompts, images)
+                inputs = self._edit_inputs(template, prompts, images, image_area)
             else:
                 inputs = self._text_inputs(template, prompts)
             hidden = self._last_hidden_state(inputs)  # [B, T, D]
@@ -137,9 +140,9 @@ class QwenVLConditionEncoder(FrozenModelEncoder):
 
     # -- steps ---------------------------------------------------------------------------------------------------
 
-    def _edit_inputs(self, template: PromptTemplate, prompts: list[str],
-                     images: list[Image.Image]) -> dict[str, torch.Tensor]:
-        seen = [resize_condition_image(im) for im in images]
+    def _edit_inputs(self, template: PromptTemplate, prompts: list[str], images: list[Image.Image],
+                     image_area: int = CONDITION_IMAGE_AREA) -> dict[str, torch.Tensor]:
+        seen = [resize_condition_image(im, image_area) for im in images]
         texts = [template.format(p, len(seen)) for p in prompts]
         return self.processor(texts, seen * len(prompts), padding=True)
 
