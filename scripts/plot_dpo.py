@@ -117,8 +117,8 @@ def _mean(values: Sequence[float]) -> float:
 
 def summary_table(runs: Sequence[RunCurves]) -> str:
     """A Markdown table of the runs' final and mean differences (values x 1e3)."""
-    head = ("| run | steps | diff_w last | diff_w mean | diff_w last 25 % | diff_l last | diff_l mean | "
-            "diff_l last 25 % | accuracy last | reward_margin last |")
+    head = ("| run | steps | 1e3 diff_w last | mean | last 25 % | 1e3 diff_l last | mean | last 25 % | accuracy last "
+            "| reward_margin last |")
     lines = [head, "|" + "---|" * 10]
     for r in runs:
         tail = max(1, len(r.steps) // 4)
