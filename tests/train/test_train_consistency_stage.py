@@ -234,4 +234,26 @@ def test_a_latent_cache_run_computes_the_term_of_online_encoding(faces: tuple[Pa
     assert any(r["consistency_loss"] > 0 for r in a)
     for ra, rb in zip(a, b, strict=True):
         assert ra["consistency_faces"] == rb["consistency_faces"]
-        assert ra["consistency_loss"] == pytest.approx(rb["consistency_loss"], rel=1e-3, abs=1e-9)
+        # the cached latents equal the online ones to ~1e-6; 1 - cos of the tiny network's nearby embeddings is
+        # ~1e-5, where float32's cosine (resolution ~6e-8 near 1) leaves it a relative rounding of about 0.5 %
+        assert ra["consistency_loss"] == pytest.approx(rb["consistency_loss"], rel=2e-2)
+
+
+def test_detected_faces_are_found_once_and_aligned_in_bucket_pixels(tmp_path: Path) -> None:
+    pytest.importorskip("dlib", reason="face detection needs the 'face' extra")
+    skdata = pytest.importorskip("skimage.data", reason="the face image comes from scikit-image")
+    Image.fromarray(skdata.astronaut()).save(tmp_path / "astronaut.png")  # 512 x 512, one face
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "target_image": "astronaut.png", "instruction": "x"})
+                                      + "\n" + json.dumps({"id": "b", "target_image": "astronaut.png",
+                                                           "instruction": "x",
+                                                           "target_landmarks": [[[10, 10], [30, 10]]]}) + "\n")
+    records = read_jsonl(tmp_path / "m.jsonl")
+    source = FaceSource(records, "manifest_or_detect")
+    (eyes,) = source.faces(0)
+    assert source.faces(0)[0] is eyes  # detected once, then remembered
+    assert eyes.shape == (2, 2) and ((eyes > [150, 50]) & (eyes < [290, 190])).all()  # her face
+    assert np.array_equal(source.faces(1)[0], [[10.0, 10.0], [30.0, 10.0]])  # the manifest's, where given
+    assert FaceSource(records, "manifest").faces(0) == []
+    (matrix,), _ = source.regions([0, 1], Dims(256, 256), 112)
+    moved = torch.as_tensor(fit_points(eyes, (512, 512), Dims(256, 256)))
+    torch.testing.assert_close(moved @ matrix[:, :2].T + matrix[:, 2], template_points(2, 112), atol=1e-9, rtol=0)
