@@ -11,6 +11,7 @@ stays bit-exact with it on; a latent-cache run computes the same term as online 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from firered_train.config import load_config
 from firered_train.data.buckets import Dims
 from firered_train.data.pixels import fit_image, fit_points
 from firered_train.data.readers.jsonl import read_jsonl
+from firered_train.data.record import ImageRef
 from firered_train.data.skips import SkipLog
 from firered_train.loop.consistency_stage import CONSISTENCY_METRICS, FaceSource
 from firered_train.loop.step import step_loss
@@ -78,17 +80,19 @@ def test_manifest_landmarks_parse_and_bad_ones_skip_the_sample(tmp_path: Path,
             {"id": "none", "target_image": "a.png", "instruction": "x"},
             {"id": "four", "target_image": "a.png", "instruction": "x", "target_landmarks": [[[1, 1]] * 4]},
             {"id": "text", "target_image": "a.png", "instruction": "x", "target_landmarks": [[["1", 2], [3, 4]]]},
-            {"id": "flat", "target_image": "a.png", "instruction": "x", "target_landmarks": [1, 2]}]
+            {"id": "flat", "target_image": "a.png", "instruction": "x", "target_landmarks": [1, 2]},
+            {"id": "one", "target_image": "a.png", "instruction": "x", "target_landmarks": [[[3, 3], [3, 3]]]}]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     skips = SkipLog()
     records = read_jsonl(manifest, skips=skips)
     assert [r.id for r in records] == ["two", "none"]
     assert records[0].target_landmarks == (((10.0, 12.0), (20.0, 12.5)),) and records[1].target_landmarks == ()
-    assert skips.counts == {"malformed": 3} and [sid for sid, _ in skips.recent] == ["four", "text", "flat"]
+    assert skips.counts == {"malformed": 4} and [sid for sid, _ in skips.recent] == ["four", "text", "flat", "one"]
     assert "target_landmarks[0] must be 2, 3 or 5 finite (x, y) points" in caplog.text
     assert "target_landmarks[0] must list [x, y] number pairs" in caplog.text
     assert "target_landmarks must be a list of faces" in caplog.text
+    assert "target_landmarks[0] must not put all its points at one place" in caplog.text
 
 
 def test_face_source_aligns_faces_in_bucket_pixels_and_drops_cut_off_ones(faces: tuple[Path, Path]) -> None:
@@ -105,11 +109,12 @@ def test_face_source_aligns_faces_in_bucket_pixels_and_drops_cut_off_ones(faces:
             # five points: a least-squares fit, so the eyes land near (not exactly on) the template's eyes
             assert (mapped - template_points(2, crop)).abs().max() < 1.0
     # a face whose eye lies beyond the bucket's crop (a 96 x 64 picture loses 16 px each side at 64 x 64) drops
-    wide = [r.__class__(**{**r.__dict__, "target": r.target.__class__(96, 64, path=r.target.path),
-                           "target_landmarks": (((5.0, 30.0), (40.0, 30.0)), ((30.0, 30.0), (60.0, 30.0)))})
-            for r in records[:1]]
-    (kept,) = FaceSource(wide, "manifest").regions([0], dims, crop)
-    assert len(kept) == 1  # the second face only
+    wide = replace(records[0], target=ImageRef(96, 64, path=records[0].target.path, name="wide"),
+                   target_landmarks=(((5.0, 30.0), (40.0, 30.0)), ((30.0, 30.0), (60.0, 30.0))))
+    (kept,) = FaceSource([wide], "manifest").regions([0], dims, crop)
+    (second,) = FaceSource([replace(wide, target_landmarks=wide.target_landmarks[1:])], "manifest").regions(
+        [0], dims, crop)
+    assert len(kept) == 1 and torch.equal(kept[0], second[0])  # the second face only
 
 
 # -- config errors ------------------------------------------------------------------------------------------------

@@ -194,6 +194,9 @@ class EditRecord:
             if len(face) not in (2, 3, 5) or any(len(p) != 2 or not all(math.isfinite(c) for c in p) for p in face):
                 raise BadSampleError(SkipReason.MALFORMED, self.id,
                                      f"target_landmarks[{n}] must be 2, 3 or 5 finite (x, y) points, got {face!r}")
+            if len(set(face)) < 2:  # no alignment can be fitted to a single point
+                raise BadSampleError(SkipReason.MALFORMED, self.id,
+                                     f"target_landmarks[{n}] must not put all its points at one place, got {face!r}")
         return self
 
     @property
