@@ -262,3 +262,24 @@ def test_detected_faces_are_found_once_and_aligned_in_bucket_pixels(tmp_path: Pa
     (matrix,), _ = source.regions([0, 1], Dims(256, 256), 112)
     moved = torch.as_tensor(fit_points(eyes, (512, 512), Dims(256, 256)))
     torch.testing.assert_close(moved @ matrix[:, :2].T + matrix[:, 2], template_points(2, 112), atol=1e-9, rtol=0)
+
+
+def test_the_loss_keeps_float32_precision_under_bf16_autocast(tmp_path: Path) -> None:
+    from firered_train.config import ConsistencyConfig
+    from firered_train.model.face_features import FaceFeatureConfig, load_face_features
+    from firered_train.objectives.consistency import consistency_loss
+    from tests.train_fixtures import TINY_FACE_SHAPE
+
+    features = load_face_features(save_tiny_face_features(tmp_path / "f.safetensors"),
+                                  FaceFeatureConfig(**TINY_FACE_SHAPE))
+    torch.manual_seed(0)
+    gt = (torch.rand(1, 3, 16, 16) * 2 - 1).bfloat16()
+    estimate = (gt.float() + 0.05 * torch.randn(1, 3, 16, 16)).bfloat16()  # a bf16 decode near the truth
+    identity = [[torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)]]
+    config, s = ConsistencyConfig(eta=1.0, crop=16), torch.tensor([0.5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = consistency_loss(estimate, gt, identity, features, s, config)
+    want = consistency_loss(estimate.float(), gt.float(), identity, features, s, config)
+    # 1 - cos is ~1e-4 here: bfloat16 (resolution ~4e-3 near 1) would round it to 0
+    assert 0 < want.loss.item() < 1e-2 and got.loss.dtype == torch.float32
+    assert got.loss.item() == pytest.approx(want.loss.item(), rel=1e-5)

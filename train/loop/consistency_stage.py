@@ -119,6 +119,7 @@ class ConsistencyStage:
               device: torch.device) -> ConsistencyStage:
         """The stage of ``config`` (enabled): the feature network loaded frozen onto ``device``."""
         assert config.features_path is not None  # ConsistencyConfig: required when enabled
+        # float32 whatever the run's dtypes: the crops are cast to it and the cosine is taken in it
         features = load_face_features(config.features_path, check_setup(config), device=device)
         log.info("consistency: eta %g below sigma %g, %d px face crops, landmarks from %s", config.eta,
                  config.sigma_max, config.crop, config.landmarks)
@@ -131,8 +132,9 @@ class ConsistencyStage:
         f = self.vae.spatial_compression
         dims = Dims(batch.target.shape[-2] * f, batch.target.shape[-1] * f)
         regions = self.faces.regions(batch.indices, dims, self.config.crop)
-        terms = consistency_terms(self.vae, self.features, out.x_t, out.v, out.s, batch.target, regions,
-                                  self.config, patch=self.patch)
+        dtype = next(self.vae.parameters()).dtype  # the decode runs in the VAE's dtype (a bf16 VAE, fp32 tokens)
+        terms = consistency_terms(self.vae, self.features, out.x_t.to(dtype), out.v.to(dtype), out.s,
+                                  batch.target.to(dtype), regions, self.config, patch=self.patch)
         if batch.weight > 0:
             with_face = torch.tensor([bool(r) for r in regions], dtype=torch.float64)  # [B]
             active = with_face * (consistency_weight(out.s.cpu(), self.config) > 0)

@@ -15,7 +15,8 @@ tiles, with gradient). Pixels are in [-1, 1], which is what ArcFace-style networ
 
 Choices where the report is silent: ``eta`` is not published (a setting); samples without a face contribute 0 and
 still count in the batch mean, so the loss's scale does not jump with the share of faces in a batch; the ground
-truth's features are computed without gradient (nothing trains through them). Samples at or above ``sigma_max``
+truth's features are computed without gradient (nothing trains through them); the warp, the features and the cosine
+run in the feature network's dtype with autocast off, whatever the decode ran in. Samples at or above ``sigma_max``
 are skipped before any warp or feature pass: their loss and gradient are exactly 0 and they build no graph.
 
 ``ConsistencyConfig`` is the config's ``consistency`` section (``firered_train.config.consistency_section``),
@@ -74,11 +75,15 @@ def _aligned(image: torch.Tensor, matrices: torch.Tensor, crop: int) -> torch.Te
 
 def _sample_loss(x0_hat: torch.Tensor, gt: torch.Tensor, matrices: torch.Tensor, features: nn.Module,
                  crop: int) -> torch.Tensor:
-    """``[]``: mean over regions of 1 - cos(phi(T x0_hat), phi(T gt)) for one sample."""
-    with torch.no_grad():
-        target = features(_aligned(gt, matrices, crop))  # [R, D]
-    estimate = features(_aligned(x0_hat, matrices, crop))  # [R, D]
-    return (1.0 - F.cosine_similarity(estimate, target.to(estimate.dtype), dim=-1)).mean()
+    """``[]``: mean over regions of 1 - cos(phi(T x0_hat), phi(T gt)) for one sample, in the feature network's dtype
+    with autocast off (bfloat16 resolves 1 - cos only to ~4e-3: nearby embeddings would all give 0)."""
+    param = next(features.parameters(), None)
+    dtype = x0_hat.dtype if param is None else param.dtype
+    with torch.autocast(x0_hat.device.type, enabled=False):
+        with torch.no_grad():
+            target = features(_aligned(gt.to(dtype), matrices, crop))  # [R, D]
+        estimate = features(_aligned(x0_hat.to(dtype), matrices, crop))  # [R, D]
+        return (1.0 - F.cosine_similarity(estimate, target.to(estimate.dtype), dim=-1)).mean()
 
 
 def consistency_loss(x0_hat_pixels: torch.Tensor | Sequence[torch.Tensor],
