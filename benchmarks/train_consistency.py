@@ -8,7 +8,7 @@ Run (about a minute per run on a 2-core CPU; FOLDER receives the data, the featu
 It writes 64 one-source edits of a drawn face (96 px, fitted to 64 px buckets; every fourth without a face) with
 their five landmarks in a JSONL manifest and a seeded tiny face-feature network (16 px crops) into FOLDER, then
 runs each stage config as shipped (40 steps, validation samples and export included) as its own ``firered train``
-process under ``/usr/bin/time -v``, and prints per run the whole command's wall time, the training steps' time (the
+process under ``/usr/bin/time -v`` (the two configs alternating), and prints per run the whole command's wall time, the training steps' time (the
 trainer's own "trained N steps in S s" line) and the peak resident memory, then the ratios consistency / plain of
 the medians. The printed commands are the ones to repeat by hand.
 """
@@ -60,16 +60,15 @@ def main() -> None:
         parser.error(f"--runs must be at least 1, got {args.runs}")
     manifest = make_face_pairs(args.folder / "data", 64)
     features = save_tiny_face_features(args.folder / "face_features.safetensors")
-    medians = {}
-    for config in CONFIGS:
-        rows = []
-        for run in range(args.runs):
+    rows: dict[str, list[tuple[float, float, float]]] = {config: [] for config in CONFIGS}
+    for run in range(args.runs):
+        for config in CONFIGS:  # interleaved, so a change in the machine's load hits both alike
             command = _command(config, manifest, features, args.folder / f"{config}-{run}")
             print(" ".join(command[2:]), flush=True)
-            rows.append(_measure(command))
-            print(f"  {config}: whole command {rows[-1][0]:.1f} s, training steps {rows[-1][1]:.1f} s, "
-                  f"peak RSS {rows[-1][2]:.0f} MiB", flush=True)
-        medians[config] = [statistics.median(column) for column in zip(*rows)]
+            rows[config].append(_measure(command))
+            print(f"  {config}: whole command {rows[config][-1][0]:.1f} s, training steps "
+                  f"{rows[config][-1][1]:.1f} s, peak RSS {rows[config][-1][2]:.0f} MiB", flush=True)
+    medians = {config: [statistics.median(column) for column in zip(*rows[config])] for config in CONFIGS}
     plain, face = medians["tiny_sft"], medians["tiny_sft_consistency"]
     print(f"medians: tiny_sft {plain[0]:.1f} s / {plain[1]:.1f} s / {plain[2]:.0f} MiB, tiny_sft_consistency "
           f"{face[0]:.1f} s / {face[1]:.1f} s / {face[2]:.0f} MiB")
