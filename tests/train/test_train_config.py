@@ -14,7 +14,8 @@ from firered_train.config import (TrainConfig, apply_overrides, config_from_dict
                                   shipped_configs, to_yaml)
 from firered_train.data import BucketSamplerConfig, SIAConfig
 
-STAGES = {"pretrain", "continued", "sft", "dpo", "lora", "tiny_sft", "tiny_lora", "tiny_dpo"}
+STAGES = {"pretrain", "continued", "sft", "dpo", "lora", "tiny_sft", "tiny_lora", "tiny_dpo", "sft_consistency",
+          "tiny_sft_consistency"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -34,6 +35,14 @@ def test_every_stage_config_ships_and_loads() -> None:
         # the report's optimizer settings hold in every transformer stage
         assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.weight_decay == 0.01 and cfg.optim.grad_clip == 1.0
         assert cfg.optim.optimizer == "adamw"
+
+
+def test_the_consistency_stages_are_sft_with_the_report_cut_off() -> None:
+    sft, cfg, tiny = load_config("sft"), load_config("sft_consistency"), load_config("tiny_sft_consistency")
+    assert cfg.consistency.enabled and cfg.consistency.sigma_max == 0.9 and cfg.consistency.crop == 112
+    assert (cfg.data, cfg.optim, cfg.schedule, cfg.model) == (sft.data, sft.optim, sft.schedule, sft.model)
+    assert tiny.consistency.enabled and tiny.model.preset == "tiny" and tiny.data.reader == "jsonl"
+    assert not sft.consistency.enabled  # off unless a stage turns it on
 
 
 @pytest.mark.parametrize("name,side,steps,warmup", [

@@ -8,6 +8,7 @@
     data        DataConfig         reader + path, bucket sampler, SIA, cache, workers
     objective   ObjectiveConfig    kind (flow / dpo), timestep sampling, outlier mask
     dpo         DPOConfig          beta, omega, SFT weight, reference (only for ``objective.kind: dpo``)
+    consistency ConsistencyConfig  the SFT identity loss: weight, cut-off, face-feature file, landmark source
     optim       OptimConfig        AdamW (0.9, 0.999), weight decay 0.01, clip 1.0, warm-up, LR schedule
     schedule    ScheduleConfig     max steps, gradient accumulation
     ema         EMAConfig
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .coerce import field_error
+from .consistency_section import ConsistencyConfig
 from .dpo_section import DPOConfig
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
                        ObjectiveConfig, OptimConfig, ScheduleConfig)
@@ -52,6 +54,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -73,6 +76,7 @@ class TrainConfig:
             raise field_error("model.dtype", "float16 weights with bf16 autocast mix two half formats; use "
                                              "bfloat16 or float32")
         self._check_dpo()
+        self._check_consistency()
 
     def _check_dpo(self) -> None:
         """A DPO run reads preference pairs online and needs a reference its fine-tuning mode can give."""
@@ -95,6 +99,19 @@ class TrainConfig:
         if self.dpo.reference == "lora_disabled" and not self.is_lora:
             raise field_error("dpo.reference", "'lora_disabled' needs a LoRA run (model.finetune: lora); use "
                                                "'frozen_copy' for full fine-tuning")
+
+    def _check_consistency(self) -> None:
+        """The identity loss rides on the flow loss of a transformer run; manifest landmarks come from JSONL."""
+        if not self.consistency.enabled:
+            return
+        if self.target != "transformer" or self.objective.kind != "flow":
+            raise field_error("consistency.enabled", f"the consistency loss is added to the flow loss of a "
+                                                     f"transformer run (target: transformer, objective.kind: flow), "
+                                                     f"got target {self.target!r}, kind {self.objective.kind!r}")
+        if self.consistency.landmarks == "manifest" and self.data.reader != "jsonl":
+            raise field_error("consistency.landmarks", f"'manifest' reads the target_landmarks of JSONL manifests "
+                                                       f"but data.reader is {self.data.reader!r}; use 'detect' (the "
+                                                       f"face extra's detector) or a JSONL manifest")
 
     @property
     def is_lora(self) -> bool:

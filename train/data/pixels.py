@@ -5,6 +5,7 @@ this module produces what the model side needs from that plan, for one rank:
 
 * ``fit_image(img, dims)``: resize so the image covers ``dims`` (aspect kept), then centre-crop. The sampler chose
   ``dims`` within ``aspect_tolerance`` of every member's aspect, so the crop removes at most that fraction.
+  ``fit_points`` moves points of the image (face landmarks) to where the fit puts them.
 * ``load_pixel_batch(records, plan, sia, ...)``: decodes each sample of ``plan``, applies Stochastic Instruction
   Alignment (the step's shared source plan: drop/shuffle sources and re-index "Picture N"; the per-sample EN/CN
   choice and text drop) and stacks the images slot by slot: ``target [B, 3, H, W]``, ``sources[k] [B, 3, h_k,
@@ -15,8 +16,8 @@ Bad samples. A sample whose file vanished or no longer decodes (``BadSampleError
 batch is bad, the batch is empty (``PixelBatch.size == 0``); the trainer then runs a zero-weighted step of the
 planned shapes so that all ranks still meet in the gradient all-reduce.
 
-Public API: ``fit_image``, ``image_to_tensor``, ``PixelSample``, ``PixelBatch``, ``load_pixel_sample``,
-``load_pixel_batch``, ``stack_pixel_batch``.
+Public API: ``fit_image``, ``fit_points``, ``image_to_tensor``, ``PixelSample``, ``PixelBatch``,
+``load_pixel_sample``, ``load_pixel_batch``, ``stack_pixel_batch``.
 """
 
 from __future__ import annotations
@@ -38,22 +39,36 @@ from .skips import SkipLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit_image", "image_to_tensor", "PixelSample", "PixelBatch", "load_pixel_sample", "load_pixel_batch",
+__all__ = ["fit_image", "fit_points", "image_to_tensor", "PixelSample", "PixelBatch", "load_pixel_sample",
+           "load_pixel_batch",
            "stack_pixel_batch", "text_language"]
+
+
+def _fit_box(size: tuple[int, int], dims: Dims) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of ``fit_image`` for an image of ``size`` (w, h)."""
+    width, height = size
+    scale = max(dims.width / width, dims.height / height)
+    # ceil keeps both sides >= the bucket even when the scaled side lands a hair below it
+    new_w, new_h = max(dims.width, math.ceil(width * scale - 1e-6)), max(dims.height, math.ceil(height * scale - 1e-6))
+    return new_w, new_h, (new_w - dims.width) // 2, (new_h - dims.height) // 2
 
 
 def fit_image(img: Image.Image, dims: Dims) -> Image.Image:
     """``img`` resized to cover ``dims`` (height, width) with its aspect kept, then centre-cropped to it."""
-    width, height = img.size
-    scale = max(dims.width / width, dims.height / height)
-    # ceil keeps both sides >= the bucket even when the scaled side lands a hair below it
-    new_w, new_h = max(dims.width, math.ceil(width * scale - 1e-6)), max(dims.height, math.ceil(height * scale - 1e-6))
+    new_w, new_h, left, top = _fit_box(img.size, dims)
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), resample=Image.Resampling.LANCZOS)
-    left, top = (new_w - dims.width) // 2, (new_h - dims.height) // 2
     if (left, top, new_w, new_h) != (0, 0, dims.width, dims.height):
         img = img.crop((left, top, left + dims.width, top + dims.height))
     return img
+
+
+def fit_points(points: np.ndarray, size: tuple[int, int], dims: Dims) -> np.ndarray:
+    """``points [K, 2]`` (x, y) of an image of ``size`` (w, h) where ``fit_image`` puts them in its ``dims`` result,
+    in the same pixel-centre convention (pixel ``i`` covers ``[i - 0.5, i + 0.5]``, as the resize maps areas)."""
+    new_w, new_h, left, top = _fit_box(size, dims)
+    scale = np.array([new_w / size[0], new_h / size[1]])
+    return (np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5 - np.array([left, top])
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:

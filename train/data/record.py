@@ -11,7 +11,9 @@ alignment, caching, the trainer) sees only records. A record is metadata plus a 
 - ``EditRecord`` has 0..N sources (0 = text-to-image; FireRed trains with up to 3, but nothing here fixes N), one
   target, the instruction in English and/or Chinese, optional inverse instructions (FireRed's "describe the
   source from the target" texts, used by swapping source and target when there is exactly one source), a task
-  label (the data-weight and bucket group) and an id that names the sample in logs.
+  label (the data-weight and bucket group) and an id that names the sample in logs. Optionally, the landmarks of
+  the faces in the target (``target_landmarks``: 2, 3 or 5 (x, y) points per face, in the target's upright pixels),
+  which the SFT stage's consistency loss aligns its face crops with.
 
 A sample that cannot be used raises ``BadSampleError`` carrying a ``SkipReason`` and the sample id; readers and
 loaders catch it, count it in a ``SkipLog`` and go on, so one broken file never stops a run.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -171,6 +174,9 @@ class EditRecord:
     inverse_instruction: str = ""  # English text that turns the target back into the (single) source
     inverse_instruction_cn: str = ""
     task: str = "default"
+    # Faces of the target: per face 2 (eyes), 3 (+ nose tip) or 5 (+ mouth corners) (x, y) points in the upright
+    # target's pixels, the image's left eye first (``objectives.face_alignment``); () = none given.
+    target_landmarks: tuple[tuple[tuple[float, float], ...], ...] = ()
 
     def validate(self) -> EditRecord:
         """Return self, or raise ``BadSampleError`` for a record no trainer could use."""
@@ -184,6 +190,13 @@ class EditRecord:
             # An inverse instruction swaps source and target, which is only defined for exactly one source.
             raise BadSampleError(SkipReason.MALFORMED, self.id,
                                  f"inverse instruction with {len(self.sources)} sources (needs exactly 1)")
+        for n, face in enumerate(self.target_landmarks):
+            if len(face) not in (2, 3, 5) or any(len(p) != 2 or not all(math.isfinite(c) for c in p) for p in face):
+                raise BadSampleError(SkipReason.MALFORMED, self.id,
+                                     f"target_landmarks[{n}] must be 2, 3 or 5 finite (x, y) points, got {face!r}")
+            if len(set(face)) < 2:  # no alignment can be fitted to a single point
+                raise BadSampleError(SkipReason.MALFORMED, self.id,
+                                     f"target_landmarks[{n}] must not put all its points at one place, got {face!r}")
         return self
 
     @property

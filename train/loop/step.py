@@ -96,6 +96,10 @@ class StepLoss:
     per_sample: torch.Tensor  # [B]
     s: torch.Tensor  # [B]
     n_masked: torch.Tensor  # [] int64, elements the outlier mask left out (.item() to log)
+    # the noisy target tokens the model saw and its velocity [B, N_t, C*p*p], v still differentiable: the
+    # consistency loss (``consistency_stage``) reads the model's clean estimate x_t - s v from them
+    x_t: torch.Tensor | None = None
+    v: torch.Tensor | None = None
 
 
 def changed_token_weights(packed: PackedBatch, weight: float, threshold: float, *,
@@ -112,14 +116,9 @@ def changed_token_weights(packed: PackedBatch, weight: float, threshold: float, 
     return weights / weights.mean(dim=1, keepdim=True) if normalize else weights
 
 
-def flow_losses(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor,
-                objective: ObjectiveConfig, *, patch: int, start: torch.Tensor | None = None) -> LossOutput:
-    """Steps 1-4 of the module docstring for one micro-batch, every tensor still differentiable: ``per_sample [B]``
-    is what DPO compares (``pair_step``); ``s`` and ``noise`` are drawn by the caller.
-
-    ``start`` (target tokens): a clean estimate to noise instead of the true ``x0`` (``firered_train.loop.rollout``);
-    the target is then the velocity from that input back to ``x0`` (``objectives.corrected_target``).
-    """
+def _flow(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
+          *, patch: int, start: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, LossOutput]:
+    """``(x_t, v, loss)`` of ``flow_losses``."""
     packed = pack_batch(batch, patch)
     x0 = packed.x0  # [B, N_t, C*p*p]
     s = s.to(x0.device)
@@ -128,13 +127,25 @@ def flow_losses(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: tor
     target = flow_target(x0, noise) if start is None else corrected_target(x0, noise, start.to(x0.dtype), s)
     weights = changed_token_weights(packed, objective.changed_token_weight, objective.changed_token_threshold,
                                     normalize=objective.changed_token_normalize)
-    return flow_matching_loss(v, target, outlier_threshold=objective.outlier_threshold,
-                              denominator=objective.denominator, token_weight=weights)
+    return x_t, v, flow_matching_loss(v, target, outlier_threshold=objective.outlier_threshold,
+                                      denominator=objective.denominator, token_weight=weights)
+
+
+def flow_losses(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor,
+                objective: ObjectiveConfig, *, patch: int, start: torch.Tensor | None = None) -> LossOutput:
+    """Steps 1-4 of the module docstring for one micro-batch, every tensor still differentiable: ``per_sample [B]``
+    is what DPO compares (``pair_step``); ``s`` and ``noise`` are drawn by the caller.
+
+    ``start`` (target tokens): a clean estimate to noise instead of the true ``x0`` (``firered_train.loop.rollout``);
+    the target is then the velocity from that input back to ``x0`` (``objectives.corrected_target``).
+    """
+    return _flow(model, batch, s, noise, objective, patch=patch, start=start)[2]
 
 
 def step_loss(model: nn.Module, batch: TrainBatch, s: torch.Tensor, noise: torch.Tensor, objective: ObjectiveConfig,
               *, patch: int, start: torch.Tensor | None = None) -> StepLoss:
-    """``flow_losses`` as one training step's loss (times ``batch.weight``), the logged parts detached."""
-    out = flow_losses(model, batch, s, noise, objective, patch=patch, start=start)
+    """``flow_losses`` as one training step's loss (times ``batch.weight``), the logged parts detached, with the
+    ``x_t`` and ``v`` it came from."""
+    x_t, v, out = _flow(model, batch, s, noise, objective, patch=patch, start=start)
     return StepLoss(loss=out.loss * batch.weight, per_sample=out.per_sample.detach(),
-                    s=s.detach().to(batch.target.device), n_masked=out.n_masked)
+                    s=s.detach().to(batch.target.device), n_masked=out.n_masked, x_t=x_t, v=v)

@@ -26,6 +26,10 @@ winner and loser share them, and resume stays exact) and runs ``pair_step.dpo_st
 terms (``loss_w``, ``loss_l``, ``diff_w``, ``diff_l``, ``reward_margin``, ``accuracy``: ``objectives.dpo``);
 validation keeps the held-out flow loss (of the preferred results).
 
+Consistency (``consistency.enabled``, the SFT stage's identity loss): each flow micro-step adds the term of
+``consistency_stage`` computed from the same ``x_t``, ``v`` and ``s`` as its flow loss; the logged ``loss`` is
+their sum, and the metrics add ``consistency_loss``, ``consistency_faces`` and ``consistency_active``.
+
 Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update (``objectives.EMA``,
 float32, exact state), and every ``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level
 bin; TensorBoard when available), every ``checkpoint.every_steps`` an atomic checkpoint (``loop.run_state``), every
@@ -81,6 +85,7 @@ from ..data.pixels import PixelBatch
 from ..scale.sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
 from .pair_step import dpo_step
+from .consistency_stage import ConsistencyStage, check_setup
 from .rollout import rollout_level, rollout_start
 from .step import seeded_levels, seeded_noise, step_loss, target_tokens
 from .run_data import TrainData, build_train_data
@@ -127,6 +132,8 @@ class Trainer:
                  components: TrainComponents | None = None) -> None:
         """``components``: train a model the caller already holds (``cfg.model`` then only labels it)."""
         self.cfg = cfg
+        if cfg.consistency.enabled:  # a missing face-feature file or extra fails before data and model load
+            check_setup(cfg.consistency)
         self.acc = accelerator if accelerator is not None else make_accelerator()
         self.device, self.rank, self.world = self.acc.device, self.acc.process_index, self.acc.num_processes
         self.is_main = bool(self.acc.is_main_process)
@@ -170,6 +177,9 @@ class Trainer:
                           else None)
         self._last_loss = float("nan")
         self._dpo_window: list[dict[str, float]] = []  # the DPO terms of the micro-steps since the last log line
+        # the SFT identity loss added to flow micro-steps (consistency_stage), None when consistency is off
+        self.consistency = (ConsistencyStage.build(cfg.consistency, comps.vae, self.data.records, patch=self.patch,
+                                                   device=self.device) if cfg.consistency.enabled else None)
 
     # -----------------------------------------------------------------------------------------------------------
     # setup helpers
@@ -272,14 +282,15 @@ class Trainer:
         with self._sync_context(sync):
             with self.autocast():
                 out = step_loss(self.model, batch, s, noise, self.cfg.objective, patch=self.patch, start=start)
-            self.acc.backward(out.loss / self.cfg.schedule.grad_accumulation)
+                loss = out.loss if self.consistency is None else out.loss + self.consistency.term(batch, out)
+            self.acc.backward(loss / self.cfg.schedule.grad_accumulation)
         if batch.weight > 0:  # a rollout step's loss carries the estimate's error: binned apart from the plain
             bins = self.state.bins if start is None else self.state.rollout_bins
             bins.update(out.s.cpu(), out.per_sample.cpu())
         # one line per rank and micro-step: what the tests read to check that ranks agree on shapes
         log.debug("batch-shapes rank=%d micro=%d batch=%d target=%s sources=%s", self.rank, micro, batch.size,
                   tuple(batch.target.shape[-2:]), [tuple(x.shape[-2:]) for x in batch.sources])
-        return out.loss.detach()
+        return loss.detach()
 
     def _optimizer_step(self) -> float:
         clip = self.cfg.optim.grad_clip
@@ -403,6 +414,8 @@ class Trainer:
             values.update(bins.scalars(prefix))
             bins.reset()
         values.update(self._dpo_scalars())
+        if self.consistency is not None:
+            values.update(self.consistency.scalars(lambda t: self.acc.reduce(t.to(self.device), "sum")))
         self._last_loss = values["loss"]
         if metrics is not None:
             metrics.write(step, **values)

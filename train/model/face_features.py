@@ -14,7 +14,11 @@ unpickles). Loading is strict: a missing or unexpected key is an error that list
 ``num_batches_tracked`` counters, which eval mode never reads. The loaded network is in eval mode with every
 parameter frozen; gradients still flow through it to its input.
 
-Public API: ``FaceFeatureConfig``, ``FACE_FEATURE_PRESETS``, ``FaceFeatures``, ``load_face_features``.
+``face_feature_config_of`` reads the depth, widths and embedding size from a file's tensor shapes (no tensor is
+loaded), so any of the presets, or a smaller network, loads without naming its shape.
+
+Public API: ``FaceFeatureConfig``, ``FACE_FEATURE_PRESETS``, ``FaceFeatures``, ``face_feature_config_of``,
+``load_face_features``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FaceFeatureConfig", "FACE_FEATURE_PRESETS", "FaceFeatures", "load_face_features"]
+__all__ = ["FaceFeatureConfig", "FACE_FEATURE_PRESETS", "FaceFeatures", "face_feature_config_of",
+           "load_face_features"]
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,40 @@ def _key_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[lis
     return missing, sorted(set(state) - expected)
 
 
-def load_face_features(path: str | Path, config: FaceFeatureConfig, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> FaceFeatures:
-    """The network of ``config`` with the weights of the ``.safetensors`` file ``path``: eval mode, frozen."""
+def _checked_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"path must be a .safetensors file (pickled checkpoints are never loaded), got {path}")
     if not path.is_file():
         raise FileNotFoundError(f"face-feature weights not found: {path}")
+    return path
+
+
+def face_feature_config_of(path: str | Path, crop: int) -> FaceFeatureConfig:
+    """The ``FaceFeatureConfig`` of the IResNet in ``path`` for ``crop`` x ``crop`` inputs, from tensor shapes:
+    blocks per stage from the ``layerN.K.`` names, widths from each stage's first ``conv1``, the embedding size
+    from ``fc``; ``fc``'s input must be ``widths[3] * (crop / 16)^2``."""
+    path = _checked_path(path)
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    blocks = [sorted({int(k.split(".")[1]) for k in shapes if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    if any(not b or b != list(range(len(b))) for b in blocks) or "fc.weight" not in shapes:
+        raise ValueError(f"{path} is not an IResNet face-feature network: it needs blocks layer1.0 ... layer4.0 "
+                         f"numbered from 0 and an fc layer")
+    widths = tuple(shapes[f"layer{i}.0.conv1.weight"][0] for i in range(1, 5))
+    embedding_dim, fc_in = shapes["fc.weight"]
+    side = crop // 16
+    if fc_in != widths[3] * side * side:
+        raise ValueError(f"{path} takes {fc_in // widths[3]} positions per channel into its fc layer, but a {crop} "
+                         f"crop gives {side * side} ({side}x{side}): set the crop the network was trained on")
+    return FaceFeatureConfig(layers=tuple(len(b) for b in blocks), widths=widths, embedding_dim=embedding_dim,
+                             crop=crop)
+
+
+def load_face_features(path: str | Path, config: FaceFeatureConfig, *, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> FaceFeatures:
+    """The network of ``config`` with the weights of the ``.safetensors`` file ``path``: eval mode, frozen."""
+    path = _checked_path(path)
     state = load_file(str(path))
     model = FaceFeatures(config)
     missing, unexpected = _key_problems(model, state)

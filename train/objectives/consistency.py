@@ -15,8 +15,13 @@ tiles, with gradient). Pixels are in [-1, 1], which is what ArcFace-style networ
 
 Choices where the report is silent: ``eta`` is not published (a setting); samples without a face contribute 0 and
 still count in the batch mean, so the loss's scale does not jump with the share of faces in a batch; the ground
-truth's features are computed without gradient (nothing trains through them). Samples at or above ``sigma_max``
+truth's features are computed without gradient (nothing trains through them); the warp, the features and the cosine
+run in the feature network's dtype with autocast off, whatever the decode ran in. Samples at or above ``sigma_max``
 are skipped before any warp or feature pass: their loss and gradient are exactly 0 and they build no graph.
+
+``ConsistencyConfig`` is the config's ``consistency`` section (``firered_train.config.consistency_section``),
+re-exported here as the loss's own settings; ``firered_train.loop.consistency_stage`` wires the loss into the
+trainer.
 
 Public API: ``ConsistencyConfig``, ``ConsistencyTerms``, ``consistency_loss``, ``consistency_weight``,
 ``x0_from_velocity``.
@@ -24,7 +29,6 @@ Public API: ``ConsistencyConfig``, ``ConsistencyTerms``, ``consistency_loss``, `
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,43 +37,9 @@ import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
 from torch import nn
 
-from ..config.coerce import field_error
+from ..config.consistency_section import ConsistencyConfig
 
 __all__ = ["ConsistencyConfig", "ConsistencyTerms", "consistency_loss", "consistency_weight", "x0_from_velocity"]
-
-
-@dataclass(frozen=True)
-class ConsistencyConfig:
-    """Settings of the consistency loss; only ``sigma_max`` comes from the report."""
-
-    # Off by default: the loss needs a face-recognition network the user supplies (see ``features_path``).
-    enabled: bool = False
-    # eta, the loss weight at sigma = 1 before the cut-off. Not published by FireRed: a setting to tune against the
-    # flow loss (whose per-element MSE is ~1 at high noise); 0.1 keeps the term a correction, not the objective.
-    eta: float = 0.1
-    # Above this noise level x0_hat carries no identity, so the term is switched off (the report's 0.9).
-    sigma_max: float = 0.9
-    # Side of the aligned square crop fed to the feature network: 112 is what ArcFace-style networks are trained on.
-    crop: int = 112
-    # A .safetensors file of the frozen face-feature network (never a pickle); required when enabled.
-    features_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise field_error("enabled", f"must be true or false, got {self.enabled!r}")
-        for name in ("eta", "sigma_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise field_error(name, f"must be a finite number, got {value!r}")
-        if not self.eta >= 0:
-            raise field_error("eta", f"must be >= 0 (0 turns the term off), got {self.eta!r}")
-        if not 0 < self.sigma_max <= 1:
-            raise field_error("sigma_max", f"must be in (0, 1] (a noise level), got {self.sigma_max!r}")
-        if isinstance(self.crop, bool) or not isinstance(self.crop, int) or self.crop < 16 or self.crop % 16:
-            raise field_error("crop", f"must be a positive multiple of 16 (the network halves it 4 times), "
-                                      f"got {self.crop!r}")
-        if self.enabled and not self.features_path:
-            raise field_error("features_path", "must name the face-feature .safetensors file when enabled is true")
 
 
 @dataclass(frozen=True)
@@ -105,11 +75,15 @@ def _aligned(image: torch.Tensor, matrices: torch.Tensor, crop: int) -> torch.Te
 
 def _sample_loss(x0_hat: torch.Tensor, gt: torch.Tensor, matrices: torch.Tensor, features: nn.Module,
                  crop: int) -> torch.Tensor:
-    """``[]``: mean over regions of 1 - cos(phi(T x0_hat), phi(T gt)) for one sample."""
-    with torch.no_grad():
-        target = features(_aligned(gt, matrices, crop))  # [R, D]
-    estimate = features(_aligned(x0_hat, matrices, crop))  # [R, D]
-    return (1.0 - F.cosine_similarity(estimate, target.to(estimate.dtype), dim=-1)).mean()
+    """``[]``: mean over regions of 1 - cos(phi(T x0_hat), phi(T gt)) for one sample, in the feature network's dtype
+    with autocast off (bfloat16 resolves 1 - cos only to ~4e-3: nearby embeddings would all give 0)."""
+    param = next(features.parameters(), None)
+    dtype = x0_hat.dtype if param is None else param.dtype
+    with torch.autocast(x0_hat.device.type, enabled=False):
+        with torch.no_grad():
+            target = features(_aligned(gt.to(dtype), matrices, crop))  # [R, D]
+        estimate = features(_aligned(x0_hat.to(dtype), matrices, crop))  # [R, D]
+        return (1.0 - F.cosine_similarity(estimate, target.to(estimate.dtype), dim=-1)).mean()
 
 
 def consistency_loss(x0_hat_pixels: torch.Tensor | Sequence[torch.Tensor],

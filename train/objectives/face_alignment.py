@@ -14,10 +14,11 @@ template; with two points it is exact.
 
 ``find_regions`` detects faces on the ground-truth image with ``firered_core.rewards.identity`` (dlib, the ``face``
 extra). dlib's five-point model gives the corners of both eyes and the *base* of the nose, not the tip the template
-means, so only the two eye centres are used: an exact two-point similarity, no bias from the nose's offset.
+means, so only the two eye centres are used (``detect_landmarks`` returns them): an exact two-point similarity, no
+bias from the nose's offset.
 
 Public API: ``ARCFACE_TEMPLATE``, ``template_points``, ``alignment_from_landmarks``, ``shift_alignment``,
-``sampled_box``, ``find_regions``.
+``sampled_box``, ``detect_landmarks``, ``find_regions``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from PIL import Image
 from firered_core.rewards.identity import default_embedder
 
 __all__ = ["ARCFACE_TEMPLATE", "template_points", "alignment_from_landmarks", "shift_alignment", "sampled_box",
-           "find_regions"]
+           "detect_landmarks", "find_regions"]
 
 TEMPLATE_SIZE = 112
 ARCFACE_TEMPLATE = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655),
@@ -105,9 +106,14 @@ def _eye_centres(points: np.ndarray) -> np.ndarray:
     return centres[np.argsort(centres[:, 0])]
 
 
+def detect_landmarks(gt_image: Image.Image) -> list[np.ndarray]:
+    """The two eye centres ``[2, 2]`` (x, y; the image's left eye first) of each face dlib finds on the ground
+    truth, best detection first; ``[]`` without a face. Raises ``MissingExtraError`` without the ``face`` extra."""
+    return [_eye_centres(face.points) for face in default_embedder().landmarks(gt_image)]
+
+
 def find_regions(gt_image: Image.Image, crop: int) -> list[torch.Tensor]:
     """Alignment transforms ``[2, 3]`` (image -> ``crop`` x ``crop`` template) of the faces dlib finds on the
     ground truth, best detection first; ``[]`` without a face. Raises ``MissingExtraError`` without the ``face``
     extra."""
-    faces = default_embedder().landmarks(gt_image)
-    return [alignment_from_landmarks(_eye_centres(face.points), crop) for face in faces]
+    return [alignment_from_landmarks(eyes, crop) for eyes in detect_landmarks(gt_image)]

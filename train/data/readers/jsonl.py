@@ -15,6 +15,9 @@ One JSON object per line::
   those): optional; when present they are trusted and the image headers are not read, which makes scanning a
   large manifest cheap. Files are still checked to exist; a wrong size is caught when the image is decoded
   (``ImageRef.open``) and that sample is skipped then.
+- ``target_landmarks``: optional, the faces of the target for the SFT stage's consistency loss: a list with one
+  entry per face, each a list of 2, 3 or 5 ``[x, y]`` points (eye on the image's left, other eye, nose tip, left
+  and right mouth corner) in the target's upright pixels (docs/DATA_FORMAT.md); ``[]`` = no face.
 
 Relative paths are relative to the manifest's folder; absolute paths are kept. URLs are refused (a skipped sample):
 nothing downloads at training time. Blank lines are ignored; a line that is not a JSON object is a skipped sample.
@@ -76,6 +79,23 @@ def _size(value: Any, key: str, sid: str) -> tuple[int, int] | None:
     return width, height
 
 
+def _landmarks(value: Any, sid: str) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """``target_landmarks``: null / missing / a list of faces, each a list of ``[x, y]`` number pairs."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(face, list) for face in value):
+        raise BadSampleError(SkipReason.MALFORMED, sid, "target_landmarks must be a list of faces, each a list of "
+                                                        "[x, y] points")
+    faces = []
+    for n, face in enumerate(value):
+        if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                               for c in p) for p in face):
+            raise BadSampleError(SkipReason.MALFORMED, sid, f"target_landmarks[{n}] must list [x, y] number pairs, "
+                                                            f"got {face!r}")
+        faces.append(tuple((float(p[0]), float(p[1])) for p in face))
+    return tuple(faces)
+
+
 def _image(base: Path, rel: str, size: tuple[int, int] | None, sid: str) -> ImageRef:
     if "://" in rel:
         raise BadSampleError(SkipReason.MISSING_FILE, sid, f"URLs are not downloaded: {rel}")
@@ -107,7 +127,9 @@ def record_from_row(row: Any, base: Path, default_id: str, config: JsonlConfig =
     if not isinstance(task, str):
         raise BadSampleError(SkipReason.MALFORMED, sid, "task must be a string")
     target = _image(base, target_rel, target_size, sid)
-    return EditRecord(id=sid, target=target, sources=sources, task=task, **texts).validate()
+    landmarks = _landmarks(row.get("target_landmarks"), sid)
+    return EditRecord(id=sid, target=target, sources=sources, task=task, target_landmarks=landmarks,
+                      **texts).validate()
 
 
 def read_manifest_lines(manifests: str | Path | Iterable[str | Path], parse: Callable[[Any, Path, str], T],
