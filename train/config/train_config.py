@@ -8,6 +8,7 @@
     data        DataConfig         reader + path, bucket sampler, SIA, cache, workers
     objective   ObjectiveConfig    kind (flow / dpo), timestep sampling, outlier mask
     dpo         DPOConfig          beta, omega, SFT weight, reference (only for ``objective.kind: dpo``)
+    nft         NFTConfig          samples per prompt, reward, beta, KL, old-policy decay (``objective.kind: nft``)
     optim       OptimConfig        AdamW (0.9, 0.999), weight decay 0.01, clip 1.0, warm-up, LR schedule
     schedule    ScheduleConfig     max steps, gradient accumulation
     ema         EMAConfig
@@ -27,6 +28,7 @@ from typing import Literal
 
 from .coerce import field_error
 from .dpo_section import DPOConfig
+from .nft_section import NFTConfig
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
                        ObjectiveConfig, OptimConfig, ScheduleConfig)
 from .vae_section import VAETrainConfig
@@ -52,6 +54,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -73,6 +76,7 @@ class TrainConfig:
             raise field_error("model.dtype", "float16 weights with bf16 autocast mix two half formats; use "
                                              "bfloat16 or float32")
         self._check_dpo()
+        self._check_nft()
 
     def _check_dpo(self) -> None:
         """A DPO run reads preference pairs online and needs a reference its fine-tuning mode can give."""
@@ -95,6 +99,22 @@ class TrainConfig:
         if self.dpo.reference == "lora_disabled" and not self.is_lora:
             raise field_error("dpo.reference", "'lora_disabled' needs a LoRA run (model.finetune: lora); use "
                                                "'frozen_copy' for full fine-tuning")
+
+    def _check_nft(self) -> None:
+        """A DiffusionNFT run samples its own training images from prompts it encodes online."""
+        if self.objective.kind != "nft":
+            return
+        if self.data.reader == "preference":
+            raise field_error("data.reader", "objective.kind: nft reads prompts (edit samples whose targets are "
+                                             "ignored but for their size), not preference pairs")
+        if self.data.cache_dir is not None:
+            raise field_error("data.cache_dir", "NFT scores decoded results against the source pictures, which "
+                                                "a latent cache does not keep: remove data.cache_dir")
+        if self.objective.rollout.prob > 0:
+            raise field_error("objective.rollout.prob", "rollout inputs are for flow runs; NFT trains on its own "
+                                                        "samples: set it to 0")
+        if self.target != "transformer":
+            raise field_error("target", "objective.kind: nft trains the transformer; use target: transformer")
 
     @property
     def is_lora(self) -> bool:
