@@ -17,15 +17,19 @@ is skipped (``v_ref = v_theta`` detached: the KL term is exactly 0).
 
 Every prompt's ``K`` results are sampled, graded and normalised on the rank that holds the prompt, so the group
 statistics need no communication and do not depend on the process count; the trainer gathers the rewards only to
-log their mean over all ranks.
+log their mean over all ranks. The training levels are drawn for the samples in result-major order (all prompts'
+first results, then all second results, ...): with the ``global`` stratification a row's stratum is its place in
+the global batch, ``row x world_size + rank``, and in that order result ``k`` of the prompt at global place ``p``
+lands at ``k G_global + p`` on any number of processes (``G_global`` prompts in all), as in one process.
 
-Public API: ``NFTStep``, ``nft_losses``, ``nft_round``.
+Public API: ``NFTStep``, ``nft_losses``, ``nft_round``, ``result_major_draws``.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import Sequence
 from typing import Any, Callable
 
 import torch
@@ -41,7 +45,7 @@ from .step import pack_batch, velocity
 from ..config import NFTConfig
 from ..objectives import NFTTerms, OldPolicy, group_advantages, nft_loss, noisy_sample
 
-__all__ = ["NFTStep", "nft_losses", "nft_round"]
+__all__ = ["NFTStep", "nft_losses", "nft_round", "result_major_draws"]
 
 Draws = Callable[[TrainBatch], tuple[torch.Tensor, torch.Tensor]]  # samples -> (levels [B], noise tokens)
 
@@ -54,6 +58,27 @@ class NFTStep:
     rewards: torch.Tensor  # [G, K] float64
     samples: PolicySamples
     s: torch.Tensor  # [G * K] the training levels
+
+
+def _rows(batch: TrainBatch, order: Sequence[int]) -> TrainBatch:
+    """The rows ``order`` of ``batch``, in that order."""
+    pick = torch.as_tensor(list(order), dtype=torch.long)
+    take = lambda x: x.index_select(0, pick.to(x.device))  # noqa: E731
+    return replace(batch, indices=tuple(batch.indices[i] for i in order), ids=tuple(batch.ids[i] for i in order),
+                   target=take(batch.target), sources=tuple(take(x) for x in batch.sources), embeds=take(batch.embeds),
+                   mask=None if batch.mask is None else take(batch.mask),
+                   languages=tuple(batch.languages[i] for i in order))
+
+
+def result_major_draws(samples: PolicySamples, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draws`` of the samples taken in result-major order (module docstring), returned in the batch's own
+    prompt-major order: levels ``[G K]`` and noise tokens."""
+    groups, k = samples.latents.shape[:2]
+    order = [g * k + j for j in range(k) for g in range(groups)]  # result-major position -> prompt-major row
+    s_major, noise_major = draws(_rows(samples.batch, order))
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.as_tensor(order)] = torch.arange(len(order))  # prompt-major row -> its result-major position
+    return s_major.index_select(0, back.to(s_major.device)), noise_major.index_select(0, back.to(noise_major.device))
 
 
 def nft_losses(model: nn.Module, bare: nn.Module, samples: PolicySamples, r: torch.Tensor, s: torch.Tensor,
@@ -96,7 +121,7 @@ def nft_round(model: nn.Module, bare: nn.Module, batch: TrainBatch, draws: Draws
                                 stochastic=config.sampler == "stochastic")
     graded = rewards.score(vae, samples.prompts, samples.latents)
     r = group_advantages(graded, config).flatten()
-    s, noise = draws(samples.batch)
+    s, noise = result_major_draws(samples, draws)
     with autocast():
         terms = nft_losses(model, bare, samples, r, s, noise, config, old=old, reference=reference, lora=lora,
                            patch=patch)
