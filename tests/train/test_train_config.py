@@ -14,8 +14,8 @@ from firered_train.config import (TrainConfig, apply_overrides, config_from_dict
                                   shipped_configs, to_yaml)
 from firered_train.data import BucketSamplerConfig, SIAConfig
 
-STAGES = {"pretrain", "continued", "sft", "dpo", "lora", "tiny_sft", "tiny_lora", "tiny_dpo", "sft_consistency",
-          "tiny_sft_consistency"}
+STAGES = {"pretrain", "continued", "sft", "dpo", "nft", "lora", "tiny_sft", "tiny_lora", "tiny_dpo", "tiny_nft",
+          "sft_consistency", "tiny_sft_consistency"}
 
 
 def _write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:

@@ -18,6 +18,7 @@ variants); a file sets only what differs from the defaults and may extend anothe
 | ``train_config.py`` | ``TrainConfig`` and the checks that span sections |
 | ``dpo_section.py`` | ``DPOConfig``: the section of a DPO run (``objective.kind: dpo``) |
 | ``consistency_section.py`` | ``ConsistencyConfig``: the SFT stage's identity loss (``consistency.enabled``) |
+| ``nft_section.py`` | ``NFTConfig``: the section of a DiffusionNFT run (``objective.kind: nft``) |
 | ``vae_section.py`` | ``VAETrainConfig``: the section of a VAE run (``target: vae``) |
 | ``yaml_io.py`` | ``load_config``, overrides, ``base`` chains, ``to_yaml``, atomic ``save_config`` |
 
@@ -30,6 +31,7 @@ from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, L
                        ObjectiveConfig, OptimConfig, RolloutConfig, ScheduleConfig, TimestepConfig)
 from .dpo_section import DPOConfig
 from .consistency_section import ConsistencyConfig
+from .nft_section import NFTConfig
 from .train_config import TrainConfig
 from .vae_section import VAETrainConfig
 from .yaml_io import (CONFIG_DIR, apply_overrides, config_from_dict, find_config, load_config, read_yaml_tree,
@@ -38,7 +40,7 @@ from .yaml_io import (CONFIG_DIR, apply_overrides, config_from_dict, find_config
 __all__ = [
     "CONFIG_DIR", "CheckpointConfig", "ConfigError", "ConsistencyConfig", "DPOConfig", "DataConfig", "EMAConfig",
     "LoRAConfig", "LoggingConfig",
-    "ModelConfig", "ObjectiveConfig", "OptimConfig", "RolloutConfig", "ScheduleConfig", "TimestepConfig",
+    "ModelConfig", "NFTConfig", "ObjectiveConfig", "OptimConfig", "RolloutConfig", "ScheduleConfig", "TimestepConfig",
     "TrainConfig", "VAETrainConfig", "apply_overrides", "config_from_dict", "find_config", "load_config",
     "read_yaml_tree", "save_config", "shipped_configs", "to_yaml",
 ]

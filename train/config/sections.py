@@ -226,8 +226,9 @@ class ObjectiveConfig:
 
     # What a step optimises. "flow": the flow-matching loss of each sample (pretrain, continued, SFT, LoRA);
     # "dpo": the asymmetric DPO loss of preference pairs (the ``dpo`` section), built from the same per-sample
-    # flow loss of winner and loser; needs ``data.reader: preference``.
-    kind: Literal["flow", "dpo"] = "flow"
+    # flow loss of winner and loser; needs ``data.reader: preference``. "nft": DiffusionNFT on results the model
+    # samples itself and a reward grades (the ``nft`` section; ``firered_train.loop.nft_step``).
+    kind: Literal["flow", "dpo", "nft"] = "flow"
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     # Elements with |prediction - target| above this are left out of the MSE (FireRed's released trainer: 50);
     # None keeps every element.
@@ -259,8 +260,8 @@ class ObjectiveConfig:
             raise field_error("changed_token_weight", f"must be finite, got {self.changed_token_weight!r}")
         if self.denominator not in ("kept", "all"):
             raise field_error("denominator", f"must be 'kept' or 'all', got {self.denominator!r}")
-        if self.kind not in ("flow", "dpo"):
-            raise field_error("kind", f"must be 'flow' or 'dpo', got {self.kind!r}")
+        if self.kind not in ("flow", "dpo", "nft"):
+            raise field_error("kind", f"must be 'flow', 'dpo' or 'nft', got {self.kind!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

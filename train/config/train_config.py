@@ -9,6 +9,7 @@
     objective   ObjectiveConfig    kind (flow / dpo), timestep sampling, outlier mask
     dpo         DPOConfig          beta, omega, SFT weight, reference (only for ``objective.kind: dpo``)
     consistency ConsistencyConfig  the SFT identity loss: weight, cut-off, face-feature file, landmark source
+    nft         NFTConfig          samples per prompt, reward, beta, KL, old-policy decay (``objective.kind: nft``)
     optim       OptimConfig        AdamW (0.9, 0.999), weight decay 0.01, clip 1.0, warm-up, LR schedule
     schedule    ScheduleConfig     max steps, gradient accumulation
     ema         EMAConfig
@@ -29,6 +30,7 @@ from typing import Literal
 from .coerce import field_error
 from .consistency_section import ConsistencyConfig
 from .dpo_section import DPOConfig
+from .nft_section import NFTConfig
 from .sections import (CheckpointConfig, DataConfig, EMAConfig, LoggingConfig, LoRAConfig, ModelConfig,
                        ObjectiveConfig, OptimConfig, ScheduleConfig)
 from .vae_section import VAETrainConfig
@@ -55,6 +57,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    nft: NFTConfig = field(default_factory=NFTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -77,6 +80,7 @@ class TrainConfig:
                                              "bfloat16 or float32")
         self._check_dpo()
         self._check_consistency()
+        self._check_nft()
 
     def _check_dpo(self) -> None:
         """A DPO run reads preference pairs online and needs a reference its fine-tuning mode can give."""
@@ -112,6 +116,22 @@ class TrainConfig:
             raise field_error("consistency.landmarks", f"'manifest' reads the target_landmarks of JSONL manifests "
                                                        f"but data.reader is {self.data.reader!r}; use 'detect' (the "
                                                        f"face extra's detector) or a JSONL manifest")
+
+    def _check_nft(self) -> None:
+        """A DiffusionNFT run samples its own training images from prompts it encodes online."""
+        if self.objective.kind != "nft":
+            return
+        if self.data.reader == "preference":
+            raise field_error("data.reader", "objective.kind: nft reads prompts (edit samples whose targets are "
+                                             "ignored but for their size), not preference pairs")
+        if self.data.cache_dir is not None:
+            raise field_error("data.cache_dir", "NFT scores decoded results against the source pictures, which "
+                                                "a latent cache does not keep: remove data.cache_dir")
+        if self.objective.rollout.prob > 0:
+            raise field_error("objective.rollout.prob", "rollout inputs are for flow runs; NFT trains on its own "
+                                                        "samples: set it to 0")
+        if self.target != "transformer":
+            raise field_error("target", "objective.kind: nft trains the transformer; use target: transformer")
 
     @property
     def is_lora(self) -> bool:

@@ -10,7 +10,9 @@ Seeds. Sample ``k`` of the prompt with record index ``i`` at training step ``ste
 own CPU generator, keyed by ``(seed, "nft-sample", step, i, k)`` (``scale.distributed.step_seed``), in latent
 layout and then packed, as ``loop.step.seeded_noise``. Each prompt is sampled in a batch of its ``K`` samples only,
 with its condition trimmed of padding, so a sample does not depend on which other prompts share the call, on the
-rank that draws it, or on a resume. Deterministic Euler needs no further noise.
+rank that draws it, or on a resume. Deterministic Euler needs no further noise; with ``stochastic=True`` (the
+sampler the embedded default model is used with, ``firered_core.sampler.stochastic_step``) each prompt's steps draw
+their noise from one more generator keyed by ``(seed, "nft-step-noise", step, i)``, again per prompt.
 
 The model runs in eval mode without gradients (``validation.evaluating``), as at inference. Which weights act is
 the caller's: NFT samples with the *old* policy, e.g. under ``firered_core.lora.lora_disabled(model, "train")``
@@ -82,13 +84,14 @@ def _start_noise(batch: TrainBatch, index: int, k: int, *, seed: int, step: int,
 
 
 def _sample_prompt(model: nn.Module, rows: TrainBatch, x: torch.Tensor, sigmas: torch.Tensor, *,
-                   num_train_timesteps: int, patch: int) -> torch.Tensor:
+                   num_train_timesteps: int, patch: int, step_noise: torch.Generator | None) -> torch.Tensor:
     packed = pack_batch(rows, patch)
 
     def predict(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return velocity(model, x_t, packed, rows, t)
 
-    tokens = euler_sample(predict, x, sigmas, num_train_timesteps=num_train_timesteps)  # [k, N, C*p*p]
+    tokens = euler_sample(predict, x, sigmas, num_train_timesteps=num_train_timesteps,
+                          step_noise=step_noise)  # [k, N, C*p*p]
     h, w = rows.target.shape[-2:]
     return unpack_latents(tokens, h * 8, w * 8, 8, patch)  # [k, C, h, w] (pixel size only fixes the grid)
 
@@ -103,9 +106,10 @@ def _merged(parts: list[TrainBatch], latents: torch.Tensor) -> TrainBatch:
 
 
 def sample_policy(model: nn.Module, batch: TrainBatch, *, group_size: int, steps: int, scheduler: SchedulerConfig,
-                  seed: int, step: int, patch: int) -> PolicySamples:
-    """``group_size`` deterministic Euler samples of ``steps`` steps for every prompt of ``batch`` (see the module
-    docstring); ``step`` is the training step the round belongs to (part of every sample's noise key)."""
+                  seed: int, step: int, patch: int, stochastic: bool = False) -> PolicySamples:
+    """``group_size`` deterministic Euler (or ``stochastic``) samples of ``steps`` steps for every prompt of
+    ``batch`` (see the module docstring); ``step`` is the training step the round belongs to (part of every
+    sample's noise key)."""
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"sample_policy: group_size (samples per prompt) must be an integer >= 1, got {group_size!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -117,8 +121,10 @@ def sample_policy(model: nn.Module, batch: TrainBatch, *, group_size: int, steps
         for g, index in enumerate(batch.indices):
             rows = _prompt_batch(batch, g, group_size)
             x = _start_noise(batch, index, group_size, seed=seed, step=step, patch=patch)
+            noise = (torch.Generator().manual_seed(step_seed(seed, "nft-step-noise", step, index)) if stochastic
+                     else None)
             results.append(_sample_prompt(model, rows, x, sigmas, num_train_timesteps=scheduler.num_train_timesteps,
-                                          patch=patch))
+                                          patch=patch, step_noise=noise))
             parts.append(rows)
     latents = torch.stack(results)  # [G, K, C, h, w]
     log.debug("sample_policy: %d prompts x %d samples, %d Euler steps, %d target tokens", batch.size, group_size,

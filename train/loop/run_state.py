@@ -60,7 +60,7 @@ def _model_state(transformer: nn.Module, lora: bool, keep: bool) -> tuple[dict[s
 
 def save_run_state(root: str | os.PathLike, state: RunState, *, transformer: nn.Module, lora: bool,
                    optimizer: Any, lr_schedule: Any, ema: Any, grad_accumulation: int,
-                   keep_last: int | None, is_main: bool = True) -> Path | None:
+                   keep_last: int | None, is_main: bool = True, old_policy: Any = None) -> Path | None:
     """Write the checkpoint of ``state.step`` on the main process; returns its path there, None elsewhere.
 
     Call it on every rank: a sharded model's tensors are gathered by all ranks together (unsharded runs return
@@ -71,6 +71,9 @@ def save_run_state(root: str | os.PathLike, state: RunState, *, transformer: nn.
     model_state, kind = _model_state(transformer, lora, is_main)
     optimizer_state = gather_full(optimizer.state_dict(), keep=is_main)
     ema_state = gather_full(ema.state_dict(), keep=is_main) if ema is not None else None
+    extra: dict[str, Any] = {"grad_accumulation": grad_accumulation}
+    if old_policy is not None:  # DiffusionNFT's old policy: an EMA-like state (objectives.OldPolicy)
+        extra["old_policy"] = old_policy.state_dict()
     if not is_main:
         return None
     return save_checkpoint(
@@ -79,7 +82,7 @@ def save_run_state(root: str | os.PathLike, state: RunState, *, transformer: nn.
         sampler_state=state.sampler.state_dict(next_step=state.step * grad_accumulation),
         data_state={"skips": state.skips.state_dict(), "bins": state.bins.state_dict(),
                     "rollout_bins": state.rollout_bins.state_dict()},
-        extra={"grad_accumulation": grad_accumulation}, keep_last=keep_last, replace=True)
+        extra=extra, keep_last=keep_last, replace=True)
 
 
 def resolve_resume(resume: str, checkpoint_dir: Path) -> Path | None:
@@ -103,7 +106,8 @@ def _section(value: Any, name: str, path: Path) -> Any:
 
 
 def resume_run_state(path: Path, state: RunState, *, transformer: nn.Module, lora: bool, optimizer: Any,
-                     lr_schedule: Any, ema: Any, grad_accumulation: int, rank: int, is_main: bool) -> None:
+                     lr_schedule: Any, ema: Any, grad_accumulation: int, rank: int, is_main: bool,
+                     old_policy: Any = None) -> None:
     """Restore everything ``save_run_state`` wrote into the live objects (sharded or not); sets ``state.step``."""
     ckpt = load_checkpoint(path, lr_scheduler=lr_schedule, restore_rng=True, rank=rank, clean=is_main)
     live = {name: p for name, p in transformer.named_parameters()} if lora else transformer.state_dict()
@@ -116,6 +120,9 @@ def resume_run_state(path: Path, state: RunState, *, transformer: nn.Module, lor
     if ema is not None:
         saved = _section(ckpt.ema, "ema", path)
         ema.load_state_dict({**saved, "shadow": local_like(saved["shadow"], ema.shadow)})
+    if old_policy is not None:
+        saved = _section(ckpt.extra.get("old_policy"), "NFT old-policy", path)
+        old_policy.load_state_dict({**saved, "shadow": local_like(saved["shadow"], old_policy.shadow)})
     saved_accum = int(ckpt.extra.get("grad_accumulation", grad_accumulation))
     if saved_accum != grad_accumulation:
         raise CheckpointError(f"{path}: saved with schedule.grad_accumulation={saved_accum}, this run uses "

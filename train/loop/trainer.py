@@ -30,6 +30,14 @@ Consistency (``consistency.enabled``, the SFT stage's identity loss): each flow 
 ``consistency_stage`` computed from the same ``x_t``, ``v`` and ``s`` as its flow loss; the logged ``loss`` is
 their sum, and the metrics add ``consistency_loss``, ``consistency_faces`` and ``consistency_active``.
 
+DiffusionNFT (``objective.kind: nft``): each micro-step's records are prompts. The old policy (``objectives.
+OldPolicy``, a float32 copy of the trained weights swapped in) samples ``nft.group_size`` results per prompt, the
+reward of ``nft.reward`` grades them (``nft_rewards``), and the NFT loss trains on noisy copies of them
+(``nft_step.nft_round``); after each optimizer step the old policy moves towards the trained weights on its decay
+schedule. The reference of the KL term is the network with its LoRA off, or a frozen copy for full fine-tuning. The
+metrics add the round's mean reward and the NFT terms (``NFT_METRICS``); the old policy is part of every
+checkpoint.
+
 Then: gradient clipping to ``optim.grad_clip``, optimizer step, LR schedule step, EMA update (``objectives.EMA``,
 float32, exact state), and every ``logging.every_steps`` a metrics line (loss, LR, grad norm, loss per noise-level
 bin; TensorBoard when available), every ``checkpoint.every_steps`` an atomic checkpoint (``loop.run_state``), every
@@ -50,7 +58,7 @@ hook raises (the host's own interrupt exception: ComfyUI's progress bar raises i
 the last checkpoint are saved as a checkpoint first, so ``checkpoint.resume: latest`` continues exactly, and
 nothing is exported. The hooks are for single-process runs: every rank would have to agree on a cancel.
 
-Public API: ``Trainer``, ``TrainResult``, ``StepReport``, ``StepCallback``, ``DPO_METRICS``.
+Public API: ``Trainer``, ``TrainResult``, ``StepReport``, ``StepCallback``, ``DPO_METRICS``, ``NFT_METRICS``.
 """
 
 from __future__ import annotations
@@ -77,13 +85,15 @@ from ..scale.distributed import cpu_fsdp, fsdp_requested, launch_reshard_after_f
 from .loader import LoadedStep, StepDataset, make_loader
 from ..export.lora import export_run
 from ..model.components import LORA_NAME, TrainComponents, build_components, make_trainable, parse_dtype
-from ..objectives import EMA, TimestepSampler
+from ..objectives import EMA, OldPolicy, TimestepSampler
 from ..observe import MetricsLog, TensorBoardLogger, TimestepLossBins, TrainProgress, read_metrics, save_loss_curve
 from .optim import build_lr_schedule, build_optimizer
 from ..data.pairs import PairPixelBatch
 from ..data.pixels import PixelBatch
 from ..scale.sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
+from .nft_rewards import NFTRewards
+from .nft_step import nft_round
 from .pair_step import dpo_step
 from .consistency_stage import ConsistencyStage, check_setup
 from .rollout import rollout_level, rollout_start
@@ -94,10 +104,13 @@ from .validator import ValidationSetup, Validator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "TrainResult", "StepReport", "StepCallback", "DPO_METRICS"]
+__all__ = ["Trainer", "TrainResult", "StepReport", "StepCallback", "DPO_METRICS", "NFT_METRICS"]
 
 # the DPOTerms a DPO run logs (objectives.dpo says what each means)
 DPO_METRICS = ("loss_w", "loss_l", "diff_w", "diff_l", "reward_margin", "accuracy")
+# what an NFT run logs: the round's mean reward and share of results with reward 1, then the NFTTerms
+NFT_METRICS = ("reward", "reward_max", "policy", "positive", "negative", "kl", "mean_r", "old_deviation", "flow_mse")
+TERM_METRICS = {"dpo": DPO_METRICS, "nft": NFT_METRICS}
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,7 @@ class Trainer:
         trained = {name: p for name, p in comps.transformer.named_parameters() if p.requires_grad}
         self.timesteps = TimestepSampler(cfg.objective.timesteps, comps.scheduler)
         self.ema = EMA.from_config(trained, cfg.ema) if cfg.ema.enabled else None
+        self.old, self.rewards = self._nft_parts(trained)
         self.null = (NullCondition(embeds=self.data.cache.null_embeds) if self.data.cache is not None
                      else NullCondition(encoder=comps.encoder))
         self.state = RunState(step=0, sampler=self.data.sampler, skips=self.data.skips,
@@ -176,7 +190,7 @@ class Trainer:
         self.validator = (Validator(self.data, self._validation_setup()) if self.is_main or self.sharded
                           else None)
         self._last_loss = float("nan")
-        self._dpo_window: list[dict[str, float]] = []  # the DPO terms of the micro-steps since the last log line
+        self._terms_window: list[dict[str, float]] = []  # DPO / NFT terms of the micro-steps since the last log
         # the SFT identity loss added to flow micro-steps (consistency_stage), None when consistency is off
         self.consistency = (ConsistencyStage.build(cfg.consistency, comps.vae, self.data.records, patch=self.patch,
                                                    device=self.device) if cfg.consistency.enabled else None)
@@ -186,12 +200,28 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------------------
 
     def _frozen_reference(self, transformer: torch.nn.Module) -> torch.nn.Module | None:
-        """DPO with ``dpo.reference: frozen_copy``: the starting network, copied and frozen; else None."""
-        if self.cfg.objective.kind != "dpo" or self.cfg.dpo.reference != "frozen_copy":
+        """DPO with ``dpo.reference: frozen_copy``, or full NFT with a KL term: the starting network, copied and
+        frozen; else None."""
+        cfg = self.cfg
+        dpo_copy = cfg.objective.kind == "dpo" and cfg.dpo.reference == "frozen_copy"
+        nft_copy = cfg.objective.kind == "nft" and cfg.nft.kl_weight > 0 and not cfg.is_lora
+        if not (dpo_copy or nft_copy):
             return None
         reference = copy.deepcopy(transformer).requires_grad_(False).eval()
-        log.info("dpo: a frozen copy of the starting transformer is the reference")
+        log.info("%s: a frozen copy of the starting transformer is the reference", cfg.objective.kind)
         return reference
+
+    def _nft_parts(self, trained: dict[str, torch.nn.Parameter]) -> tuple[OldPolicy | None, NFTRewards | None]:
+        """An NFT run's old policy and reward (None, None for other runs)."""
+        cfg = self.cfg
+        if cfg.objective.kind != "nft":
+            return None, None
+        if self.sharded:
+            raise ConfigError("objective.kind: nft does not run on a sharded (FSDP) model yet: the old policy is "
+                              "swapped into the parameters; launch without FSDP")
+        manifest = cfg.data.path if cfg.data.reader == "jsonl" else None
+        rewards = NFTRewards(self.data.records, reward=cfg.nft.reward, mode=cfg.nft.reward_mode, manifest=manifest)
+        return OldPolicy(trained, cfg.nft), rewards
 
     def _validation_setup(self) -> ValidationSetup:
         cfg, comps = self.cfg, self.comps
@@ -224,7 +254,7 @@ class Trainer:
             resume_run_state(path, self.state, transformer=self.transformer, lora=self.cfg.is_lora,
                              optimizer=self.optimizer, lr_schedule=self.lr_schedule, ema=self.ema,
                              grad_accumulation=self.cfg.schedule.grad_accumulation, rank=self.rank,
-                             is_main=self.is_main)
+                             is_main=self.is_main, old_policy=self.old)
 
     # -----------------------------------------------------------------------------------------------------------
     # one micro-step
@@ -267,7 +297,24 @@ class Trainer:
             self.acc.backward(out.terms.loss / self.cfg.schedule.grad_accumulation)
         if batch_w.weight > 0:
             self.state.bins.update(out.s.cpu(), out.per_sample_w.cpu())
-            self._dpo_window.append({name: float(getattr(out.terms, name)) for name in DPO_METRICS})
+            self._terms_window.append({name: float(getattr(out.terms, name)) for name in DPO_METRICS})
+        return out.terms.loss.detach()
+
+    def _nft_micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
+        """One sampling round and NFT update on the prompts of ``batch`` (``nft_step``)."""
+        if batch.weight == 0:  # a placeholder (every sample of this rank was bad): no prompts to sample
+            return self._micro_step(batch, micro, sync)
+        assert self.old is not None and self.rewards is not None  # made for every NFT run
+        with self._sync_context(sync):
+            out = nft_round(self.model, self.transformer, batch, lambda samples: self._draws(samples, micro),
+                            vae=self.comps.vae, rewards=self.rewards, config=self.cfg.nft, old=self.old,
+                            reference=self.reference, lora=LORA_NAME if self.cfg.is_lora else None,
+                            scheduler=self.comps.scheduler, seed=self.cfg.seed, patch=self.patch,
+                            autocast=self.autocast)
+            self.acc.backward(out.terms.loss / self.cfg.schedule.grad_accumulation)
+        terms = {name: float(getattr(out.terms, name)) for name in NFT_METRICS[2:]}
+        self._terms_window.append({"reward": float(out.rewards.mean()),
+                                   "reward_max": float((out.rewards >= 1).double().mean()), **terms})
         return out.terms.loss.detach()
 
     def _micro_step(self, batch: TrainBatch, micro: int, sync: bool) -> torch.Tensor:
@@ -300,6 +347,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.state.step + 1)
+        if self.old is not None:
+            self.old.update(self.state.step + 1)
         return to_float(norm)
 
     # -----------------------------------------------------------------------------------------------------------
@@ -398,6 +447,8 @@ class Trainer:
             micro, sync = self.state.step * accum + k, k == accum - 1
             if isinstance(loaded.batch, PairPixelBatch):
                 losses.append(self._dpo_micro_step(*self._to_pair_batches(loaded.batch), micro, sync))
+            elif self.old is not None:
+                losses.append(self._nft_micro_step(self._to_train_batch(loaded.batch), micro, sync))
             else:
                 losses.append(self._micro_step(self._to_train_batch(loaded.batch), micro, sync))
         norm = self._optimizer_step()
@@ -413,7 +464,7 @@ class Trainer:
                 self.acc.reduce(bins.counts.to(self.device), "sum").cpu()
             values.update(bins.scalars(prefix))
             bins.reset()
-        values.update(self._dpo_scalars())
+        values.update(self._term_scalars())
         if self.consistency is not None:
             values.update(self.consistency.scalars(lambda t: self.acc.reduce(t.to(self.device), "sum")))
         self._last_loss = values["loss"]
@@ -423,22 +474,23 @@ class Trainer:
             tb.scalars(step, values)
         log.info("step %d: loss %.5f, lr %.3g, grad norm %.3g", step, values["loss"], values["lr"], grad_norm)
 
-    def _dpo_scalars(self) -> dict[str, float]:
-        """Means of the DPO terms over the window's micro-steps and the ranks (empty for flow runs)."""
-        if self.cfg.objective.kind != "dpo":
+    def _term_scalars(self) -> dict[str, float]:
+        """Means of the DPO / NFT terms over the window's micro-steps and the ranks (empty for flow runs)."""
+        names = TERM_METRICS.get(self.cfg.objective.kind)
+        if names is None:
             return {}
-        window, self._dpo_window = self._dpo_window, []
-        sums = torch.tensor([[sum(w[n] for w in window) for n in DPO_METRICS] + [len(window)]], dtype=torch.float64)
+        window, self._terms_window = self._terms_window, []
+        sums = torch.tensor([[sum(w[n] for w in window) for n in names] + [len(window)]], dtype=torch.float64)
         sums = self.acc.reduce(sums.to(self.device), "sum").cpu()[0]
         count = float(sums[-1])
-        return {n: float(sums[i]) / count if count else float("nan") for i, n in enumerate(DPO_METRICS)}
+        return {n: float(sums[i]) / count if count else float("nan") for i, n in enumerate(names)}
 
     def _checkpoint(self) -> Path | None:
         # every rank: a sharded model is gathered by all of them; only the main process writes
         path = save_run_state(self.cfg.checkpoint_dir, self.state, transformer=self.transformer,
                               lora=self.cfg.is_lora, optimizer=self.optimizer, lr_schedule=self.lr_schedule,
                               ema=self.ema, grad_accumulation=self.cfg.schedule.grad_accumulation,
-                              keep_last=self.cfg.checkpoint.keep_last, is_main=self.is_main)
+                              keep_last=self.cfg.checkpoint.keep_last, is_main=self.is_main, old_policy=self.old)
         self.acc.wait_for_everyone()
         return path
 

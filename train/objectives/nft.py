@@ -54,64 +54,17 @@ Public API: ``NFTConfig``, ``NFT_PRESETS``, ``NFTTerms``, ``group_advantages``, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
-from ..config.coerce import field_error
+from ..config.nft_section import NFTConfig
 
 __all__ = ["NFTConfig", "NFT_PRESETS", "NFTTerms", "group_advantages", "nft_loss", "old_policy_decay",
            "update_old_policy"]
 
 WEIGHT_FLOOR = 1e-5  # the reference's lower clip of the adaptive weight (a perfect estimate must not divide by 0)
-
-
-@dataclass(frozen=True)
-class NFTConfig:
-    """The numbers of DiffusionNFT. Defaults are the reference code's; FireRed publishes none of them."""
-
-    # b: how far the implicit policies sit from the old one, in (0, 1]. 1 = the reference's default (v+ is the
-    # trained velocity itself); its OCR and mixed-reward runs use 0.1. Unknown for FireRed.
-    beta: float = 1.0
-    # Weight of the mean squared velocity difference to the reference (frozen / adapters-off) model: keeps the
-    # policy near where it started. 1e-4 in the reference code. Unknown for FireRed.
-    kl_weight: float = 1e-4
-    # c: advantages are clipped to [-c, c] before mapping to r; also the loss scale c / b (the reference's
-    # adv_clip_max, 5, which is where the report's "5 / b" comes from).
-    adv_clip: float = 5.0
-    # Added to each group's reward std before dividing (the reference's stat tracker: 1e-4). 0 is allowed: zero-std
-    # groups are mapped to A = 0 explicitly.
-    std_eps: float = 1e-4
-    # Divide each sample's x0-space error by its detached mean absolute error (the reference does). False gives
-    # t^2 times the velocity-space loss of the report, for comparisons.
-    adaptive_weight: bool = True
-    # Old-policy decay d = min(decay_rate * max(0, step - decay_flat), decay_cap), step = optimizer steps done.
-    # Reference default 0.001 / 0 / 0.5; its OCR runs 0.0075 / 75 / 0.999 (NFT_PRESETS["ocr"]). Unknown for FireRed.
-    decay_rate: float = 0.001
-    decay_flat: int = 0
-    decay_cap: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("beta", "kl_weight", "adv_clip", "std_eps", "decay_rate", "decay_cap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise field_error(name, f"must be a finite number, got {value!r}")
-        if not 0 < self.beta <= 1:
-            raise field_error("beta", f"must lie in (0, 1] (1 = v+ is the trained velocity), got {self.beta!r}")
-        if not self.adv_clip > 0:
-            raise field_error("adv_clip", f"must be > 0, got {self.adv_clip!r}")
-        for name in ("kl_weight", "std_eps", "decay_rate"):
-            if not getattr(self, name) >= 0:
-                raise field_error(name, f"must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.decay_cap < 1:
-            raise field_error("decay_cap",
-                              f"must lie in [0, 1) (1 would freeze the old policy), got {self.decay_cap!r}")
-        if isinstance(self.decay_flat, bool) or not isinstance(self.decay_flat, int) or self.decay_flat < 0:
-            raise field_error("decay_flat", f"must be an integer >= 0 (optimizer steps), got {self.decay_flat!r}")
-        if not isinstance(self.adaptive_weight, bool):
-            raise field_error("adaptive_weight", f"must be true or false, got {self.adaptive_weight!r}")
 
 
 NFT_PRESETS: dict[str, NFTConfig] = {

@@ -1,0 +1,234 @@
+"""DiffusionNFT from the trainer: ``firered train tiny_nft`` on synthetic prompts whose checks grade the results.
+
+The data is ``firered_bench``'s (each manifest line carries the ``spec`` its checks read), one-source tasks only.
+The tiny run must log the reward and the NFT terms, and they must obey the loss's algebra: while the old policy's
+decay is 0 (the first ``decay_flat`` steps) the old policy *is* the trained one, so the implicit positive and
+negative policies coincide (``positive == negative``, ``old_deviation == 0``) and the loss is ``adv_clip / beta``
+times that error (the KL term is 0 on step 1, where the zero-initialised LoRA equals its reference). With a decay
+the old policy lags behind. A SIGKILLed run resumes bit-exactly (the old policy is in the checkpoint), and two
+processes under ``accelerate launch`` train what one process trains with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from firered_bench.generate.generator import GeneratorConfig
+from firered_bench.generate.writer import write_dataset
+from firered_core.config import ConfigError
+from firered_train.config import load_config
+from firered_train.loop.nft_rewards import NFTRewards
+from firered_train.loop.trainer import NFT_METRICS
+from firered_train.data.records import read_records
+from firered_train.objectives import OldPolicy, old_policy_decay
+from firered_train.config import NFTConfig
+
+from tests.train_fixtures import cli, cli_env, free_port, read_tensors
+
+ONE_SOURCE = ("add", "remove", "color", "replace", "background")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("nft")
+    return write_dataset(root / "data", "train", 12, seed=5, config=GeneratorConfig(tasks=ONE_SOURCE))
+
+
+def _args(manifest: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return [f"--data.path={manifest}", f"--output_dir={out}", f"--schedule.max_steps={steps}",
+            "--logging.validation_every=0", *extra]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+@pytest.mark.slow
+def test_tiny_nft_logs_rewards_and_terms_that_obey_the_loss(prompts: Path, tmp_path: Path) -> None:
+    cfg = load_config("tiny_nft")
+    c_over_b = cfg.nft.adv_clip / cfg.nft.beta
+    out = tmp_path / "run"
+    subprocess.run(cli("train", "tiny_nft", *_args(prompts, out, 3)), check=True, env=cli_env(), timeout=600)
+    rows = [r for r in _lines(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert set(NFT_METRICS) <= r.keys()
+        assert 0.0 <= r["reward"] <= 1.0 and 0.0 <= r["reward_max"] <= 1.0
+        # decay 0 (decay_flat steps): the old policy is the trained one, v+ = v- = v_theta
+        assert r["old_deviation"] == 0.0
+        assert r["positive"] == pytest.approx(r["negative"], rel=1e-6)
+        assert r["policy"] == pytest.approx(c_over_b * r["positive"], rel=1e-5)
+        assert r["loss"] == pytest.approx(r["policy"] + cfg.nft.kl_weight * r["kl"], rel=1e-6)
+    assert rows[0]["kl"] == 0.0  # zero-initialised LoRA: the trained network is its reference
+    assert (out / "lora.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_with_a_decay_the_old_policy_lags_behind(prompts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    extra = ("--nft.decay_flat=0", "--nft.decay_rate=0.5", "--nft.decay_cap=0.9", "--optim.lr=1e-2")
+    subprocess.run(cli("train", "tiny_nft", *_args(prompts, out, 3, *extra)), check=True, env=cli_env(), timeout=600)
+    rows = [r for r in _lines(out / "metrics.jsonl") if "loss" in r]
+    assert rows[0]["old_deviation"] == 0.0  # the first round: nothing trained yet
+    assert rows[2]["old_deviation"] > 0.0  # d = 0.5 after the first update: the old weights trail the trained ones
+
+
+def _metrics_step(path: Path) -> int:
+    return max((r.get("step", 0) for r in _lines(path)), default=0) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bitwise_exact(prompts: Path, tmp_path: Path) -> None:
+    steps, every = 8, 2
+    extra = ("--nft.decay_flat=0", "--nft.decay_rate=0.3", f"--checkpoint.every_steps={every}",
+             "--checkpoint.keep_last=2", "--optim.lr=1e-2")
+    env = cli_env()
+    subprocess.run(cli("train", "tiny_nft", *_args(prompts, tmp_path / "straight", steps, *extra)), check=True,
+                   env=env, timeout=600)
+    resumed = _args(prompts, tmp_path / "resumed", steps, *extra)
+    kill_after = random.Random(time.time_ns()).randint(every + 1, steps - 2)
+    proc = subprocess.Popen(cli("train", "tiny_nft", *resumed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while _metrics_step(metrics) < kill_after and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before step {kill_after}: nothing was interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = _metrics_step(metrics)
+    subprocess.run(cli("train", "tiny_nft", *resumed, "--resume", "latest"), check=True, env=env, timeout=600)
+
+    final = f"checkpoints/step-{steps:06d}"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a = read_tensors(tmp_path / "straight" / final / name)
+        b = read_tensors(tmp_path / "resumed" / final / name)
+        assert a.keys() == b.keys()
+        different = [k for k in a if not torch.equal(a[k], b[k])]
+        assert not different, f"{name}: {len(different)} tensors differ after a kill at step {killed_at}"
+    straight = {r["step"]: r for r in _lines(tmp_path / "straight" / "metrics.jsonl") if "loss" in r}
+    again = {r["step"]: r for r in _lines(metrics) if "loss" in r}
+    assert sorted(again) == list(range(1, steps + 1)), "metrics log not rewound"
+    for step in range(1, steps + 1):  # same rounds: same rewards, same old policy (old_deviation), same loss
+        for name in ("loss", "reward", "old_deviation"):
+            assert again[step][name] == straight[step][name], (step, name, killed_at)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(prompts: Path, tmp_path: Path) -> None:
+    env = cli_env(threads=1)
+    # A random tiny model's results often all score 0: such a step's gradient is rounding noise (norm ~1e-9),
+    # which Adam's default eps would blow up to full-size updates of arbitrary sign, different for any other order
+    # of float sums. An eps of 1e-4 leaves noise-level gradients noise-level updates and real ones (~1e-3) intact.
+    extra = ("--nft.decay_flat=0", "--nft.decay_rate=0.3", "--optim.lr=1e-2", "--optim.eps=1e-4",
+             "--checkpoint.every_steps=100",
+             "--data.sampler.source_count_weights={0: 0.0, 1: 1.0, 2: 0.0, 3: 0.0}")
+    steps = 3
+    subprocess.run(cli("train", "tiny_nft", *_args(prompts, tmp_path / "one", steps, *extra),
+                       "--data.sampler.token_budget=512"), check=True, env=env, timeout=600)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+              str(free_port()), "-m", "firered_train.cli", "train", "tiny_nft",
+              *_args(prompts, tmp_path / "two", steps, *extra), "--data.sampler.token_budget=256"]
+    done = subprocess.run(launch, env=env, timeout=900, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (read_tensors(tmp_path / run / "lora.safetensors") for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    moved = max(float(t.abs().max()) for k, t in one.items() if "lora_B" in k or "lora_up" in k)
+    worst = max((float((one[k] - two[k]).abs().max()), k) for k in one)
+    assert moved > 1e-4, "training did not change the adapters"
+    assert worst[0] < 1e-5, f"1 vs 2 processes differ by {worst[0]:.3g} in {worst[1]} (training moved {moved:.3g})"
+    rows_one = {r["step"]: r for r in _lines(tmp_path / "one" / "metrics.jsonl") if "loss" in r}
+    rows_two = {r["step"]: r for r in _lines(tmp_path / "two" / "metrics.jsonl") if "loss" in r}
+    for step in range(1, steps + 1):  # the rewards of the whole global batch, gathered over both ranks
+        assert rows_two[step]["reward"] == pytest.approx(rows_one[step]["reward"], abs=1e-9)
+
+
+def test_old_policy_follows_the_decay_schedule_and_swaps_bitwise() -> None:
+    config = NFTConfig(decay_rate=0.25, decay_flat=1, decay_cap=0.6)
+    weight = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    old = OldPolicy({"w": weight}, config)
+    expected = weight.detach().clone()
+    for step in range(1, 6):
+        with torch.no_grad():
+            weight.add_(1.0)
+        d = old_policy_decay(step - 1, config)  # the decay after the updates done before this one
+        expected = d * expected + (1 - d) * weight.detach()
+        old.update(step)
+        assert torch.allclose(old.shadow["w"], expected), step
+    before = weight.detach().clone()
+    with old.swapped():
+        assert torch.equal(weight.detach(), old.shadow["w"])
+    assert torch.equal(weight.detach(), before)
+    restored = OldPolicy({"w": weight}, config)
+    restored.load_state_dict(old.state_dict())
+    assert torch.equal(restored.shadow["w"], old.shadow["w"]) and restored.n_updates == 5
+
+
+def test_verifiable_reward_needs_a_spec_for_every_prompt(prompts: Path, tmp_path: Path) -> None:
+    records = read_records("jsonl", str(prompts))
+    rewards = NFTRewards(records, reward="verifiable", mode="graded", manifest=str(prompts))
+    assert set(rewards.specs) == {r.id for r in records}
+    stripped = tmp_path / "no_spec.jsonl"
+    lines = [json.loads(line) for line in prompts.read_text().splitlines()]
+    stripped.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "spec"}) + "\n" for line in lines))
+    with pytest.raises(ValueError, match="have no 'spec'"):
+        NFTRewards(records, reward="verifiable", mode="graded", manifest=str(stripped))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("--data.cache_dir=cache", "data.cache_dir"),
+    ("--objective.rollout.prob=0.5", "objective.rollout.prob"),
+    ("--nft.group_size=1", "nft.group_size"),
+    ("--nft.reward=judge", "nft.reward"),
+    ("--nft.sampler=heun", "nft.sampler"),
+])
+def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny_nft", [override])
+
+
+def _policy_samples(prompts: list[int], k: int) -> "PolicySamples":
+    from firered_train.loop.batch import TrainBatch
+    from firered_train.loop.policy_samples import PolicySamples
+
+    g = len(prompts)
+    latents = torch.randn(g, k, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    batch = TrainBatch(step=7, indices=tuple(i * k + j for i in prompts for j in range(k)),
+                       ids=tuple(f"s{i}" for i in prompts for _ in range(k)), target=latents.flatten(0, 1),
+                       sources=(), embeds=torch.zeros(g * k, 3, 5), mask=None, languages=("en",) * (g * k))
+    return PolicySamples(latents=latents, batch=batch, prompts=tuple(prompts), sigmas=torch.zeros(2))
+
+
+def test_training_levels_do_not_depend_on_the_process_count() -> None:
+    """Prompts a, b, c, d in one process, or (a, c) on rank 0 and (b, d) on rank 1 (the bucket sampler deals the
+    global batch out by position): every result gets the same level and noise either way."""
+    from firered_train.config import TimestepConfig
+    from firered_train.loop.nft_step import result_major_draws
+    from firered_train.loop.step import seeded_levels, seeded_noise
+    from firered_train.objectives import TimestepSampler
+
+    sampler, k = TimestepSampler(TimestepConfig(stratification="global")), 3
+
+    def run(prompts: list[int], rank: int, world: int) -> dict[tuple[int, int], tuple[float, torch.Tensor]]:
+        samples = _policy_samples(prompts, k)
+        s, noise = result_major_draws(samples, lambda b: (
+            seeded_levels(sampler, b, 0, 2, step=5, rank=rank, world_size=world), seeded_noise(b, 0, 2)))
+        return {(p, j): (float(s[g * k + j]), noise[g * k + j]) for g, p in enumerate(prompts) for j in range(k)}
+
+    one = run([10, 11, 12, 13], 0, 1)
+    two = {**run([10, 12], 0, 2), **run([11, 13], 1, 2)}
+    assert one.keys() == two.keys()
+    for key in one:
+        assert one[key][0] == two[key][0], key
+        assert torch.equal(one[key][1], two[key][1]), key
+    assert len({round(v[0], 9) for v in one.values()}) == len(one)  # stratified: every result its own level

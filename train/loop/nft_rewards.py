@@ -1,0 +1,98 @@
+"""The rewards of a DiffusionNFT sampling round: decode the old policy's results and grade each against its prompt.
+
+``NFTRewards`` is built once per run from the run's records (the sources each result is graded against) and, for
+the verifiable reward, the ``spec`` each manifest line of ``python -m firered_bench`` carries (the machine-readable
+edit its checks read; records do not keep it, so the manifests are read once more for it). ``score`` takes the
+``G`` prompts of a round (record indices) and their results ``[G, K, C, h, w]`` (normalised latents), decodes them
+with the frozen VAE and returns the rewards ``[G, K]`` (float64) of ``firered_train.prefs.scoring``: the same
+functions ``firered prefs`` ranks edits with.
+
+A result whose size is not its first source's (a bucket rounded the sample's size) is resized to it with Lanczos
+before grading, because the checks compare pictures pixel for pixel; the synthetic data's 64 px edits need none.
+Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
+
+Public API: ``NFTRewards``, ``decode_results``.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from firered_core.images import to_pil
+from firered_core.placement import compute_dtype
+
+from ..data.readers.jsonl import read_manifest_lines
+from ..data.record import EditRecord
+from ..data.skips import SkipLog
+from ..prefs.scoring import PrefSample, score_edits
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NFTRewards", "decode_results"]
+
+
+@torch.no_grad()
+def decode_results(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """Normalised latents ``[N, C, h, w]`` -> ``N`` RGB pictures (the VAE's decode, one batch)."""
+    pixels = vae.decode(latents.to(compute_dtype(vae)))  # [N, 3, H, W] in [-1, 1]
+    return [to_pil(image.float().cpu()) for image in pixels]
+
+
+def _manifests(path: str) -> list[Path]:
+    root = Path(path).expanduser()
+    return sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+
+
+def read_specs(path: str) -> dict[str, dict[str, Any]]:
+    """``id -> spec`` of every manifest line under ``path`` (a .jsonl file or a folder of them) that has one."""
+    def parse(row: Any, base: Path, where: str) -> tuple[str, Any]:
+        if not isinstance(row, dict):  # the trainer's reader has counted it already
+            return "", None
+        return str(row.get("id", "")), row.get("spec")
+
+    rows, _ = read_manifest_lines(_manifests(path), parse, SkipLog())
+    return {sid: spec for sid, spec in rows if sid and isinstance(spec, dict)}
+
+
+class NFTRewards:
+    """Grades a sampling round's results (see the module docstring)."""
+
+    def __init__(self, records: Sequence[EditRecord], *, reward: str, mode: str, manifest: str | None) -> None:
+        self.records, self.reward, self.mode = records, reward, mode
+        self.specs: dict[str, dict[str, Any]] = {}
+        if reward == "verifiable":
+            if manifest is None:
+                raise ValueError("nft.reward: verifiable needs JSONL manifests with a 'spec' per line (data.reader: "
+                                 "jsonl, as python -m firered_bench writes them)")
+            self.specs = read_specs(manifest)
+            missing = [r.id for r in records if r.id not in self.specs]
+            if missing:
+                raise ValueError(f"nft.reward: verifiable: {len(missing)} of {len(records)} samples have no 'spec' "
+                                 f"in {manifest} (e.g. {missing[:3]}); the checks need the edit each sample asks for")
+        self._sample = lru_cache(maxsize=512)(self._open)
+
+    def _open(self, index: int) -> PrefSample:
+        record = self.records[index]
+        sources, target = record.open_images()
+        return PrefSample(record.id, record.task, record.instruction or record.instruction_cn, sources, target,
+                          self.specs.get(record.id))
+
+    def score(self, vae: Any, prompts: Sequence[int], latents: torch.Tensor) -> torch.Tensor:
+        """Rewards ``[G, K]`` (float64, CPU) of results ``latents [G, K, C, h, w]`` of the records ``prompts``."""
+        groups, k = latents.shape[:2]
+        if groups != len(prompts):
+            raise ValueError(f"NFTRewards.score: {len(prompts)} prompts but results for {groups}")
+        images = decode_results(vae, latents.flatten(0, 1))
+        rows = []
+        for g, index in enumerate(prompts):
+            sample = self._sample(index)
+            size = (sample.sources or [sample.target])[0].size
+            edits = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in images[g * k:(g + 1) * k]]
+            rows.append(score_edits(self.reward, sample, edits, self.mode))
+        return torch.tensor(rows, dtype=torch.float64)
