@@ -45,6 +45,7 @@ PREVIOUS = sorted(PREVIOUS_DIR.glob("*.json"))
 NAME = re.compile(r"(?P<workflow>[a-z_]+)_(?P<date>\d{4}-\d{2}-\d{2}T\d{4})")
 CONTROL = "control_after_generate"  # the front end's own widget after a seed, saved with the others
 SAMPLING = ("negative_prompt", "steps", "true_cfg_scale", "seed", CONTROL, "width", "height")
+REFERENCE = ("size_mode", "vae_ref_area", "cond_ref_area")  # the size mode and reference areas, appended last
 
 # Each FireRed node type's widgets in saved order, from the date (of the commit changing the node) they took that
 # form: a fixture saved at date D has the widgets of the last entry dated before D. Written from git history, not
@@ -59,6 +60,7 @@ WIDGETS_SINCE: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("2026-11-30T0000", ("instruction", *SAMPLING)),
         ("2026-12-01T0710", ("instruction", *SAMPLING, "keep_unedited")),
         ("2026-12-01T1433", ("instruction", *SAMPLING, "keep_unedited", "sampler")),
+        ("2026-12-06T1836", ("instruction", *SAMPLING, "keep_unedited", "sampler", *REFERENCE)),
     ],
     "FireRedTextEdit": [
         ("2026-11-30T0000", ("instruction", "candidates", *SAMPLING, "old_text")),
@@ -72,6 +74,8 @@ WIDGETS_SINCE: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "FireRedMultiImage": [
         ("2026-11-30T0000", ("instruction", *SAMPLING, "max_composites", "vlm_endpoint", "vlm_model")),
         ("2026-12-01T1433", ("instruction", *SAMPLING, "max_composites", "vlm_endpoint", "vlm_model", "sampler")),
+        ("2026-12-06T1836", ("instruction", *SAMPLING, "max_composites", "vlm_endpoint", "vlm_model", "sampler",
+                             *REFERENCE)),
     ],
     "FireRedTrainLoRA": [
         ("2026-11-30T0000", ("data_folder", "instructions", "steps", "learning_rate", "rank", "alpha", "resolution",
