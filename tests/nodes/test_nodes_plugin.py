@@ -113,7 +113,8 @@ def test_my_nodes_inputs_and_outputs() -> None:
     spec = edit.INPUT_TYPES()
     assert list(spec["required"]) == ["model", "instruction", "negative_prompt", "steps", "true_cfg_scale", "seed",
                                       "width", "height"]
-    assert list(spec["optional"]) == ["image1", "image2", "image3", "keep_unedited", "sampler"]
+    assert list(spec["optional"]) == ["image1", "image2", "image3", "keep_unedited", "sampler", "size_mode",
+                                      "vae_ref_area", "cond_ref_area"]
     assert NODE_CLASS_MAPPINGS["FireRedLoraLoader"].RETURN_TYPES == ("FIRERED_MODEL", "STRING")
     assert NODE_CLASS_MAPPINGS["FireRedModelLoader"].RETURN_TYPES == ("FIRERED_MODEL",)
     assert NODE_CLASS_MAPPINGS["FireRedMultiImage"].RETURN_TYPES == ("IMAGE", "LATENT", "STRING", "IMAGE")
