@@ -27,6 +27,7 @@ from .bucket_sampler import BatchPlan
 from .buckets import aspect_bucket
 from .pixels import PixelBatch, fit_image, image_to_tensor, load_pixel_sample, stack_pixel_batch
 from .preference import PreferenceRecord, read_preferences
+from .readers.jsonl import manifest_paths
 from .record import BadSampleError, EditRecord, ImageRef, SkipReason
 from .sia import SIAConfig, plan_sources
 from .skips import SkipLog
@@ -75,7 +76,7 @@ def read_pair_records(path: str, *, default_task: str = "default", skips: SkipLo
     if not path:
         raise ValueError("data.path is empty: give a preference .jsonl manifest or a folder of them")
     root = Path(path).expanduser()
-    manifests = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+    manifests = manifest_paths(root)
     if not manifests:
         raise FileNotFoundError(f"data.path {path!r} has no .jsonl preference manifests")
     prefs = read_preferences(manifests, skips)

@@ -29,6 +29,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from .readers.jsonl import manifest_paths
 from .readers import (FolderConfig, JsonlConfig, iter_tar_samples, parquet_records, read_folder, read_jsonl,
                            tar_records)
 from .record import BadSampleError, EditRecord
@@ -64,7 +65,7 @@ def read_records(reader: str, path: str, *, default_task: str = "default",
     if reader == "folder":
         return read_folder(root, FolderConfig(default_task=default_task), skips)
     if reader == "jsonl":
-        manifests = sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+        manifests = manifest_paths(root)
         return read_jsonl(manifests, JsonlConfig(default_task=default_task), skips)
     if reader not in _SHARD_PATTERNS:
         raise ValueError(f"data.reader {reader!r} is not one of folder, jsonl, webdataset, parquet")

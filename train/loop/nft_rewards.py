@@ -27,7 +27,7 @@ from PIL import Image
 from firered_core.images import to_pil
 from firered_core.placement import compute_dtype
 
-from ..data.readers.jsonl import read_manifest_lines
+from ..data.readers.jsonl import manifest_paths, read_manifest_lines
 from ..data.record import EditRecord
 from ..data.skips import SkipLog
 from ..prefs.scoring import PrefSample, score_edits
@@ -44,11 +44,6 @@ def decode_results(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
     return [to_pil(image.float().cpu()) for image in pixels]
 
 
-def _manifests(path: str) -> list[Path]:
-    root = Path(path).expanduser()
-    return sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
-
-
 def read_specs(path: str) -> dict[str, dict[str, Any]]:
     """``id -> spec`` of every manifest line under ``path`` (a .jsonl file or a folder of them) that has one."""
     def parse(row: Any, base: Path, where: str) -> tuple[str, Any]:
@@ -56,7 +51,7 @@ def read_specs(path: str) -> dict[str, dict[str, Any]]:
             return "", None
         return str(row.get("id", "")), row.get("spec")
 
-    rows, _ = read_manifest_lines(_manifests(path), parse, SkipLog())
+    rows, _ = read_manifest_lines(manifest_paths(path), parse, SkipLog())
     return {sid: spec for sid, spec in rows if sid and isinstance(spec, dict)}
 
 

@@ -132,6 +132,12 @@ def record_from_row(row: Any, base: Path, default_id: str, config: JsonlConfig =
                       **texts).validate()
 
 
+def manifest_paths(path: str | Path) -> list[Path]:
+    """``path`` itself, or every ``*.jsonl`` in it (sorted) when it is a folder: the manifests a data path names."""
+    root = Path(path).expanduser()
+    return sorted(root.glob("*.jsonl")) if root.is_dir() else [root]
+
+
 def read_manifest_lines(manifests: str | Path | Iterable[str | Path], parse: Callable[[Any, Path, str], T],
                         skips: SkipLog, what: str = "manifest") -> tuple[list[T], int]:
     """``parse(row, manifest folder, "name:line")`` of every non-empty line of one or more JSONL manifests, in file
