@@ -52,12 +52,10 @@ Draws = Callable[[TrainBatch], tuple[torch.Tensor, torch.Tensor]]  # samples -> 
 
 @dataclass(frozen=True)
 class NFTStep:
-    """One NFT micro-step: the loss terms (``loss`` times the batch weight) and what the round produced."""
+    """One NFT micro-step: the loss terms (``loss`` times the batch weight) and the round's rewards."""
 
     terms: NFTTerms
     rewards: torch.Tensor  # [G, K] float64
-    samples: PolicySamples
-    s: torch.Tensor  # [G * K] the training levels
 
 
 def _rows(batch: TrainBatch, order: Sequence[int]) -> TrainBatch:
@@ -125,5 +123,4 @@ def nft_round(model: nn.Module, bare: nn.Module, batch: TrainBatch, draws: Draws
     with autocast():
         terms = nft_losses(model, bare, samples, r, s, noise, config, old=old, reference=reference, lora=lora,
                            patch=patch)
-    return NFTStep(terms=replace(terms, loss=terms.loss * batch.weight), rewards=graded, samples=samples,
-                   s=s.detach())
+    return NFTStep(terms=replace(terms, loss=terms.loss * batch.weight), rewards=graded)
