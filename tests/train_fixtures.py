@@ -99,11 +99,9 @@ def make_face_pairs(folder: Path, n: int, *, seed: int = 0, size: int = 96, no_f
 TINY_FACE_SHAPE = dict(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=8, crop=16)
 
 
-def save_tiny_face_features(path: Path, *, seed: int = 3) -> Path:
-    """A tiny IResNet (16 px crops, 8-d features) with seeded random weights and non-trivial BatchNorm statistics,
-    as the user's face-feature ``.safetensors`` file; returns ``path``."""
+def tiny_face_features(*, seed: int = 3):
+    """A tiny IResNet (16 px crops, 8-d features) with seeded random weights and non-trivial BatchNorm statistics."""
     import torch
-    from safetensors.torch import save_file
 
     from firered_train.model.face_features import FaceFeatureConfig, FaceFeatures
 
@@ -115,6 +113,14 @@ def save_tiny_face_features(path: Path, *, seed: int = 3) -> Path:
                 buf.copy_(0.1 * torch.randn_like(buf))
             elif name.endswith("running_var"):
                 buf.copy_(1.0 + 0.2 * torch.rand_like(buf))
+    return model
+
+
+def save_tiny_face_features(path: Path, *, seed: int = 3) -> Path:
+    """``tiny_face_features`` as the user's face-feature ``.safetensors`` file; returns ``path``."""
+    from safetensors.torch import save_file
+
+    model = tiny_face_features(seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return path
@@ -161,3 +167,29 @@ def read_tensors(path: Path) -> dict:
 
     with open_weights(path) as src:
         return {k: src.get(k) for k in src.keys()}
+
+
+def metrics_step(path: Path) -> int:
+    """The last step a run's ``metrics.jsonl`` logged (0 before the first line; a half-written line is ignored)."""
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    return max(steps, default=0)
+
+
+def sigkill_after(command: Sequence[str], env: dict[str, str], metrics: Path, step: int, *,
+                  timeout: float = 600) -> int:
+    """Start ``command`` (a training run), SIGKILL it once ``metrics`` logs ``step``; returns the last step logged.
+    Fails the test when the run ends on its own first (nothing would be interrupted)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(list(command), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while metrics_step(metrics) < step and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before step {step}: nothing was interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return metrics_step(metrics)

@@ -26,21 +26,15 @@ from firered_train.objectives.consistency import (ConsistencyConfig, consistency
 from firered_train.objectives.face_alignment import (ARCFACE_TEMPLATE, alignment_from_landmarks, find_regions,
                                                      sampled_box, shift_alignment, template_points)
 
+from tests.train_fixtures import tiny_face_features
+
 TINY_FACE = FaceFeatureConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=8, crop=16)
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
 def _tiny_features(dtype: torch.dtype = torch.float32) -> FaceFeatures:
-    """A tiny IResNet with seeded random weights and non-trivial BatchNorm statistics, eval mode, frozen."""
-    torch.manual_seed(3)
-    model = FaceFeatures(TINY_FACE)
-    with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if name.endswith("running_mean"):
-                buf.copy_(0.1 * torch.randn_like(buf))
-            elif name.endswith("running_var"):
-                buf.copy_(1.0 + 0.2 * torch.rand_like(buf))
-    return model.to(dtype).eval().requires_grad_(False)
+    """The tests' tiny IResNet (``tiny_face_features``), eval mode, frozen."""
+    return tiny_face_features(seed=3).to(dtype).eval().requires_grad_(False)
 
 
 def _similarity(scale: float, degrees: float, shift: tuple[float, float]) -> torch.Tensor:
