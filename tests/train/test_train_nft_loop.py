@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from firered_train.data.records import read_records
 from firered_train.objectives import OldPolicy, old_policy_decay
 from firered_train.config import NFTConfig
 
-from tests.train_fixtures import cli, cli_env, free_port, read_tensors
+from tests.train_fixtures import cli, cli_env, free_port, read_tensors, sigkill_after
 
 ONE_SOURCE = ("add", "remove", "color", "replace", "background")
 
@@ -82,10 +81,6 @@ def test_with_a_decay_the_old_policy_lags_behind(prompts: Path, tmp_path: Path) 
     assert rows[2]["old_deviation"] > 0.0  # d = 0.5 after the first update: the old weights trail the trained ones
 
 
-def _metrics_step(path: Path) -> int:
-    return max((r.get("step", 0) for r in _lines(path)), default=0) if path.exists() else 0
-
-
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_exact(prompts: Path, tmp_path: Path) -> None:
     steps, every = 8, 2
@@ -96,16 +91,8 @@ def test_sigkill_and_resume_is_bitwise_exact(prompts: Path, tmp_path: Path) -> N
                    env=env, timeout=600)
     resumed = _args(prompts, tmp_path / "resumed", steps, *extra)
     kill_after = random.Random(time.time_ns()).randint(every + 1, steps - 2)
-    proc = subprocess.Popen(cli("train", "tiny_nft", *resumed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     metrics = tmp_path / "resumed" / "metrics.jsonl"
-    deadline = time.monotonic() + 600
-    while _metrics_step(metrics) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before step {kill_after}: nothing was interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    killed_at = _metrics_step(metrics)
+    killed_at = sigkill_after(cli("train", "tiny_nft", *resumed), env, metrics, kill_after)
     subprocess.run(cli("train", "tiny_nft", *resumed, "--resume", "latest"), check=True, env=env, timeout=600)
 
     final = f"checkpoints/step-{steps:06d}"
@@ -197,7 +184,7 @@ def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
         load_config("tiny_nft", [override])
 
 
-def _policy_samples(prompts: list[int], k: int) -> "PolicySamples":
+def _policy_samples(prompts: list[int], k: int):  # -> PolicySamples
     from firered_train.loop.batch import TrainBatch
     from firered_train.loop.policy_samples import PolicySamples
 

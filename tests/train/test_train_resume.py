@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from firered_core.loading import open_weights
 
-from tests.train_fixtures import cli, cli_env, make_pairs, tiny_overrides
+from tests.train_fixtures import cli, cli_env, make_pairs, sigkill_after, tiny_overrides
 
 STEPS = 14
 EVERY = 3
@@ -29,13 +28,6 @@ EVERY = 3
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
     with open_weights(path) as src:
         return {k: src.get(k) for k in src.keys()}
-
-
-def _metrics_step(path: Path) -> int:
-    if not path.exists():
-        return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip().endswith("}")]
-    return max(steps, default=0)
 
 
 def _assert_no_partial_checkpoints(root: Path) -> None:
@@ -61,17 +53,9 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path: Path) -> None:
 
     kill_after = random.Random(time.time_ns()).randint(EVERY + 1, STEPS - 2)
     resumed = base + [f"--output_dir={tmp_path / 'resumed'}"]
-    proc = subprocess.Popen(cli("train", "tiny_sft", *resumed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
     metrics = tmp_path / "resumed" / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while _metrics_step(metrics) < kill_after and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before step {kill_after}: nothing was interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    killed_at = sigkill_after(cli("train", "tiny_sft", *resumed), env, metrics, kill_after)
     ckpts = tmp_path / "resumed" / "checkpoints"
-    killed_at = _metrics_step(metrics)
     subprocess.run(cli("train", "tiny_sft", *resumed, "--resume", "latest"), check=True, env=env, timeout=300)
 
     final = f"step-{STEPS:06d}"
