@@ -9,10 +9,12 @@ without a judge model. Three ways to turn one ``CheckResult`` into a reward in [
 | ``fraction`` | the share of the judged criteria that passed | partial credit (the colour right, the rest disturbed) |
 | ``graded`` | the mean over criteria of ``clip(value / bar, 0, 1)`` | a signal even when no criterion passes yet |
 
-A result of the wrong size scores 0 in every mode. Group-normalised RL (DiffusionNFT) only needs rewards that order
+A result of the wrong size scores 0 in every mode. ``closer_to_target`` is the benchmark's other guard as a term a
+reward can add: whether a result is nearer (PSNR) to the sample's target than Picture 1 is - what keeps an RL stage
+that is paid for passing from drifting away from the picture it was given. Group-normalised RL (DiffusionNFT) only needs rewards that order
 the edits of one prompt, so ``graded`` gives it the most to work with; ``pass`` matches the benchmark's figures.
 
-Public API: ``REWARD_MODES``, ``check_reward``, ``verifiable_rewards``.
+Public API: ``REWARD_MODES``, ``check_reward``, ``closer_to_target``, ``verifiable_rewards``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import math
 from typing import Any, Sequence
 
 from .checks import CheckResult, CheckThresholds, check
-from .metrics import ImageLike
+from .metrics import ImageLike, finite_db, psnr, to_array
 
-__all__ = ["REWARD_MODES", "check_reward", "verifiable_rewards"]
+__all__ = ["REWARD_MODES", "check_reward", "closer_to_target", "verifiable_rewards"]
 
 REWARD_MODES = ("pass", "fraction", "graded")
 
@@ -59,3 +61,18 @@ def verifiable_rewards(sources: Sequence[Sequence[ImageLike]], results: Sequence
                          f"{len(results)} and {len(specs)}")
     return [check_reward(check(list(src), res, spec, thresholds=thresholds, scores=False), mode)
             for src, res, spec in zip(sources, results, specs)]
+
+
+def closer_to_target(source: ImageLike, results: Sequence[ImageLike], target: ImageLike) -> list[float]:
+    """1.0 for each result nearer (PSNR) to ``target`` than ``source`` is, else 0.0: the benchmark's
+    closer-than-the-source figure, per result. A result whose size differs from the target's is not closer."""
+    tgt = to_array(target)
+    src = to_array(source)
+    if src.shape != tgt.shape:
+        raise ValueError(f"source is {src.shape[1]}x{src.shape[0]} but target is {tgt.shape[1]}x{tgt.shape[0]}")
+    bar = finite_db(psnr(src, tgt))
+    out = []
+    for result in results:
+        res = to_array(result)
+        out.append(1.0 if res.shape == tgt.shape and finite_db(psnr(res, tgt)) > bar else 0.0)
+    return out

@@ -54,3 +54,22 @@ def test_exact_targets_earn_full_reward_and_unedited_sources_less() -> None:
     fraction = verifiable_rewards(sources, [s.sources[0] for s in samples], specs, "fraction")
     assert all(f <= 1.0 and not math.isnan(f) for f in fraction)
     assert sum(fraction) < len(samples)
+
+
+def test_closer_to_target_is_the_benchmarks_closer_than_the_source_per_result() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from firered_bench.grade.reward import closer_to_target
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    target = source.copy()
+    target[4:12, 4:12] = (200, 30, 30)
+    halfway = ((source.astype(np.float64) + target) / 2).round().astype(np.uint8)
+    worse = 255 - target
+    pictures = [Image.fromarray(a) for a in (target, source, halfway, worse)]
+    assert closer_to_target(pictures[1], pictures, pictures[0]) == [1.0, 0.0, 1.0, 0.0]  # the source ties: not closer
+    assert closer_to_target(pictures[1], [pictures[0].resize((8, 8))], pictures[0]) == [0.0]
+    with pytest.raises(ValueError, match="source is 8x8 but target is 16x16"):
+        closer_to_target(pictures[1].resize((8, 8)), pictures, pictures[0])

@@ -172,16 +172,29 @@ def test_verifiable_reward_needs_a_spec_for_every_prompt(prompts: Path, tmp_path
         NFTRewards(records, reward="verifiable", mode="graded", manifest=str(stripped))
 
 
+def test_closeness_weight_adds_to_the_results_nearer_the_target_than_picture_1(prompts: Path) -> None:
+    records = read_records("jsonl", str(prompts))
+    plain = NFTRewards(records, reward="verifiable", mode="pass", manifest=str(prompts))
+    mixed = NFTRewards(records, reward="verifiable", mode="pass", manifest=str(prompts), closeness=0.5)
+    sources, target = records[0].open_images()
+    group = [target, sources[0]]  # the target itself passes and is nearer; Picture 1 is neither
+    base, added = plain.grade([0], [group]), mixed.grade([0], [group])
+    assert base.tolist() == [[1.0, 0.0]]
+    assert added.tolist() == [[1.5, 0.0]]
+
+
 @pytest.mark.parametrize("override, key", [
     ("--data.cache_dir=cache", "data.cache_dir"),
     ("--objective.rollout.prob=0.5", "objective.rollout.prob"),
     ("--nft.group_size=1", "nft.group_size"),
     ("--nft.reward=judge", "nft.reward"),
     ("--nft.sampler=heun", "nft.sampler"),
+    ("--nft.closeness_weight=-1", "nft.closeness_weight"),
+    ("--nft.reward=ocr --nft.closeness_weight=0.5", "nft.closeness_weight"),
 ])
 def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config("tiny_nft", [override])
+        load_config("tiny_nft", override.split())
 
 
 def _policy_samples(prompts: list[int], k: int):  # -> PolicySamples

@@ -58,9 +58,13 @@ class NFTConfig:
     # verifiable reward's: "graded" orders the edits of a prompt even when none passes yet.
     reward: str = "verifiable"
     reward_mode: str = "graded"
+    # Added to each result's verifiable reward: this weight when the result is nearer (PSNR) to the sample's
+    # target than Picture 1 is (the benchmark's closer-than-the-source guard). 0 = the checks alone. Samples
+    # without a source picture get no term.
+    closeness_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("beta", "kl_weight", "adv_clip", "std_eps", "decay_rate", "decay_cap"):
+        for name in ("beta", "kl_weight", "adv_clip", "std_eps", "decay_rate", "decay_cap", "closeness_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise field_error(name, f"must be a finite number, got {value!r}")
@@ -68,7 +72,7 @@ class NFTConfig:
             raise field_error("beta", f"must lie in (0, 1] (1 = v+ is the trained velocity), got {self.beta!r}")
         if not self.adv_clip > 0:
             raise field_error("adv_clip", f"must be > 0, got {self.adv_clip!r}")
-        for name in ("kl_weight", "std_eps", "decay_rate"):
+        for name in ("kl_weight", "std_eps", "decay_rate", "closeness_weight"):
             if not getattr(self, name) >= 0:
                 raise field_error(name, f"must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.decay_cap < 1:
@@ -86,5 +90,8 @@ class NFTConfig:
             raise field_error("reward", f"must be one of {', '.join(NFT_REWARDS)}, got {self.reward!r}")
         if self.reward_mode not in NFT_REWARD_MODES:
             raise field_error("reward_mode", f"must be one of {', '.join(NFT_REWARD_MODES)}, got {self.reward_mode!r}")
+        if self.closeness_weight and self.reward != "verifiable":
+            raise field_error("closeness_weight", f"is a term of the verifiable reward (needs the samples' targets), "
+                              f"not of nft.reward: {self.reward}")
         if not isinstance(self.adaptive_weight, bool):
             raise field_error("adaptive_weight", f"must be true or false, got {self.adaptive_weight!r}")

@@ -9,7 +9,8 @@ functions ``firered prefs`` ranks edits with.
 
 A result whose size is not its first source's (a bucket rounded the sample's size) is resized to it with Lanczos
 before grading, because the checks compare pictures pixel for pixel; the synthetic data's 64 px edits need none.
-Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
+With ``closeness`` > 0 each result whose PSNR to the record's target beats Picture 1's gets that much more reward
+(``firered_bench.grade.reward.closer_to_target``). Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
 
 Public API: ``NFTRewards``, ``decode_results``.
 """
@@ -58,8 +59,9 @@ def read_specs(path: str) -> dict[str, dict[str, Any]]:
 class NFTRewards:
     """Grades a sampling round's results (see the module docstring)."""
 
-    def __init__(self, records: Sequence[EditRecord], *, reward: str, mode: str, manifest: str | None) -> None:
-        self.records, self.reward, self.mode = records, reward, mode
+    def __init__(self, records: Sequence[EditRecord], *, reward: str, mode: str, manifest: str | None,
+                 closeness: float = 0.0) -> None:
+        self.records, self.reward, self.mode, self.closeness = records, reward, mode, closeness
         self.specs: dict[str, dict[str, Any]] = {}
         if reward == "verifiable":
             if manifest is None:
@@ -84,10 +86,20 @@ class NFTRewards:
         if groups != len(prompts):
             raise ValueError(f"NFTRewards.score: {len(prompts)} prompts but results for {groups}")
         images = decode_results(vae, latents.flatten(0, 1))
+        return self.grade(prompts, [images[g * k:(g + 1) * k] for g in range(groups)])
+
+    def grade(self, prompts: Sequence[int], results: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
+        """Rewards ``[G, K]`` (float64) of ``results[g]``, the ``K`` pictures made for the record ``prompts[g]``."""
         rows = []
-        for g, index in enumerate(prompts):
+        for index, group in zip(prompts, results, strict=True):
             sample = self._sample(index)
             size = (sample.sources or [sample.target])[0].size
-            edits = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in images[g * k:(g + 1) * k]]
-            rows.append(score_edits(self.reward, sample, edits, self.mode))
+            edits = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in group]
+            row = score_edits(self.reward, sample, edits, self.mode)
+            if self.closeness and sample.sources:
+                from firered_bench.grade.reward import closer_to_target
+
+                nearer = closer_to_target(sample.sources[0], edits, sample.target)
+                row = [r + self.closeness * c for r, c in zip(row, nearer)]
+            rows.append(row)
         return torch.tensor(rows, dtype=torch.float64)

@@ -220,7 +220,8 @@ class Trainer:
             raise ConfigError("objective.kind: nft does not run on a sharded (FSDP) model yet: the old policy is "
                               "swapped into the parameters; launch without FSDP")
         manifest = cfg.data.path if cfg.data.reader == "jsonl" else None
-        rewards = NFTRewards(self.data.records, reward=cfg.nft.reward, mode=cfg.nft.reward_mode, manifest=manifest)
+        rewards = NFTRewards(self.data.records, reward=cfg.nft.reward, mode=cfg.nft.reward_mode, manifest=manifest,
+                             closeness=cfg.nft.closeness_weight)
         return OldPolicy(trained, cfg.nft), rewards
 
     def _validation_setup(self) -> ValidationSetup:
