@@ -42,12 +42,12 @@ def test_bad_settings_are_refused_by_name(kwargs: dict, field: str) -> None:
 
 @pytest.mark.skipif(not is_available(), reason="the embedded default model is not installed")
 def test_prefs_on_the_embedded_model_writes_pairs_the_dpo_reader_loads(tmp_path: Path) -> None:
-    from firered_train.prefs.command import _edit_fn
+    from firered_train.prefs.command import model_edit_fn
 
     manifest = write_dataset(tmp_path / "syn", "heldout", 4, seed=3, size=64)
     samples = list(read_samples(manifest))
     assert len(samples) == 4 and all(s.spec is not None for s in samples)
-    edit = _edit_fn(None, steps=2)
+    edit = model_edit_fn(None, steps=2)
     out = tmp_path / "prefs"
     path, seen, pairs = build_preferences(samples, edit, "verifiable", out,
                                           PairConfig(mode="target-vs-failed", k=2), seed=0)

@@ -4,7 +4,7 @@ Reads a JSONL manifest (docs/DATA_FORMAT.md; ``python -m firered_bench`` writes 
 verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. seed + k - 1`` at the target's size,
 scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
 
-Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``.
+Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``.
 """
 
 from __future__ import annotations
@@ -23,21 +23,23 @@ from .scoring import REWARDS, PrefSample, score_edits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_preferences", "register_prefs", "run_prefs"]
+__all__ = ["build_preferences", "model_edit_fn", "register_prefs", "run_prefs", "sample_from_row"]
 
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
 
+def sample_from_row(row: Any, base: Path, where: str) -> PrefSample:
+    """The sample of one manifest line, pictures decoded (raises ``BadSampleError`` like the trainer's reader)."""
+    record = record_from_row(row, base, where)
+    sources, target = record.open_images()
+    spec = row.get("spec") if isinstance(row.get("spec"), dict) else None
+    return PrefSample(record.id, record.task, record.instruction, sources, target, spec)
+
+
 def read_samples(manifest: Path, skips: SkipLog | None = None) -> list[PrefSample]:
     """The manifest's samples, pictures decoded; a bad line is counted in ``skips`` and left out."""
-    def parse(row: Any, base: Path, where: str) -> PrefSample:
-        record = record_from_row(row, base, where)
-        sources, target = record.open_images()
-        spec = row.get("spec") if isinstance(row.get("spec"), dict) else None
-        return PrefSample(record.id, record.task, record.instruction, sources, target, spec)
-
     skips = skips if skips is not None else SkipLog()
-    samples, _ = read_manifest_lines(manifest, parse, skips)
+    samples, _ = read_manifest_lines(manifest, sample_from_row, skips)
     if skips.total:
         log.warning("%s: %d bad lines skipped (%s)", manifest, skips.total, skips.counts)
     return samples
@@ -94,7 +96,8 @@ def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     return run_prefs
 
 
-def _edit_fn(model: str | None, steps: int | None) -> EditFn:
+def model_edit_fn(model: str | None, steps: int | None) -> EditFn:
+    """``(sample, seed) -> edit`` with a model folder (default: the embedded model) at the target's size."""
     from firered_core.default import model_dir
     from firered_core.pipeline import FireRedEditPipeline
 
@@ -118,7 +121,7 @@ def run_prefs(args: argparse.Namespace) -> int:
     samples = read_samples(manifest)
     if args.limit is not None:
         samples = samples[:args.limit]
-    path, seen, pairs = build_preferences(samples, _edit_fn(args.model, args.steps), args.reward, out, config,
+    path, seen, pairs = build_preferences(samples, model_edit_fn(args.model, args.steps), args.reward, out, config,
                                           seed=args.seed, reward_mode=args.reward_mode, overwrite=args.overwrite)
     log.info("prefs: %d pairs from %d samples in %s", pairs, seen, path)
     return 0
