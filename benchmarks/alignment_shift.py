@@ -1,6 +1,6 @@
 """How far an edit is shifted against Picture 1, in size mode "area" (the default) and "match".
 
-Run (the smoke setting took 37 s on 2 cores; the full one was not timed to the end, see docs/ALIGNMENT.md):
+Run (the full setting took 26 s on 2 cores, the smoke one seconds; figures in docs/ALIGNMENT.md):
 
     python benchmarks/alignment_shift.py            # the embedded model at 64x64 .. 123x77, the tiny one larger
     python benchmarks/alignment_shift.py --smoke    # one size per model, one step: seconds (CI)
