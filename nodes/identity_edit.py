@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import edit_runner
 from .common import CATEGORY, FireRedNodeError, pils_to_tensor, require_instruction
-from .edit import sampler_input, sampling_inputs
+from .edit import reference_inputs, sampler_input, sampling_inputs
 from .model_handle import SOCKET, FireRedModel
 from .text_edit import candidate_count, candidate_inputs, single_source
 
@@ -62,12 +62,14 @@ class FireRedIdentityEdit:
                                                          "to edit strength outside the face"}),
                 **sampling_inputs(),
             },
-            "optional": sampler_input(),
+            "optional": {**sampler_input(), **reference_inputs()},
         }
 
     def edit(self, model: FireRedModel, image: Any, instruction: str, candidates: int, preserve_face: bool,
              identity_weight: float, negative_prompt: str, steps: int, true_cfg_scale: float, seed: int,
-             width: int, height: int, sampler: str = "model default") -> tuple["torch.Tensor", float, str]:
+             width: int, height: int, sampler: str = "model default", size_mode: str = "model area",
+             vae_ref_area: int = edit_runner.MODEL_AREA,
+             cond_ref_area: int = edit_runner.MODEL_AREA) -> tuple["torch.Tensor", float, str]:
         from firered_core.rewards import MissingExtraError
         from firered_core.rewards.identity import default_embedder
         from firered_core.rewards.identity_edit import IdentityEditConfig, score_identity_edit
@@ -78,7 +80,8 @@ class FireRedIdentityEdit:
                 or not 0.0 <= identity_weight <= 1.0:
             raise FireRedNodeError(f"identity_weight must be a number in [0, 1], got {identity_weight!r}")
         settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
-                                                        sampler=sampler)
+                                                        sampler=sampler, size_mode=size_mode,
+                                                        vae_ref_area=vae_ref_area, cond_ref_area=cond_ref_area)
         source = single_source(image)
         embedder = default_embedder()
         try:  # look for faces before generating: a missing extra fails fast

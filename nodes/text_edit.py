@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import edit_runner
 from .common import CATEGORY, FireRedNodeError, pils_to_tensor, require_instruction, tensor_to_pils
-from .edit import keep_unedited_input, sampler_input, sampling_inputs
+from .edit import keep_unedited_input, reference_inputs, sampler_input, sampling_inputs
 from .model_handle import SOCKET, FireRedModel
 
 if TYPE_CHECKING:
@@ -76,13 +76,15 @@ class FireRedTextEdit:
                                                                   "does not quote it (helps find the source line)"}),
                 **keep_unedited_input(),
                 **sampler_input(),
+                **reference_inputs(),
             },
         }
 
     def edit(self, model: FireRedModel, image: Any, instruction: str, candidates: int, negative_prompt: str,
              steps: int, true_cfg_scale: float, seed: int, width: int, height: int,
-             old_text: str = "", keep_unedited: str = "model default", sampler: str = "model default"
-             ) -> tuple["torch.Tensor", float, "torch.Tensor", str]:
+             old_text: str = "", keep_unedited: str = "model default", sampler: str = "model default",
+             size_mode: str = "model area", vae_ref_area: int = edit_runner.MODEL_AREA,
+             cond_ref_area: int = edit_runner.MODEL_AREA) -> tuple["torch.Tensor", float, "torch.Tensor", str]:
         from firered_core.rewards import MissingExtraError, parse_text_edit
         from firered_core.rewards.ocr_layout import locate_source_text, score_candidate
         from firered_core.rewards.overlay import draw_layout_overlay
@@ -94,7 +96,8 @@ class FireRedTextEdit:
                                    "(also “...”, '...', 「...」, 《...》)")
         count = candidate_count(candidates)
         settings = edit_runner.EditSettings.from_inputs(negative_prompt, steps, true_cfg_scale, seed, width, height,
-                                                        keep_unedited, sampler)
+                                                        keep_unedited, sampler, size_mode, vae_ref_area,
+                                                        cond_ref_area)
         source = single_source(image)
         old = (old_text or "").strip() or request.old
         try:  # read the source before generating: a missing extra fails fast

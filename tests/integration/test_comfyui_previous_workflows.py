@@ -66,10 +66,14 @@ WIDGETS_SINCE: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("2026-11-30T0000", ("instruction", "candidates", *SAMPLING, "old_text")),
         ("2026-12-01T0739", ("instruction", "candidates", *SAMPLING, "old_text", "keep_unedited")),
         ("2026-12-01T1433", ("instruction", "candidates", *SAMPLING, "old_text", "keep_unedited", "sampler")),
+        ("2026-12-06T2150", ("instruction", "candidates", *SAMPLING, "old_text", "keep_unedited", "sampler",
+                             *REFERENCE)),
     ],
     "FireRedIdentityEdit": [
         ("2026-11-30T0000", ("instruction", "candidates", "preserve_face", "identity_weight", *SAMPLING)),
         ("2026-12-01T1433", ("instruction", "candidates", "preserve_face", "identity_weight", *SAMPLING, "sampler")),
+        ("2026-12-06T2150", ("instruction", "candidates", "preserve_face", "identity_weight", *SAMPLING, "sampler",
+                             *REFERENCE)),
     ],
     "FireRedMultiImage": [
         ("2026-11-30T0000", ("instruction", *SAMPLING, "max_composites", "vlm_endpoint", "vlm_model")),

@@ -90,6 +90,8 @@ def test_node_declarations() -> None:
         assert required["model"] == ("FIRERED_MODEL",) and required["image"] == ("IMAGE",)
         assert {"instruction", "candidates", "steps", "true_cfg_scale", "seed"} <= set(required)
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
+        # the size mode and reference areas come after every older widget: saved workflows load by position
+        assert list(cls.INPUT_TYPES()["optional"])[-3:] == ["size_mode", "vae_ref_area", "cond_ref_area"]
     assert FireRedTextEdit.RETURN_TYPES == ("IMAGE", "FLOAT", "IMAGE", "STRING")
     assert FireRedIdentityEdit.RETURN_TYPES == ("IMAGE", "FLOAT", "STRING")
 
@@ -104,6 +106,8 @@ def test_node_declarations() -> None:
     (dict(image=torch.rand(2, 64, 64, 3)), "batch of 2"),
     (dict(steps=-1), "steps must be"),
     (dict(keep_unedited="yes"), "keep_unedited must be one of"),
+    (dict(size_mode="match Picture 1", width=64), "set width and height to 0"),
+    (dict(vae_ref_area=-5), "vae_ref_area"),
 ])
 def test_text_edit_bad_inputs(model, overrides: dict, message: str) -> None:
     args = dict(image=image_tensor(1, 64, 64), instruction='Write "HELLO"', candidates=2, **SETTINGS)
@@ -118,6 +122,8 @@ def test_text_edit_bad_inputs(model, overrides: dict, message: str) -> None:
     (dict(identity_weight=1.5), "identity_weight must be"),
     (dict(image=torch.rand(1, 64, 64, 2)), "needs 3 channels"),
     (dict(image=torch.rand(3, 64, 64, 3)), "batch of 3"),
+    (dict(size_mode="match Picture 1", height=32), "set width and height to 0"),
+    (dict(size_mode="picture size"), "size_mode must be one of"),
 ])
 def test_identity_edit_bad_inputs(model, overrides: dict, message: str) -> None:
     args = dict(image=image_tensor(1, 64, 64), instruction="wear a hat", candidates=2, preserve_face=True,
@@ -197,6 +203,17 @@ def test_text_edit_keep_unedited_reaches_the_pipeline(model, tmp_path: Path, mon
 
 
 @needs_ocr
+def test_text_edit_match_picture_1_keeps_the_sources_size(model, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    source = card("HELLO", size=(200, 100))
+    with FakeComfy.installed(monkeypatch, tmp_path):
+        image, _, overlay, _ = FireRedTextEdit().edit(
+            model, image=pils_to_tensor([source]), instruction='Change "HELLO" to "WORLD"', candidates=1,
+            **{**SETTINGS, "width": 0, "height": 0}, size_mode="match Picture 1")
+    assert image.shape == overlay.shape == (1, 100, 200, 3)
+
+
+@needs_ocr
 def test_text_edit_returns_the_candidate_with_the_text_in_place(model, monkeypatch: pytest.MonkeyPatch) -> None:
     candidates = [card("PLANE"), card("WORLD", xy=(120, 80)), card("WORLD"), card("WORLD", px=64, xy=(0, 20))]
     asked = serve_candidates(monkeypatch, model, candidates)
@@ -237,6 +254,14 @@ def test_identity_edit_without_a_face_makes_one_plain_edit(model, monkeypatch: p
     assert asked == [7] and similarity == NO_FACE
     assert "no face found in the source" in report
     assert np.array_equal(np.asarray(to_pil(image)), np.asarray(plain))
+
+
+@needs_face
+def test_identity_edit_match_picture_1_keeps_the_sources_size(model) -> None:
+    image, _, _ = FireRedIdentityEdit().edit(
+        model, image=pils_to_tensor([astronaut(90)]), instruction="give her a red helmet", candidates=1,
+        preserve_face=True, identity_weight=0.7, **{**SETTINGS, "width": 0, "height": 0}, size_mode="match Picture 1")
+    assert image.shape == (1, 90, 90, 3)
 
 
 @needs_face
