@@ -67,6 +67,24 @@ def test_mining_keeps_the_mixed_prompts_with_rebased_paths(tmp_path: Path) -> No
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_mining_with_the_judge_reward_asks_the_chat_server(tmp_path: Path) -> None:
+    from firered_train.prefs.scoring import chat_judge
+    from tests.chat_server import ChatServer, chat_answer
+
+    manifest = write_dataset(tmp_path / "syn", "train", 2, seed=4, size=64)
+    rows = read_rows(manifest)
+    with ChatServer(reply=chat_answer("Rating: 7")) as server:
+        judge = chat_judge(server.url)
+        _, none = mine_prompts(rows, lambda s, seed: s.target, "judge", MiningConfig(k=2), tmp_path / "a.jsonl",
+                               judge=judge)
+        _, both = mine_prompts(rows, lambda s, seed: s.target, "judge", MiningConfig(k=2, max_lowest=0.7),
+                               tmp_path / "b.jsonl", judge=judge)
+    assert len(server.requests) == 2 * 2 * 2  # 2 runs x 2 samples x k = 2
+    assert (none, both) == (0, 2)  # every rating 0.7: no spread, worst case 0.7 (kept only with max_lowest 0.7)
+    with pytest.raises(ValueError, match="needs the endpoint"):
+        chat_judge("")
+
+
 def test_the_command_refuses_an_existing_output_before_loading_a_model(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     run = register_mine(parser)

@@ -31,6 +31,7 @@ from firered_train.data.records import read_records
 from firered_train.objectives import OldPolicy, old_policy_decay
 from firered_train.config import NFTConfig
 
+from tests.chat_server import ChatServer, chat_answer
 from tests.train_fixtures import cli, cli_env, free_port, read_tensors, sigkill_after
 
 ONE_SOURCE = ("add", "remove", "color", "replace", "background")
@@ -190,11 +191,51 @@ def test_closeness_weight_adds_to_the_results_nearer_the_target_than_picture_1(p
     ("--nft.reward=judge", "nft.reward"),
     ("--nft.sampler=heun", "nft.sampler"),
     ("--nft.closeness_weight=-1", "nft.closeness_weight"),
+    ("--nft.reward=judge", "nft.judge_endpoint"),
+    ("--nft.reward=judge --nft.judge_endpoint=http://127.0.0.1:9/v1 --nft.judge_passes=0", "nft.judge_passes"),
     ("--nft.reward=ocr --nft.closeness_weight=0.5", "nft.closeness_weight"),
 ])
 def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("tiny_nft", override.split())
+
+
+def test_the_config_names_the_rewards_and_modes_the_scorers_have() -> None:
+    from firered_bench.grade.reward import REWARD_MODES
+    from firered_train.config.nft_section import NFT_REWARD_MODES, NFT_REWARDS
+    from firered_train.prefs.scoring import REWARDS
+
+    assert NFT_REWARDS == tuple(REWARDS) and NFT_REWARD_MODES == REWARD_MODES
+
+
+@pytest.mark.slow
+def test_the_judge_reward_grades_every_result_through_the_chat_server(prompts: Path, tmp_path: Path) -> None:
+    """A loopback OpenAI-compatible server rates every result 7 of 10: the logged reward is 0.7, each result was
+    sent once with its source and instruction, the key came from the environment; with the server gone the run
+    fails naming it (never a zero reward)."""
+    instructions = {json.loads(line)["instruction"] for line in prompts.read_text().splitlines()}
+    env = {**cli_env(), "FIRERED_JUDGE_API_KEY": "sekrit"}
+    with ChatServer(reply=chat_answer("The colour is right, the rest is kept. Rating: 7")) as server:
+        out = tmp_path / "run"
+        subprocess.run(cli("train", "tiny_nft", *_args(prompts, out, 2), "--nft.reward=judge",
+                           f"--nft.judge_endpoint={server.url}", "--nft.judge_model=judge-test"),
+                       check=True, env=env, timeout=600)
+    rows = [r for r in _lines(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["reward"] == pytest.approx(0.7) for r in rows)
+    assert server.requests and len(server.requests) % 4 == 0  # group_size 4: whole groups, one pass each
+    for path, headers, body in server.requests:
+        assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sekrit"
+        assert body["model"] == "judge-test"
+        parts = body["messages"][-1]["content"]
+        assert sum(p["type"] == "image_url" for p in parts) == 2  # Picture 1 and the result
+        assert any(i in p.get("text", "") for p in parts for i in instructions)
+    gone = f"http://127.0.0.1:{free_port()}/v1"
+    failed = subprocess.run(cli("train", "tiny_nft", *_args(prompts, tmp_path / "gone", 1), "--nft.reward=judge",
+                                f"--nft.judge_endpoint={gone}"), env=env, timeout=600, capture_output=True,
+                            text=True)
+    assert failed.returncode != 0 and gone.removesuffix("/v1") in failed.stderr
+    metrics = tmp_path / "gone" / "metrics.jsonl"
+    assert not metrics.exists() or not [r for r in _lines(metrics) if "loss" in r]  # no step trained on zeros
 
 
 def _policy_samples(prompts: list[int], k: int):  # -> PolicySamples

@@ -18,7 +18,7 @@ __all__ = ["NFTConfig", "NFT_REWARDS", "NFT_REWARD_MODES"]
 # what ``nft.reward`` may name (``firered_train.prefs.scoring.REWARDS``) and the verifiable reward's modes
 # (``firered_bench.grade.reward.REWARD_MODES``); the config layer sits below both, so the names are listed here
 # and a test checks they agree
-NFT_REWARDS = ("verifiable", "ocr")
+NFT_REWARDS = ("verifiable", "ocr", "judge")
 NFT_REWARD_MODES = ("pass", "fraction", "graded")
 
 
@@ -54,7 +54,8 @@ class NFTConfig:
     # e.g. when the model is used with it, so the round grades what users will see.
     sampler: str = "euler"
     # What grades the results: "verifiable" (the synthetic benchmark's checks; needs the manifest's ``spec``) or
-    # "ocr" (the layout-aware OCR reward of a quoted text edit; the ``ocr`` extra). ``reward_mode`` is the
+    # "ocr" (the layout-aware OCR reward of a quoted text edit; the ``ocr`` extra) or "judge" (a VLM judge behind
+    # an OpenAI-compatible chat server, ``judge_*`` below). ``reward_mode`` is the
     # verifiable reward's: "graded" orders the edits of a prompt even when none passes yet.
     reward: str = "verifiable"
     reward_mode: str = "graded"
@@ -62,6 +63,13 @@ class NFTConfig:
     # target than Picture 1 is (the benchmark's closer-than-the-source guard). 0 = the checks alone. Samples
     # without a source picture get no term.
     closeness_weight: float = 0.0
+    # ``reward: judge``: the chat server (e.g. http://127.0.0.1:8000/v1), its model name, the ratings averaged per
+    # result, seconds per request, and the environment variable holding the API key (never the key itself).
+    judge_endpoint: str = ""
+    judge_model: str = ""
+    judge_passes: int = 1
+    judge_timeout_s: float = 120.0
+    judge_key_env: str = "FIRERED_JUDGE_API_KEY"
 
     def __post_init__(self) -> None:
         for name in ("beta", "kl_weight", "adv_clip", "std_eps", "decay_rate", "decay_cap", "closeness_weight"):
@@ -93,5 +101,16 @@ class NFTConfig:
         if self.closeness_weight and self.reward != "verifiable":
             raise field_error("closeness_weight", f"is a term of the verifiable reward (needs the samples' targets), "
                               f"not of nft.reward: {self.reward}")
+        if self.reward == "judge" and not (isinstance(self.judge_endpoint, str) and self.judge_endpoint.strip()):
+            raise field_error("judge_endpoint", "nft.reward: judge needs the URL of an OpenAI-compatible chat server, "
+                                                "e.g. http://127.0.0.1:8000/v1")
+        for name in ("judge_endpoint", "judge_model", "judge_key_env"):
+            if not isinstance(getattr(self, name), str):
+                raise field_error(name, f"must be text, got {getattr(self, name)!r}")
+        if isinstance(self.judge_passes, bool) or not isinstance(self.judge_passes, int) or self.judge_passes < 1:
+            raise field_error("judge_passes", f"must be an integer >= 1, got {self.judge_passes!r}")
+        if isinstance(self.judge_timeout_s, bool) or not isinstance(self.judge_timeout_s, (int, float)) \
+                or not self.judge_timeout_s > 0:
+            raise field_error("judge_timeout_s", f"must be a number of seconds > 0, got {self.judge_timeout_s!r}")
         if not isinstance(self.adaptive_weight, bool):
             raise field_error("adaptive_weight", f"must be true or false, got {self.adaptive_weight!r}")

@@ -10,9 +10,10 @@ functions ``firered prefs`` ranks edits with.
 A result whose size is not its first source's (a bucket rounded the sample's size) is resized to it with Lanczos
 before grading, because the checks compare pictures pixel for pixel; the synthetic data's 64 px edits need none.
 With ``closeness`` > 0 each result whose PSNR to the record's target beats Picture 1's gets that much more reward
-(``firered_bench.grade.reward.closer_to_target``). Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
+(``firered_bench.grade.reward.closer_to_target``). The judge reward
+takes the judge (``firered_train.prefs.scoring.chat_judge``). Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
 
-Public API: ``NFTRewards``, ``decode_results``.
+Public API: ``NFTRewards``, ``decode_results``, ``nft_judge``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..prefs.scoring import PrefSample, score_edits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NFTRewards", "decode_results"]
+__all__ = ["NFTRewards", "decode_results", "nft_judge"]
 
 
 @torch.no_grad()
@@ -56,12 +57,22 @@ def read_specs(path: str) -> dict[str, dict[str, Any]]:
     return {sid: spec for sid, spec in rows if sid and isinstance(spec, dict)}
 
 
+def nft_judge(config: Any) -> Any:
+    """The chat judge an ``nft`` section with ``reward: judge`` names (``None`` for the other rewards)."""
+    if config.reward != "judge":
+        return None
+    from ..prefs.scoring import chat_judge
+
+    return chat_judge(config.judge_endpoint, model=config.judge_model, passes=config.judge_passes,
+                      timeout_s=config.judge_timeout_s, key_env=config.judge_key_env)
+
+
 class NFTRewards:
     """Grades a sampling round's results (see the module docstring)."""
 
     def __init__(self, records: Sequence[EditRecord], *, reward: str, mode: str, manifest: str | None,
-                 closeness: float = 0.0) -> None:
-        self.records, self.reward, self.mode, self.closeness = records, reward, mode, closeness
+                 closeness: float = 0.0, judge: Any = None) -> None:
+        self.records, self.reward, self.mode, self.closeness, self.judge = records, reward, mode, closeness, judge
         self.specs: dict[str, dict[str, Any]] = {}
         if reward == "verifiable":
             if manifest is None:
@@ -95,7 +106,7 @@ class NFTRewards:
             sample = self._sample(index)
             size = (sample.sources or [sample.target])[0].size
             edits = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in group]
-            row = score_edits(self.reward, sample, edits, self.mode)
+            row = score_edits(self.reward, sample, edits, self.mode, self.judge)
             if self.closeness and sample.sources:
                 from firered_bench.grade.reward import closer_to_target
 

@@ -92,7 +92,7 @@ from ..data.pairs import PairPixelBatch
 from ..data.pixels import PixelBatch
 from ..scale.sharding import (gather_full, gradient_sync, is_sharded, materialize, meta_copy, shard_numel, shard_transformer,
                        to_float)
-from .nft_rewards import NFTRewards
+from .nft_rewards import NFTRewards, nft_judge
 from .nft_step import nft_round
 from .pair_step import dpo_step
 from .consistency_stage import ConsistencyStage, check_setup
@@ -221,7 +221,7 @@ class Trainer:
                               "swapped into the parameters; launch without FSDP")
         manifest = cfg.data.path if cfg.data.reader == "jsonl" else None
         rewards = NFTRewards(self.data.records, reward=cfg.nft.reward, mode=cfg.nft.reward_mode, manifest=manifest,
-                             closeness=cfg.nft.closeness_weight)
+                             closeness=cfg.nft.closeness_weight, judge=nft_judge(cfg.nft))
         return OldPolicy(trained, cfg.nft), rewards
 
     def _validation_setup(self) -> ValidationSetup:

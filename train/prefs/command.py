@@ -4,7 +4,8 @@ Reads a JSONL manifest (docs/DATA_FORMAT.md; ``python -m firered_bench`` writes 
 verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. seed + k - 1`` at the target's size,
 scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
 
-Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``.
+Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``,
+``add_judge_arguments``, ``judge_from_args``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from PIL import Image
 from ..data.readers.jsonl import read_manifest_lines, record_from_row
 from ..data.skips import SkipLog
 from .pairs import PAIR_MODES, TARGET, PairConfig, PreferenceWriter, pick_pair
-from .scoring import REWARDS, PrefSample, score_edits
+from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, chat_judge, score_edits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_preferences", "model_edit_fn", "register_prefs", "run_prefs", "sample_from_row"]
+__all__ = ["add_judge_arguments", "build_preferences", "judge_from_args", "model_edit_fn", "register_prefs",
+           "run_prefs", "sample_from_row"]
 
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
@@ -47,7 +49,7 @@ def read_samples(manifest: Path, skips: SkipLog | None = None) -> list[PrefSampl
 
 def build_preferences(samples: Sequence[PrefSample], edit: EditFn, reward: str,
                       out: Path, config: PairConfig, *, seed: int = 0, reward_mode: str = "graded",
-                      overwrite: bool = False) -> tuple[Path, int, int]:
+                      overwrite: bool = False, judge: Any = None) -> tuple[Path, int, int]:
     """Edit, score and pair every sample; returns (manifest path, samples seen, pairs written)."""
     writer = PreferenceWriter(out, overwrite=overwrite)
     seen = 0
@@ -55,7 +57,7 @@ def build_preferences(samples: Sequence[PrefSample], edit: EditFn, reward: str,
         for sample in samples:
             seen += 1
             edits = [edit(sample, seed + j) for j in range(config.k)]
-            scores = score_edits(reward, sample, edits, reward_mode)
+            scores = score_edits(reward, sample, edits, reward_mode, judge)
             chosen = pick_pair(scores, config)
             log.info("%s: rewards %s -> %s", sample.id, ", ".join(f"{s:.3f}" for s in scores),
                      "no pair" if chosen is None else f"pair {chosen}")
@@ -84,6 +86,7 @@ def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
     parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default="graded",
                         help="verifiable reward: the verdict, the share of criteria passed, or graded values")
+    add_judge_arguments(parser)
     parser.add_argument("--mode", choices=PAIR_MODES, default="best-worst", help="how to pair")
     parser.add_argument("-k", type=int, default=4, help="edits per instruction (default 4)")
     parser.add_argument("--min-gap", type=float, default=0.1, help="best-worst: smallest reward gap (default 0.1)")
@@ -94,6 +97,25 @@ def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
     parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return run_prefs
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--reward judge`` options (shared by ``firered prefs`` and ``firered mine``)."""
+    parser.add_argument("--judge-endpoint", default="", help="--reward judge: an OpenAI-compatible chat server, "
+                        "e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LM Studio, a cloud API)")
+    parser.add_argument("--judge-model", default="", help="--reward judge: the server's model name")
+    parser.add_argument("--judge-passes", type=int, default=1, help="--reward judge: ratings averaged per edit")
+    parser.add_argument("--judge-timeout", type=float, default=120.0, help="--reward judge: seconds per request")
+    parser.add_argument("--judge-key-env", default=JUDGE_KEY_ENV,
+                        help=f"--reward judge: environment variable holding the API key (default {JUDGE_KEY_ENV})")
+
+
+def judge_from_args(args: argparse.Namespace) -> Any:
+    """The judge ``--reward judge`` asks for (``None`` for the other rewards); refuses a missing endpoint."""
+    if args.reward != "judge":
+        return None
+    return chat_judge(args.judge_endpoint, model=args.judge_model, passes=args.judge_passes,
+                      timeout_s=args.judge_timeout, key_env=args.judge_key_env)
 
 
 def model_edit_fn(model: str | None, steps: int | None) -> EditFn:
@@ -118,10 +140,12 @@ def run_prefs(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} not found")
+    judge = judge_from_args(args)
     samples = read_samples(manifest)
     if args.limit is not None:
         samples = samples[:args.limit]
     path, seen, pairs = build_preferences(samples, model_edit_fn(args.model, args.steps), args.reward, out, config,
-                                          seed=args.seed, reward_mode=args.reward_mode, overwrite=args.overwrite)
+                                          seed=args.seed, reward_mode=args.reward_mode, overwrite=args.overwrite,
+                                          judge=judge)
     log.info("prefs: %d pairs from %d samples in %s", pairs, seen, path)
     return 0

@@ -34,7 +34,7 @@ from firered_core.config import ConfigError
 
 from ..data.readers.jsonl import read_manifest_lines
 from ..data.skips import SkipLog
-from .command import EditFn, model_edit_fn, sample_from_row
+from .command import EditFn, add_judge_arguments, judge_from_args, model_edit_fn, sample_from_row
 from .scoring import REWARDS, PrefSample, score_edits
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _rebased(row: dict[str, Any], base: Path, out_dir: Path) -> dict[str, Any]:
 
 def mine_prompts(rows: Sequence[tuple[dict[str, Any], Path, PrefSample]], edit: EditFn, reward: str,
                  config: MiningConfig, out: Path, *, seed: int = 0, reward_mode: str = "pass",
-                 overwrite: bool = False) -> tuple[int, int]:
+                 overwrite: bool = False, judge: Any = None) -> tuple[int, int]:
     """Edit and score every sample, write the semi-hard ones' lines to ``out``; returns (seen, kept)."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -117,7 +117,7 @@ def mine_prompts(rows: Sequence[tuple[dict[str, Any], Path, PrefSample]], edit: 
     lines = []
     for row, base, sample in rows:
         edits = [edit(sample, seed + j) for j in range(config.k)]
-        stats = PromptStats.of(score_edits(reward, sample, edits, reward_mode))
+        stats = PromptStats.of(score_edits(reward, sample, edits, reward_mode, judge))
         keep = stats.semi_hard(config)
         log.info("%s: mean %.3f, std %.3f, lowest %.3f -> %s", sample.id, stats.mean, stats.std, stats.lowest,
                  "kept" if keep else "left out")
@@ -158,6 +158,7 @@ def register_mine(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
     parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
     parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default="pass",
                         help="verifiable reward: the verdict, the share of criteria passed, or graded values")
+    add_judge_arguments(parser)
     parser.add_argument("-k", type=int, default=8, help="edits per sample (default 8)")
     parser.add_argument("--min-mean", type=float, default=0.25, help="keep only a mean reward >= this (0.25)")
     parser.add_argument("--min-std", type=float, default=0.2, help="... and a spread >= this (0.2)")
@@ -176,10 +177,11 @@ def run_mine(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if not manifest.is_file():
         raise FileNotFoundError(f"manifest {manifest} not found")
+    judge = judge_from_args(args)
     rows = read_rows(manifest)
     if args.limit is not None:
         rows = rows[:args.limit]
     seen, kept = mine_prompts(rows, model_edit_fn(args.model, args.steps), args.reward, config, out, seed=args.seed,
-                              reward_mode=args.reward_mode, overwrite=args.overwrite)
+                              reward_mode=args.reward_mode, overwrite=args.overwrite, judge=judge)
     log.info("mine: %d of %d samples are semi-hard (%s)", kept, seen, out)
     return 0
