@@ -11,8 +11,10 @@ without a judge model. Three ways to turn one ``CheckResult`` into a reward in [
 
 A result of the wrong size scores 0 in every mode. ``closer_to_target`` is the benchmark's other guard as a term a
 reward can add: whether a result is nearer (PSNR) to the sample's target than Picture 1 is - what keeps an RL stage
-that is paid for passing from drifting away from the picture it was given. Group-normalised RL (DiffusionNFT) only needs rewards that order
-the edits of one prompt, so ``graded`` gives it the most to work with; ``pass`` matches the benchmark's figures.
+that is paid for passing from drifting away from the picture it was given.
+
+Group-normalised RL (DiffusionNFT) only needs rewards that order the edits of one prompt, so ``graded`` gives it
+the most to work with; ``pass`` matches the benchmark's figures.
 
 Public API: ``REWARD_MODES``, ``check_reward``, ``closer_to_target``, ``verifiable_rewards``.
 """

@@ -10,8 +10,9 @@ functions ``firered prefs`` ranks edits with.
 A result whose size is not its first source's (a bucket rounded the sample's size) is resized to it with Lanczos
 before grading, because the checks compare pictures pixel for pixel; the synthetic data's 64 px edits need none.
 With ``closeness`` > 0 each result whose PSNR to the record's target beats Picture 1's gets that much more reward
-(``firered_bench.grade.reward.closer_to_target``). The judge reward
-takes the judge (``firered_train.prefs.scoring.chat_judge``). Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
+(``firered_bench.grade.reward.closer_to_target``). The judge reward takes the judge (``nft_judge`` builds it from
+the config: ``firered_train.prefs.scoring.chat_judge``). Source pictures are decoded on demand and the last few
+hundred kept (a prompt comes back every epoch).
 
 Public API: ``NFTRewards``, ``decode_results``, ``nft_judge``.
 """

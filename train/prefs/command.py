@@ -5,7 +5,7 @@ verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. se
 scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
 
 Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``,
-``add_judge_arguments``, ``judge_from_args``.
+``add_scoring_arguments``, ``add_run_arguments``, ``judge_from_args``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, chat_judge, score_edits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_judge_arguments", "build_preferences", "judge_from_args", "model_edit_fn", "register_prefs",
-           "run_prefs", "sample_from_row"]
+__all__ = ["add_run_arguments", "add_scoring_arguments", "build_preferences", "judge_from_args", "model_edit_fn",
+           "register_prefs", "run_prefs", "sample_from_row"]
 
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
@@ -81,26 +81,23 @@ def register_prefs(parser: argparse.ArgumentParser) -> Callable[[argparse.Namesp
                           "reward; the best and the worst (or the target and a failed edit) are written as pairs.")
     parser.add_argument("manifest", help="JSONL manifest (docs/DATA_FORMAT.md)")
     parser.add_argument("--out", required=True, help="folder to write prefs.jsonl and its pictures into")
-    parser.add_argument("--model", default=None, help="diffusers folder of the model to sample with "
-                        "(default: the embedded model)")
-    parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
-    parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default="graded",
-                        help="verifiable reward: the verdict, the share of criteria passed, or graded values")
-    add_judge_arguments(parser)
+    add_scoring_arguments(parser, reward_mode="graded")
     parser.add_argument("--mode", choices=PAIR_MODES, default="best-worst", help="how to pair")
     parser.add_argument("-k", type=int, default=4, help="edits per instruction (default 4)")
     parser.add_argument("--min-gap", type=float, default=0.1, help="best-worst: smallest reward gap (default 0.1)")
     parser.add_argument("--fail-below", type=float, default=1.0,
                         help="target-vs-failed: an edit under this reward failed (default 1.0)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="the first edit's seed; edit j uses seed + j")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    add_run_arguments(parser)
     return run_prefs
 
 
-def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--reward judge`` options (shared by ``firered prefs`` and ``firered mine``)."""
+def add_scoring_arguments(parser: argparse.ArgumentParser, *, reward_mode: str) -> None:
+    """The model that edits and the reward that scores (shared by ``firered prefs`` and ``firered mine``)."""
+    parser.add_argument("--model", default=None, help="diffusers folder of the checkpoint to sample with "
+                        "(default: the embedded model)")
+    parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
+    parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default=reward_mode,
+                        help="verifiable reward: the verdict, the share of criteria passed, or graded values")
     parser.add_argument("--judge-endpoint", default="", help="--reward judge: an OpenAI-compatible chat server, "
                         "e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LM Studio, a cloud API)")
     parser.add_argument("--judge-model", default="", help="--reward judge: the server's model name")
@@ -108,6 +105,14 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-timeout", type=float, default=120.0, help="--reward judge: seconds per request")
     parser.add_argument("--judge-key-env", default=JUDGE_KEY_ENV,
                         help=f"--reward judge: environment variable holding the API key (default {JUDGE_KEY_ENV})")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Steps, seeds, a sample limit and ``--overwrite`` (shared by ``firered prefs`` and ``firered mine``)."""
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="the first edit's seed; edit j uses seed + j")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def judge_from_args(args: argparse.Namespace) -> Any:

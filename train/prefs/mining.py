@@ -34,8 +34,9 @@ from firered_core.config import ConfigError
 
 from ..data.readers.jsonl import read_manifest_lines
 from ..data.skips import SkipLog
-from .command import EditFn, add_judge_arguments, judge_from_args, model_edit_fn, sample_from_row
-from .scoring import REWARDS, PrefSample, score_edits
+from .command import (EditFn, add_run_arguments, add_scoring_arguments, judge_from_args, model_edit_fn,
+                      sample_from_row)
+from .scoring import PrefSample, score_edits
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,12 @@ def register_mine(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
                           "worst case are written to a new manifest.")
     parser.add_argument("manifest", help="JSONL manifest (docs/DATA_FORMAT.md)")
     parser.add_argument("--out", required=True, help="the mined manifest to write (.jsonl)")
-    parser.add_argument("--model", default=None, help="diffusers folder of the checkpoint to sample with "
-                        "(default: the embedded model)")
-    parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
-    parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default="pass",
-                        help="verifiable reward: the verdict, the share of criteria passed, or graded values")
-    add_judge_arguments(parser)
+    add_scoring_arguments(parser, reward_mode="pass")
     parser.add_argument("-k", type=int, default=8, help="edits per sample (default 8)")
     parser.add_argument("--min-mean", type=float, default=0.25, help="keep only a mean reward >= this (0.25)")
     parser.add_argument("--min-std", type=float, default=0.2, help="... and a spread >= this (0.2)")
     parser.add_argument("--max-lowest", type=float, default=0.5, help="... or a worst reward <= this (0.5)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0, help="the first edit's seed; edit j uses seed + j")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_run_arguments(parser)
     return run_mine
 
 
