@@ -213,7 +213,10 @@ class ComfyServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"ComfyUI exited with {self.process.returncode}\n{self.log[-8000:]}")
-            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            try:
+                entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            except TimeoutError:  # a loaded machine: the server was too busy to answer this poll, not dead
+                continue
             if entry and entry.get("status", {}).get("completed") is not None:
                 return entry
             time.sleep(0.5)
