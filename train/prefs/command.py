@@ -5,7 +5,7 @@ verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. se
 scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
 
 Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``,
-``add_scoring_arguments``, ``add_run_arguments``, ``judge_from_args``.
+``add_scoring_arguments``, ``add_run_arguments``, ``checked_inputs``, ``judge_from_args``.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, chat_judge, score_edits
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_run_arguments", "add_scoring_arguments", "build_preferences", "judge_from_args", "model_edit_fn",
-           "register_prefs", "run_prefs", "sample_from_row"]
+__all__ = ["add_run_arguments", "add_scoring_arguments", "build_preferences", "checked_inputs", "judge_from_args",
+           "model_edit_fn", "register_prefs", "run_prefs", "sample_from_row"]
 
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
@@ -115,6 +115,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
+def checked_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any]:
+    """``--out``, the manifest and the judge of a run, refused before any model loads: an existing ``--out``
+    without ``--overwrite``, a missing manifest, ``--reward judge`` without an endpoint."""
+    out, manifest = Path(args.out), Path(args.manifest)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest {manifest} not found")
+    return out, manifest, judge_from_args(args)
+
+
 def judge_from_args(args: argparse.Namespace) -> Any:
     """The judge ``--reward judge`` asks for (``None`` for the other rewards); refuses a missing endpoint."""
     if args.reward != "judge":
@@ -139,13 +150,7 @@ def model_edit_fn(model: str | None, steps: int | None) -> EditFn:
 
 def run_prefs(args: argparse.Namespace) -> int:
     config = PairConfig(mode=args.mode, k=args.k, min_gap=args.min_gap, fail_below=args.fail_below)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:  # refused before the model loads, not after
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    manifest = Path(args.manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} not found")
-    judge = judge_from_args(args)
+    out, manifest, judge = checked_inputs(args)
     samples = read_samples(manifest)
     if args.limit is not None:
         samples = samples[:args.limit]

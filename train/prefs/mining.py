@@ -34,7 +34,7 @@ from firered_core.config import ConfigError
 
 from ..data.readers.jsonl import read_manifest_lines
 from ..data.skips import SkipLog
-from .command import (EditFn, add_run_arguments, add_scoring_arguments, judge_from_args, model_edit_fn,
+from .command import (EditFn, add_run_arguments, add_scoring_arguments, checked_inputs, model_edit_fn,
                       sample_from_row)
 from .scoring import PrefSample, score_edits
 
@@ -165,12 +165,7 @@ def register_mine(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
 
 def run_mine(args: argparse.Namespace) -> int:
     config = MiningConfig(k=args.k, min_mean=args.min_mean, min_std=args.min_std, max_lowest=args.max_lowest)
-    out, manifest = Path(args.out), Path(args.manifest)
-    if out.exists() and not args.overwrite:  # refused before the model loads, not after
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest {manifest} not found")
-    judge = judge_from_args(args)
+    out, manifest, judge = checked_inputs(args)
     rows = read_rows(manifest)
     if args.limit is not None:
         rows = rows[:args.limit]
