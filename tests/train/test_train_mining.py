@@ -15,7 +15,8 @@ from firered_bench import write_dataset
 from firered_core.config import ConfigError
 from firered_core.default import is_available
 from firered_train.data.records import read_records
-from firered_train.prefs.mining import MiningConfig, PromptStats, mine_prompts, read_rows, register_mine
+from firered_train.prefs.command import read_rows
+from firered_train.prefs.mining import MiningConfig, PromptStats, mine_prompts, register_mine
 
 
 def test_prompt_stats_and_the_semi_hard_rule() -> None:

@@ -102,6 +102,8 @@ class NFTRewards:
 
     def grade(self, prompts: Sequence[int], results: Sequence[Sequence[Image.Image]]) -> torch.Tensor:
         """Rewards ``[G, K]`` (float64) of ``results[g]``, the ``K`` pictures made for the record ``prompts[g]``."""
+        if self.closeness:
+            from firered_bench.grade.reward import closer_to_target
         rows = []
         for index, group in zip(prompts, results, strict=True):
             sample = self._sample(index)
@@ -109,8 +111,6 @@ class NFTRewards:
             edits = [im if im.size == size else im.resize(size, Image.LANCZOS) for im in group]
             row = score_edits(self.reward, sample, edits, self.mode, self.judge)
             if self.closeness and sample.sources:
-                from firered_bench.grade.reward import closer_to_target
-
                 nearer = closer_to_target(sample.sources[0], edits, sample.target)
                 row = [r + self.closeness * c for r, c in zip(row, nearer)]
             rows.append(row)

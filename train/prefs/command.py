@@ -4,8 +4,9 @@ Reads a JSONL manifest (docs/DATA_FORMAT.md; ``python -m firered_bench`` writes 
 verifiable reward needs), edits every sample ``k`` times with seeds ``seed .. seed + k - 1`` at the target's size,
 scores the edits (``scoring``) and writes the chosen pairs (``pairs``) as ``DIR/prefs.jsonl`` with its pictures.
 
-Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``sample_from_row``,
-``add_scoring_arguments``, ``add_run_arguments``, ``checked_inputs``, ``judge_from_args``.
+Public API: ``register_prefs``, ``run_prefs``, ``build_preferences``, ``model_edit_fn``, ``read_rows``,
+``read_samples``, ``sample_from_row``, ``add_scoring_arguments``, ``add_run_arguments``, ``checked_inputs``,
+``judge_from_args``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
+from ..config.nft_section import NFT_REWARD_MODES  # the verifiable reward's modes, named without importing it
 from ..data.readers.jsonl import read_manifest_lines, record_from_row
 from ..data.skips import SkipLog
 from .pairs import PAIR_MODES, TARGET, PairConfig, PreferenceWriter, pick_pair
@@ -25,7 +27,7 @@ from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, chat_judge, score_edits
 log = logging.getLogger(__name__)
 
 __all__ = ["add_run_arguments", "add_scoring_arguments", "build_preferences", "checked_inputs", "judge_from_args",
-           "model_edit_fn", "register_prefs", "run_prefs", "sample_from_row"]
+           "model_edit_fn", "read_rows", "read_samples", "register_prefs", "run_prefs", "sample_from_row"]
 
 EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
 
@@ -38,13 +40,22 @@ def sample_from_row(row: Any, base: Path, where: str) -> PrefSample:
     return PrefSample(record.id, record.task, record.instruction, sources, target, spec)
 
 
-def read_samples(manifest: Path, skips: SkipLog | None = None) -> list[PrefSample]:
-    """The manifest's samples, pictures decoded; a bad line is counted in ``skips`` and left out."""
+def read_rows(manifest: Path, skips: SkipLog | None = None) -> list[tuple[dict[str, Any], Path, PrefSample]]:
+    """Each good manifest line with its folder and its decoded sample; a bad line is counted in ``skips`` and left
+    out."""
+    def parse(row: Any, base: Path, where: str) -> tuple[dict[str, Any], Path, PrefSample]:
+        return row, base, sample_from_row(row, base, where)
+
     skips = skips if skips is not None else SkipLog()
-    samples, _ = read_manifest_lines(manifest, sample_from_row, skips)
+    rows, _ = read_manifest_lines(manifest, parse, skips)
     if skips.total:
         log.warning("%s: %d bad lines skipped (%s)", manifest, skips.total, skips.counts)
-    return samples
+    return rows
+
+
+def read_samples(manifest: Path, skips: SkipLog | None = None) -> list[PrefSample]:
+    """The manifest's samples, pictures decoded (``read_rows`` without the lines)."""
+    return [sample for _, _, sample in read_rows(manifest, skips)]
 
 
 def build_preferences(samples: Sequence[PrefSample], edit: EditFn, reward: str,
@@ -96,7 +107,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser, *, reward_mode: str) 
     parser.add_argument("--model", default=None, help="diffusers folder of the checkpoint to sample with "
                         "(default: the embedded model)")
     parser.add_argument("--reward", choices=tuple(REWARDS), default="verifiable", help="what scores the edits")
-    parser.add_argument("--reward-mode", choices=("pass", "fraction", "graded"), default=reward_mode,
+    parser.add_argument("--reward-mode", choices=NFT_REWARD_MODES, default=reward_mode,
                         help="verifiable reward: the verdict, the share of criteria passed, or graded values")
     parser.add_argument("--judge-endpoint", default="", help="--reward judge: an OpenAI-compatible chat server, "
                         "e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LM Studio, a cloud API)")

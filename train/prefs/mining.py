@@ -32,10 +32,7 @@ from typing import Any, Callable, Sequence
 
 from firered_core.config import ConfigError
 
-from ..data.readers.jsonl import read_manifest_lines
-from ..data.skips import SkipLog
-from .command import (EditFn, add_run_arguments, add_scoring_arguments, checked_inputs, model_edit_fn,
-                      sample_from_row)
+from .command import EditFn, add_run_arguments, add_scoring_arguments, checked_inputs, model_edit_fn, read_rows
 from .scoring import PrefSample, score_edits
 
 log = logging.getLogger(__name__)
@@ -134,18 +131,6 @@ def mine_prompts(rows: Sequence[tuple[dict[str, Any], Path, PrefSample]], edit: 
         tmp.unlink(missing_ok=True)
     log.info("mine: kept %d of %d samples in %s", len(lines), len(rows), out)
     return len(rows), len(lines)
-
-
-def read_rows(manifest: Path, skips: SkipLog | None = None) -> list[tuple[dict[str, Any], Path, PrefSample]]:
-    """Each good manifest line with its folder and its decoded sample; bad lines are counted in ``skips``."""
-    def parse(row: Any, base: Path, where: str) -> tuple[dict[str, Any], Path, PrefSample]:
-        return row, base, sample_from_row(row, base, where)
-
-    skips = skips if skips is not None else SkipLog()
-    rows, _ = read_manifest_lines(manifest, parse, skips)
-    if skips.total:
-        log.warning("%s: %d bad lines skipped (%s)", manifest, skips.total, skips.counts)
-    return rows
 
 
 def register_mine(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
