@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,6 +195,7 @@ def test_closeness_weight_adds_to_the_results_nearer_the_target_than_picture_1(p
     ("--nft.reward=judge", "nft.judge_endpoint"),
     ("--nft.reward=judge --nft.judge_endpoint=http://127.0.0.1:9/v1 --nft.judge_passes=0", "nft.judge_passes"),
     ("--nft.reward=ocr --nft.closeness_weight=0.5", "nft.closeness_weight"),
+    ("--nft.keep_unedited=1", "nft.keep_unedited"),
 ])
 def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -273,3 +275,39 @@ def test_training_levels_do_not_depend_on_the_process_count() -> None:
         assert one[key][0] == two[key][0], key
         assert torch.equal(one[key][1], two[key][1]), key
     assert len({round(v[0], 9) for v in one.values()}) == len(one)  # stratified: every result its own level
+
+
+@pytest.mark.skipif(not __import__("firered_core.default", fromlist=["is_available"]).is_available(),
+                    reason="the embedded default model is not in this checkout")
+def test_keep_unedited_grades_each_result_with_its_own_picture_1_outside_the_edit(prompts: Path) -> None:
+    """``nft.keep_unedited``: the round's results keep their own prompt's Picture 1 bit for bit away from the area
+    they changed, and the decoded pixels inside it; without it the VAE's round trip is graded everywhere."""
+    from firered_core.default import load_default_pipeline
+    from firered_core.images import to_tensor
+    from firered_core.preserve import PreserveConfig
+    from firered_train.loop.nft_rewards import decode_results
+
+    vae = load_default_pipeline().vae
+    records = read_records("jsonl", str(prompts))[:2]
+    sources = [r.open_images()[0][0] for r in records]
+    edited = []
+    for source in sources:
+        pixels = to_tensor(source, *source.size)
+        pixels[..., 40:56, 40:56] = 1.0  # a white square: the "edit", bottom right
+        edited.append(pixels)
+    with torch.no_grad():
+        latents = vae.encode(torch.cat(edited))
+    kept = decode_results(vae, latents, sources, PreserveConfig())
+    plain = decode_results(vae, latents)
+    for source, keep, raw in zip(sources, kept, plain, strict=True):
+        far = (slice(0, 24), slice(0, 24))  # top left, far from the square and its margin
+        assert np.array_equal(np.asarray(keep)[far], np.asarray(source)[far])
+        assert not np.array_equal(np.asarray(raw)[far], np.asarray(source)[far])
+        core = (slice(44, 52), slice(44, 52))
+        assert np.array_equal(np.asarray(keep)[core], np.asarray(raw)[core])
+    # the round pairs each of the K results of a prompt with that prompt's source
+    rewards = NFTRewards(records, reward="verifiable", mode="graded", manifest=str(prompts), preserve=PreserveConfig())
+    grades = rewards.score(vae, [0, 1], latents[:, None].expand(2, 2, *latents.shape[1:]))
+    assert grades.shape == (2, 2) and torch.equal(grades[:, 0], grades[:, 1])
+    with pytest.raises(ValueError, match="2 results but 1 sources"):
+        decode_results(vae, latents, sources[:1], PreserveConfig())

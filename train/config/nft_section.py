@@ -63,6 +63,10 @@ class NFTConfig:
     # target than Picture 1 is (the benchmark's closer-than-the-source guard). 0 = the checks alone. Samples
     # without a source picture get no term.
     closeness_weight: float = 0.0
+    # Grade each result after the preserve step (``firered_core.preserve.keep_unedited`` with its default settings:
+    # Picture 1's own pixels outside the area the result changed), as a model folder with ``keep_unedited: true``
+    # is used and benchmarked. False grades the decoded result as it is.
+    keep_unedited: bool = False
     # ``reward: judge``: the chat server (e.g. http://127.0.0.1:8000/v1), its model name, the ratings averaged per
     # result, seconds per request, and the environment variable holding the API key (never the key itself).
     judge_endpoint: str = ""
@@ -112,5 +116,6 @@ class NFTConfig:
         if isinstance(self.judge_timeout_s, bool) or not isinstance(self.judge_timeout_s, (int, float)) \
                 or not self.judge_timeout_s > 0:
             raise field_error("judge_timeout_s", f"must be a number of seconds > 0, got {self.judge_timeout_s!r}")
-        if not isinstance(self.adaptive_weight, bool):
-            raise field_error("adaptive_weight", f"must be true or false, got {self.adaptive_weight!r}")
+        for name in ("adaptive_weight", "keep_unedited"):
+            if not isinstance(getattr(self, name), bool):
+                raise field_error(name, f"must be true or false, got {getattr(self, name)!r}")

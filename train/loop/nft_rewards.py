@@ -10,7 +10,9 @@ functions ``firered prefs`` ranks edits with.
 A result whose size is not its first source's (a bucket rounded the sample's size) is resized to it with Lanczos
 before grading, because the checks compare pictures pixel for pixel; the synthetic data's 64 px edits need none.
 With ``closeness`` > 0 each result whose PSNR to the record's target beats Picture 1's gets that much more reward
-(``firered_bench.grade.reward.closer_to_target``). The judge reward takes the judge (``nft_judge`` builds it from
+(``firered_bench.grade.reward.closer_to_target``). With a ``PreserveConfig`` ``preserve``, each result first keeps
+Picture 1's pixels outside the area it changed (``firered_core.preserve.keep_unedited``, the step a model folder
+with ``keep_unedited`` applies at inference and the benchmark grades), so the round grades what users get. The judge reward takes the judge (``nft_judge`` builds it from
 the config: ``firered_train.prefs.scoring.chat_judge``). Source pictures are decoded on demand and the last few
 hundred kept (a prompt comes back every epoch).
 
@@ -27,8 +29,9 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from firered_core.images import to_pil
+from firered_core.images import to_pil, to_tensor
 from firered_core.placement import compute_dtype
+from firered_core.preserve import PreserveConfig, keep_unedited
 
 from ..data.readers.jsonl import manifest_paths, read_manifest_lines
 from ..data.record import EditRecord
@@ -41,10 +44,26 @@ __all__ = ["NFTRewards", "decode_results", "nft_judge"]
 
 
 @torch.no_grad()
-def decode_results(vae: Any, latents: torch.Tensor) -> list[Image.Image]:
-    """Normalised latents ``[N, C, h, w]`` -> ``N`` RGB pictures (the VAE's decode, one batch)."""
-    pixels = vae.decode(latents.to(compute_dtype(vae)))  # [N, 3, H, W] in [-1, 1]
-    return [to_pil(image.float().cpu()) for image in pixels]
+def decode_results(vae: Any, latents: torch.Tensor, sources: Sequence[Image.Image | None] = (),
+                   preserve: PreserveConfig | None = None) -> list[Image.Image]:
+    """Normalised latents ``[N, C, h, w]`` -> ``N`` RGB pictures (the VAE's decode, one batch).
+
+    With ``preserve``, result ``i`` keeps ``sources[i]`` (its Picture 1, resized to the result; ``None``: no
+    source, left as decoded) outside the area it changed, as the pipeline's ``keep_unedited`` does."""
+    latents = latents.to(compute_dtype(vae))
+    pixels = vae.decode(latents)  # [N, 3, H, W] in [-1, 1]
+    if preserve is None:
+        return [to_pil(image.float().cpu()) for image in pixels]
+    if len(sources) != len(pixels):
+        raise ValueError(f"decode_results: {len(pixels)} results but {len(sources)} sources")
+    out = []
+    for i, source in enumerate(sources):
+        image = pixels[i:i + 1]
+        if source is not None:
+            source_pixels = to_tensor(source.convert("RGB"), image.shape[-1], image.shape[-2])
+            image, _ = keep_unedited(vae, image, latents[i:i + 1], source_pixels, preserve)
+        out.append(to_pil(image[0].float().cpu()))
+    return out
 
 
 def read_specs(path: str) -> dict[str, dict[str, Any]]:
@@ -72,8 +91,9 @@ class NFTRewards:
     """Grades a sampling round's results (see the module docstring)."""
 
     def __init__(self, records: Sequence[EditRecord], *, reward: str, mode: str, manifest: str | None,
-                 closeness: float = 0.0, judge: Any = None) -> None:
+                 closeness: float = 0.0, judge: Any = None, preserve: PreserveConfig | None = None) -> None:
         self.records, self.reward, self.mode, self.closeness, self.judge = records, reward, mode, closeness, judge
+        self.preserve = preserve
         self.specs: dict[str, dict[str, Any]] = {}
         if reward == "verifiable":
             if manifest is None:
@@ -97,7 +117,12 @@ class NFTRewards:
         groups, k = latents.shape[:2]
         if groups != len(prompts):
             raise ValueError(f"NFTRewards.score: {len(prompts)} prompts but results for {groups}")
-        images = decode_results(vae, latents.flatten(0, 1))
+        sources: list[Image.Image | None] = []
+        if self.preserve is not None:
+            for index in prompts:
+                first = self._sample(index).sources
+                sources += [first[0] if first else None] * k
+        images = decode_results(vae, latents.flatten(0, 1), sources, self.preserve)
         return self.grade(prompts, [images[g * k:(g + 1) * k] for g in range(groups)])
 
     def grade(self, prompts: Sequence[int], results: Sequence[Sequence[Image.Image]]) -> torch.Tensor:

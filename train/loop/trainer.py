@@ -76,6 +76,7 @@ import torch
 
 from firered_core.config import ConfigError
 from firered_core.images import save_image
+from firered_core.preserve import PreserveConfig
 from firered_core.progress import CancelFn, check_cancel
 
 from .batch import NullCondition, TrainBatch, encode_pair_batch, encode_pixel_batch
@@ -221,7 +222,8 @@ class Trainer:
                               "swapped into the parameters; launch without FSDP")
         manifest = cfg.data.path if cfg.data.reader == "jsonl" else None
         rewards = NFTRewards(self.data.records, reward=cfg.nft.reward, mode=cfg.nft.reward_mode, manifest=manifest,
-                             closeness=cfg.nft.closeness_weight, judge=nft_judge(cfg.nft))
+                             closeness=cfg.nft.closeness_weight, judge=nft_judge(cfg.nft),
+                             preserve=PreserveConfig() if cfg.nft.keep_unedited else None)
         return OldPolicy(trained, cfg.nft), rewards
 
     def _validation_setup(self) -> ValidationSetup:
