@@ -107,6 +107,17 @@ def build_tiny_qwen_vl(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any
     return model.to(dtype).eval()
 
 
+def save_tiny_qwen_vl_folder(folder: Path) -> Path:
+    """``build_tiny_qwen_vl()`` saved as transformers saves a model folder (config, safetensors, the offline
+    tokenizer, the image processor): what ``firered_core.rewards.load_local_judge`` reads."""
+    from firered_core.encoder.qwen_processor import build_image_processor
+
+    build_tiny_qwen_vl().save_pretrained(folder, safe_serialization=True)
+    offline_tokenizer().save_pretrained(folder)
+    build_image_processor().save_pretrained(folder)
+    return folder
+
+
 @functools.lru_cache(maxsize=1)
 def _cached_tokenizer() -> Any:
     return build_qwen_tokenizer()

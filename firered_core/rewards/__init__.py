@@ -67,6 +67,7 @@ _EXPORTS = {
     "ChatJudge": "vlm_judge",
     "judge_scores": "vlm_judge",
     "TransformersJudge": "local_judge",
+    "load_local_judge": "local_judge",
 }
 
 __all__ = sorted(_EXPORTS)

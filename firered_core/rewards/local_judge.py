@@ -10,13 +10,17 @@ fine-tuned to answer the rating directly.
 The caller owns the model and its processor (nothing is downloaded): ``model(**inputs).logits`` must be
 ``[1, L, vocab]`` and ``processor(text=[...], images=[...])`` must return the model's inputs as tensors, with a
 ``tokenizer`` attribute - ``firered_core.encoder.qwen_processor.QwenVLProcessor`` or transformers' processors.
+``load_local_judge(folder)`` builds both from a Qwen2.5-VL model folder as transformers saves it (``config.json``,
+``*.safetensors`` weights, the tokenizer's files, ``preprocessor_config.json`` or ``processor_config.json``):
+offline, safetensors only (pickled ``.bin`` weights are refused, never unpickled).
 
-    judge = TransformersJudge(model, processor, JudgeConfig())
+    judge = TransformersJudge(model, processor, JudgeConfig())      # or: judge = load_local_judge(folder)
     judge_scores([[source]], [result], [instruction], judge.config, judge=judge)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -25,7 +29,7 @@ from PIL import Image
 from .rating_tokens import Candidates, expectation, rating_masses
 from .vlm_judge import JudgeConfig
 
-__all__ = ["TransformersJudge", "QWEN_CHAT", "QWEN_IMAGE_SLOT"]
+__all__ = ["TransformersJudge", "load_local_judge", "QWEN_CHAT", "QWEN_IMAGE_SLOT"]
 
 # Qwen2.5-VL's chat layout with the assistant's answer prefilled up to the rating
 QWEN_CHAT = "<|im_start|>user\n{images}{prompt}<|im_end|>\n<|im_start|>assistant\nRating: "
@@ -86,3 +90,31 @@ def _extended(inputs: dict[str, torch.Tensor], token_ids: list[int]) -> dict[str
         if key in inputs:
             out[key] = torch.cat([inputs[key], torch.full_like(extra, fill, dtype=inputs[key].dtype)], dim=1)
     return out
+
+
+def load_local_judge(folder: str | Path, config: JudgeConfig | None = None, *,
+                     dtype: torch.dtype = torch.float32) -> TransformersJudge:
+    """A ``TransformersJudge`` on the Qwen2.5-VL model saved in ``folder`` (see the module docstring).
+
+    Every missing part raises ``FileNotFoundError`` naming the folder and the file it needs."""
+    from ..encoder.qwen_processor import QwenVLProcessor, load_image_processor
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"judge model folder {root} does not exist (a Qwen2.5-VL folder saved by "
+                                "transformers: config.json, *.safetensors, tokenizer, preprocessor)")
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"{root}: a judge model folder needs config.json")
+    if not any(root.glob("*.safetensors")):
+        pickled = sorted(p.name for p in root.glob("*.bin"))
+        raise FileNotFoundError(f"{root}: no *.safetensors weights"
+                                + (f" ({', '.join(pickled)} are pickled and are not read)" if pickled else ""))
+    if not (root / "tokenizer.json").is_file() and not (root / "vocab.json").is_file():
+        raise FileNotFoundError(f"{root}: a judge model folder needs its tokenizer (tokenizer.json, or vocab.json "
+                                "and merges.txt)")
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(root, dtype=dtype, local_files_only=True,
+                                                               use_safetensors=True).eval()
+    tokenizer = Qwen2TokenizerFast.from_pretrained(root, local_files_only=True)
+    return TransformersJudge(model, QwenVLProcessor(tokenizer, load_image_processor(root)), config or JudgeConfig())

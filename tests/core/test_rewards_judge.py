@@ -260,3 +260,49 @@ def test_local_judge_is_the_softmax_weighted_mean_of_the_rating_logits(local, hi
         expected = float(((masses * ratings).sum() + 10 * p10) / (masses.sum() + p10)) / 10
     assert score == pytest.approx(expected, abs=1e-6)
     assert 0.0 <= score <= 1.0
+
+
+@pytest.fixture(scope="module")
+def saved_judge(local, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny Qwen2.5-VL saved as transformers saves a model folder: config, safetensors, tokenizer, processor."""
+    from tests.encoder_fixtures import save_tiny_qwen_vl_folder
+
+    return save_tiny_qwen_vl_folder(tmp_path_factory.mktemp("judge") / "qwen-vl-judge")
+
+
+def test_a_saved_judge_folder_rates_as_the_model_in_memory(local, saved_judge) -> None:
+    from firered_core.rewards import load_local_judge
+
+    model, processor = local
+    config = JudgeConfig()
+    source, result = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (56, 84), "blue")
+    expected = TransformersJudge(model, processor, config).score([source], result, "make it blue")
+    loaded = load_local_judge(saved_judge, config)
+    assert loaded.score([source], result, "make it blue") == pytest.approx(expected, abs=1e-6)
+    assert not loaded.model.training
+
+
+def test_a_judge_folder_with_a_missing_part_is_refused_naming_it(saved_judge, tmp_path) -> None:
+    import shutil
+
+    from firered_core.rewards import load_local_judge
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_local_judge(tmp_path / "nowhere")
+    pickled = tmp_path / "pickled"
+    shutil.copytree(saved_judge, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.rename(weights.with_name("pytorch_model.bin"))  # what an old checkpoint ships: never unpickled
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors weights \(pytorch_model\.bin are pickled"):
+        load_local_judge(pickled)
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(saved_judge, no_tokenizer)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="needs its tokenizer"):
+        load_local_judge(no_tokenizer)
+    no_config = tmp_path / "no_config"
+    shutil.copytree(saved_judge, no_config)
+    (no_config / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="needs config.json"):
+        load_local_judge(no_config)

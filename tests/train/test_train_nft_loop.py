@@ -196,6 +196,7 @@ def test_closeness_weight_adds_to_the_results_nearer_the_target_than_picture_1(p
     ("--nft.reward=judge --nft.judge_endpoint=http://127.0.0.1:9/v1 --nft.judge_passes=0", "nft.judge_passes"),
     ("--nft.reward=ocr --nft.closeness_weight=0.5", "nft.closeness_weight"),
     ("--nft.keep_unedited=1", "nft.keep_unedited"),
+    ("--nft.reward=judge --nft.judge_endpoint=http://127.0.0.1:9/v1 --nft.judge_local=judge", "nft.judge_local"),
 ])
 def test_nft_config_errors_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -311,3 +312,31 @@ def test_keep_unedited_grades_each_result_with_its_own_picture_1_outside_the_edi
     assert grades.shape == (2, 2) and torch.equal(grades[:, 0], grades[:, 1])
     with pytest.raises(ValueError, match="2 results but 1 sources"):
         decode_results(vae, latents, sources[:1], PreserveConfig())
+
+
+def test_a_local_judge_folder_grades_the_round_from_its_logits(prompts: Path, tmp_path: Path) -> None:
+    """``nft.judge_local`` (and ``--judge-local`` of prefs / mine): a Qwen2.5-VL folder rated in this process;
+    the round's rewards are that judge's scores of each result against its own sources and instruction."""
+    pytest.importorskip("transformers")
+    import argparse
+
+    from firered_core.rewards import TransformersJudge
+    from firered_train.loop.nft_rewards import nft_judge
+    from firered_train.prefs.command import judge_from_args
+    from tests.encoder_fixtures import save_tiny_qwen_vl_folder
+
+    folder = save_tiny_qwen_vl_folder(tmp_path / "judge")
+    judge = nft_judge(NFTConfig(reward="judge", judge_local=str(folder)))
+    assert isinstance(judge, TransformersJudge)
+    records = read_records("jsonl", str(prompts))
+    rewards = NFTRewards(records, reward="judge", mode="pass", manifest=None, judge=judge)
+    sources, target = records[0].open_images()
+    group = [target, sources[0]]
+    graded = rewards.grade([0], [group])
+    expected = judge.scores([sources, sources], group, [records[0].instruction] * 2)
+    assert graded.tolist() == [expected] and all(0 <= s <= 1 for s in expected) and expected[0] != expected[1]
+    args = argparse.Namespace(reward="judge", judge_endpoint="", judge_local=str(folder), judge_model="",
+                              judge_passes=1, judge_timeout=1.0, judge_key_env="X")
+    assert isinstance(judge_from_args(args), TransformersJudge)
+    with pytest.raises(ValueError, match="not both"):
+        judge_from_args(argparse.Namespace(**{**vars(args), "judge_endpoint": "http://127.0.0.1:9/v1"}))

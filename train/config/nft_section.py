@@ -68,8 +68,10 @@ class NFTConfig:
     # is used and benchmarked. False grades the decoded result as it is.
     keep_unedited: bool = False
     # ``reward: judge``: the chat server (e.g. http://127.0.0.1:8000/v1), its model name, the ratings averaged per
-    # result, seconds per request, and the environment variable holding the API key (never the key itself).
+    # result, seconds per request, and the environment variable holding the API key (never the key itself); or,
+    # instead of a server, ``judge_local``: a Qwen2.5-VL folder saved by transformers, rated from its logits here.
     judge_endpoint: str = ""
+    judge_local: str = ""
     judge_model: str = ""
     judge_passes: int = 1
     judge_timeout_s: float = 120.0
@@ -105,12 +107,15 @@ class NFTConfig:
         if self.closeness_weight and self.reward != "verifiable":
             raise field_error("closeness_weight", f"is a term of the verifiable reward (needs the samples' targets), "
                               f"not of nft.reward: {self.reward}")
-        if self.reward == "judge" and not (isinstance(self.judge_endpoint, str) and self.judge_endpoint.strip()):
-            raise field_error("judge_endpoint", "nft.reward: judge needs the URL of an OpenAI-compatible chat server, "
-                                                "e.g. http://127.0.0.1:8000/v1")
-        for name in ("judge_endpoint", "judge_model", "judge_key_env"):
+        for name in ("judge_endpoint", "judge_local", "judge_model", "judge_key_env"):
             if not isinstance(getattr(self, name), str):
                 raise field_error(name, f"must be text, got {getattr(self, name)!r}")
+        if self.reward == "judge" and not (self.judge_endpoint.strip() or self.judge_local.strip()):
+            raise field_error("judge_endpoint", "nft.reward: judge needs the URL of an OpenAI-compatible chat server, "
+                                                "e.g. http://127.0.0.1:8000/v1 (or nft.judge_local: a model folder)")
+        if self.judge_endpoint.strip() and self.judge_local.strip():
+            raise field_error("judge_local", "the judge is either a chat server (judge_endpoint) or a local model "
+                                             "folder (judge_local), not both")
         if isinstance(self.judge_passes, bool) or not isinstance(self.judge_passes, int) or self.judge_passes < 1:
             raise field_error("judge_passes", f"must be an integer >= 1, got {self.judge_passes!r}")
         if isinstance(self.judge_timeout_s, bool) or not isinstance(self.judge_timeout_s, (int, float)) \

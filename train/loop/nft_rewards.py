@@ -13,7 +13,7 @@ With ``closeness`` > 0 each result whose PSNR to the record's target beats Pictu
 (``firered_bench.grade.reward.closer_to_target``). With a ``PreserveConfig`` ``preserve``, each result first keeps
 Picture 1's pixels outside the area it changed (``firered_core.preserve.keep_unedited``, the step a model folder
 with ``keep_unedited`` applies at inference and the benchmark grades), so the round grades what users get. The judge reward takes the judge (``nft_judge`` builds it from
-the config: ``firered_train.prefs.scoring.chat_judge``). Source pictures are decoded on demand and the last few
+the config: ``firered_train.prefs.scoring.build_judge``). Source pictures are decoded on demand and the last few
 hundred kept (a prompt comes back every epoch).
 
 Public API: ``NFTRewards``, ``decode_results``, ``nft_judge``.
@@ -81,10 +81,10 @@ def nft_judge(config: Any) -> Any:
     """The chat judge an ``nft`` section with ``reward: judge`` names (``None`` for the other rewards)."""
     if config.reward != "judge":
         return None
-    from ..prefs.scoring import chat_judge
+    from ..prefs.scoring import build_judge
 
-    return chat_judge(config.judge_endpoint, model=config.judge_model, passes=config.judge_passes,
-                      timeout_s=config.judge_timeout_s, key_env=config.judge_key_env)
+    return build_judge(config.judge_endpoint, config.judge_local, model=config.judge_model,
+                       passes=config.judge_passes, timeout_s=config.judge_timeout_s, key_env=config.judge_key_env)
 
 
 class NFTRewards:

@@ -22,7 +22,7 @@ from ..config.nft_section import NFT_REWARD_MODES  # the verifiable reward's mod
 from ..data.readers.jsonl import read_manifest_lines, record_from_row
 from ..data.skips import SkipLog
 from .pairs import PAIR_MODES, TARGET, PairConfig, PreferenceWriter, pick_pair
-from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, chat_judge, score_edits
+from .scoring import JUDGE_KEY_ENV, REWARDS, PrefSample, build_judge, score_edits
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ def add_scoring_arguments(parser: argparse.ArgumentParser, *, reward_mode: str) 
                         help="verifiable reward: the verdict, the share of criteria passed, or graded values")
     parser.add_argument("--judge-endpoint", default="", help="--reward judge: an OpenAI-compatible chat server, "
                         "e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LM Studio, a cloud API)")
+    parser.add_argument("--judge-local", default="", help="--reward judge: instead of a server, a local Qwen2.5-VL "
+                        "folder as transformers saves it (safetensors), rated from its logits in this process")
     parser.add_argument("--judge-model", default="", help="--reward judge: the server's model name")
     parser.add_argument("--judge-passes", type=int, default=1, help="--reward judge: ratings averaged per edit")
     parser.add_argument("--judge-timeout", type=float, default=120.0, help="--reward judge: seconds per request")
@@ -128,7 +130,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def checked_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any]:
     """``--out``, the manifest and the judge of a run, refused before any model loads: an existing ``--out``
-    without ``--overwrite``, a missing manifest, ``--reward judge`` without an endpoint."""
+    without ``--overwrite``, a missing manifest, ``--reward judge`` without an endpoint or local folder."""
     out, manifest = Path(args.out), Path(args.manifest)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -138,11 +140,12 @@ def checked_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any]:
 
 
 def judge_from_args(args: argparse.Namespace) -> Any:
-    """The judge ``--reward judge`` asks for (``None`` for the other rewards); refuses a missing endpoint."""
+    """The judge ``--reward judge`` asks for (``None`` for the other rewards); refuses a missing endpoint and
+    local folder, or both."""
     if args.reward != "judge":
         return None
-    return chat_judge(args.judge_endpoint, model=args.judge_model, passes=args.judge_passes,
-                      timeout_s=args.judge_timeout, key_env=args.judge_key_env)
+    return build_judge(args.judge_endpoint, args.judge_local, model=args.judge_model, passes=args.judge_passes,
+                       timeout_s=args.judge_timeout, key_env=args.judge_key_env)
 
 
 def model_edit_fn(model: str | None, steps: int | None) -> EditFn:

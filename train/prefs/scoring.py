@@ -5,10 +5,11 @@
 - ``ocr``: the layout-aware OCR reward of a text edit (``firered_core.rewards``, the ``ocr`` extra); needs a quoted
   new text in the instruction (``Change "OPEN" to "CLOSED"``).
 - ``judge``: the VLM judge (``firered_core.rewards.vlm_judge``): any OpenAI-compatible chat server rates each edit
-  against its sources and instruction, the mean of K passes of the probability-weighted rating, in [0, 1]. Needs
-  a ``judge`` (``chat_judge`` builds one); an unreachable or broken server raises, never a zero reward.
+  against its sources and instruction, the mean of K passes of the probability-weighted rating, in [0, 1], or a
+  local Qwen2.5-VL folder read from its logits (``firered_core.rewards.local_judge``). Needs a ``judge``
+  (``build_judge`` makes either); an unreachable or broken server raises, never a zero reward.
 
-Public API: ``PrefSample``, ``REWARDS``, ``JUDGE_KEY_ENV``, ``chat_judge``, ``score_edits``.
+Public API: ``PrefSample``, ``REWARDS``, ``JUDGE_KEY_ENV``, ``build_judge``, ``chat_judge``, ``score_edits``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-__all__ = ["JUDGE_KEY_ENV", "PrefSample", "REWARDS", "chat_judge", "score_edits"]
+__all__ = ["JUDGE_KEY_ENV", "PrefSample", "REWARDS", "build_judge", "chat_judge", "score_edits"]
 
 JUDGE_KEY_ENV = "FIRERED_JUDGE_API_KEY"  # the judge's API key is read from the environment, never from a file
 
@@ -76,9 +77,23 @@ def chat_judge(endpoint: str, *, model: str = "", passes: int = 1, timeout_s: fl
 
     if not endpoint:
         raise ValueError("the judge reward needs the endpoint of an OpenAI-compatible chat server, e.g. "
-                         "http://127.0.0.1:8000/v1")
+                         "http://127.0.0.1:8000/v1, or a local Qwen2.5-VL model folder")
     return ChatJudge(JudgeConfig(endpoint=endpoint, model=model, passes=passes, timeout_s=timeout_s,
                                  api_key=os.environ.get(key_env, "") if key_env else ""))
+
+
+def build_judge(endpoint: str = "", local: str = "", *, model: str = "", passes: int = 1,
+                timeout_s: float = 120.0, key_env: str = JUDGE_KEY_ENV) -> Any:
+    """The judge of ``endpoint`` (``chat_judge``) or of the local Qwen2.5-VL folder ``local``
+    (``firered_core.rewards.load_local_judge``): exactly one of them."""
+    if endpoint and local:
+        raise ValueError(f"the judge is either a chat server ({endpoint}) or a local model folder ({local}), "
+                         "not both")
+    if local:
+        from firered_core.rewards import load_local_judge
+
+        return load_local_judge(local)
+    return chat_judge(endpoint, model=model, passes=passes, timeout_s=timeout_s, key_env=key_env)
 
 
 def score_edits(name: str, sample: PrefSample, edits: Sequence[Image.Image], mode: str = "graded",
