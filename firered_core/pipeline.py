@@ -258,27 +258,38 @@ class FireRedEditPipeline(PlacedPipeline):
 
     # -- the call -----------------------------------------------------------------------------------------------
 
-    def edit(self, images: Sequence[ImageInput], instruction: str, *, negative_prompt: str | None = " ",
-             steps: int | None = None, true_cfg_scale: float | None = None, seed: int = 0, width: int | None = None,
-             height: int | None = None, progress: ProgressFn | None = None,
-             cancel: CancelFn | None = None, keep_unedited: bool | PreserveConfig | None = None,
-             sampler: str | None = None, preview: PreviewFn | None = None, size_mode: str = "area",
-             vae_ref_area: int | None = None, cond_ref_area: int | None = None) -> EditResult:
-        """Edit ``images`` (0 = text-to-image) following ``instruction``; see the module docstring for the steps.
+    def edit(self, images: Sequence[ImageInput], instruction: str, *, seed: int = 0, **options: Any) -> EditResult:
+        """Edit ``images`` (0 = text-to-image) following ``instruction``, starting from ``seed``'s noise: one
+        result of ``edit_seeds`` (every keyword of it but ``seeds``)."""
+        return self.edit_seeds(images, instruction, seeds=(seed,), **options)[0]
+
+    def edit_seeds(self, images: Sequence[ImageInput], instruction: str, *, seeds: Sequence[int],
+                   negative_prompt: str | None = " ", steps: int | None = None, true_cfg_scale: float | None = None,
+                   width: int | None = None, height: int | None = None, progress: ProgressFn | None = None,
+                   cancel: CancelFn | None = None, keep_unedited: bool | PreserveConfig | None = None,
+                   sampler: str | None = None, preview: PreviewFn | None = None, size_mode: str = "area",
+                   vae_ref_area: int | None = None, cond_ref_area: int | None = None) -> list[EditResult]:
+        """One edit of ``images`` (0 = text-to-image) following ``instruction`` per seed of ``seeds``, sampled
+        together in one batch: the references and the instruction are encoded once, and result ``i`` is the one
+        ``edit(seed=seeds[i])`` gives (its own starting noise and, stochastic, its own step noise; equal up to the
+        rounding of batched arithmetic). See the module docstring for the steps.
 
         ``keep_unedited``: None uses the pipeline's ``keep_unedited`` setting (off unless a model folder's
         ``defaults.json`` turned it on), True its settings or the defaults of ``PreserveConfig``, False turns it
         off, a ``PreserveConfig`` is used as given. ``sampler``: ``"euler"`` (deterministic steps) or
         ``"stochastic"`` (re-noise every step) for this call; None: the scheduler config's. ``steps`` and
         ``true_cfg_scale``: None uses ``default_steps`` / ``default_true_cfg_scale`` (``sampling_choice``).
-        ``preview``: called after every step with the predicted clean latents ``[1, C, h, w]`` (normalised, on
-        the compute device), e.g. for ``preview_projection().image``; None computes nothing for it.
+        ``preview``: called after every step with the predicted clean latents ``[1, C, h, w]`` of the first seed
+        (normalised, on the compute device), e.g. for ``preview_projection().image``; None computes nothing for it.
         ``size_mode``: ``"area"`` (the reference's rule) or ``"match"`` (Picture 1's own size, aligned with it; no
         ``width``/``height`` then). ``vae_ref_area`` / ``cond_ref_area``: pixels each reference is resized to for
         the VAE / for the condition encoder (None: ``reference_area`` / the encoder's own, ~384^2 for Qwen2.5-VL;
         encoders that do not read images ignore it). All of it is checked before any torch work."""
         steps, true_cfg_scale = self.sampling_choice(steps, true_cfg_scale)
-        refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seed)
+        if isinstance(seeds, (int, str, bytes)) or not len(seeds):
+            raise ValueError(f"seeds must be a non-empty sequence of integers, got {seeds!r}")
+        seeds = tuple(seeds)
+        refs = self._check_inputs(images, instruction, steps, true_cfg_scale, seeds)
         check_size_mode(size_mode)
         vae_area = check_area("vae_ref_area", vae_ref_area) or self.reference_area
         encode_options = self.condition_options(check_area("cond_ref_area", cond_ref_area))
@@ -299,40 +310,46 @@ class FireRedEditPipeline(PlacedPipeline):
                 negative = self._encode(negative_prompt, refs, encode_options) if guided else None
             cond = self._predictor(condition, prepared)
             uncond = self._predictor(negative, prepared) if negative is not None else None
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-            latents = self._sample(prepared, cond, uncond, steps, true_cfg_scale, seed, generator,
-                                   sampler, progress, cancel, preview)
+            batch = self._sample(prepared, cond, uncond, steps, true_cfg_scale, seeds, sampler, progress, cancel,
+                                 preview)
             check_cancel(cancel, "edit before decoding")
+            width, height = prepared.crop or (prepared.width, prepared.height)
+            results = []
             with self._use("vae"):
-                pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel, **self._tiling())
-                kept = False
-                if keep is not None and prepared.first_ref is not None:
-                    pixels, kept = self._keep_unedited(pixels, latents, prepared, keep)
-        width, height = prepared.crop or (prepared.width, prepared.height)
-        return EditResult(image=to_pil(pixels[..., :height, :width]), latents=latents.detach().cpu(), width=width,
-                          height=height, seed=seed, keep_unedited=kept, sampler=sampler,
-                          steps=steps, true_cfg_scale=float(true_cfg_scale), size_mode=size_mode)
+                for seed, latents in zip(seeds, batch.split(1), strict=True):
+                    pixels = self.vae.decode(latents.to(self._vae_dtype()), cancel=cancel, **self._tiling())
+                    kept = False
+                    if keep is not None and prepared.first_ref is not None:
+                        pixels, kept = self._keep_unedited(pixels, latents, prepared, keep)
+                    results.append(EditResult(image=to_pil(pixels[..., :height, :width]),
+                                              latents=latents.detach().cpu(), width=width, height=height, seed=seed,
+                                              keep_unedited=kept, sampler=sampler, steps=steps,
+                                              true_cfg_scale=float(true_cfg_scale), size_mode=size_mode))
+        return results
 
     def _sample(self, prepared: "_Prepared", cond: VelocityFn, uncond: VelocityFn | None, steps: int,
-                true_cfg_scale: float, seed: int, generator: torch.Generator, sampler: str,
+                true_cfg_scale: float, seeds: Sequence[int], sampler: str,
                 progress: ProgressFn | None, cancel: CancelFn | None,
                 preview: PreviewFn | None = None) -> torch.Tensor:
-        """Seeded noise -> sampled latents ``[1, C, h, w]`` on the compute device, the transformer placed."""
+        """Each seed's noise -> sampled latents ``[len(seeds), C, h, w]`` on the compute device, the transformer
+        placed. Seed ``i`` has its own CPU generator: its starting noise, then (stochastic) its steps' noise."""
         latent_shape = (1, self.transformer.config.latent_channels,
                         prepared.height // self.compression, prepared.width // self.compression)
-        x = initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
-                          generator=generator)
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        x = torch.cat([initial_noise(latent_shape, seed, dtype=self.dtype, device=self.device, patch=self.patch,
+                                     generator=generator) for seed, generator in zip(seeds, generators)])
         sigmas = flow_sigmas(steps, x.shape[1], self.scheduler_config)
         denoised = None
         if preview is not None:
             def denoised(step: int, total: int, tokens: torch.Tensor) -> None:
-                preview(step, total, unpack_latents(tokens, prepared.height, prepared.width, self.compression,
+                preview(step, total, unpack_latents(tokens[:1], prepared.height, prepared.width, self.compression,
                                                     self.patch))
         with self._use("transformer"):
             tokens = euler_sample(cond, x, sigmas, predict_negative=uncond, cfg_scale=true_cfg_scale,
                                   num_train_timesteps=self.scheduler_config.num_train_timesteps,
                                   progress=progress, cancel=cancel,
-                                  step_noise=generator if sampler == "stochastic" else None, denoised=denoised)
+                                  step_noise=generators if sampler == "stochastic" else None,
+                                  denoised=denoised)
         return unpack_latents(tokens, prepared.height, prepared.width, self.compression, self.patch)
 
     def _tiling(self) -> dict[str, int]:
@@ -380,7 +397,7 @@ class FireRedEditPipeline(PlacedPipeline):
         return fit_side(width, unit), fit_side(height, unit)
 
     def _check_inputs(self, images: Sequence[ImageInput], instruction: str, steps: int, true_cfg_scale: float,
-                      seed: int) -> list[Image.Image]:
+                      seeds: Sequence[int]) -> list[Image.Image]:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("instruction is empty: describe the edit to make (e.g. 'make the sky purple')")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -391,8 +408,9 @@ class FireRedEditPipeline(PlacedPipeline):
                         USEFUL_STEPS_FACTOR, self.default_steps, steps // max(self.default_steps, 1))
         if not true_cfg_scale >= 0:
             raise ValueError(f"true_cfg_scale must be >= 0, got {true_cfg_scale!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        for seed in seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+                raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
         if isinstance(images, (str, os.PathLike, Image.Image)):
             images = [images]
         refs = [self._as_rgb(img, i) for i, img in enumerate(images)]
@@ -510,9 +528,12 @@ class FireRedEditPipeline(PlacedPipeline):
         ref_tokens = prepared.ref_tokens
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            # [1, N_target, D] (+ [1, N_refs, D]) -> the model crops its output back to the target tokens
-            hidden = x if ref_tokens is None else torch.cat([x, ref_tokens.to(x.dtype)], dim=1)
-            return self.transformer(hidden, embeds, mask, t, prepared.img_shapes)
+            # [B, N_target, D] (+ [B, N_refs, D]) -> the model crops its output back to the target tokens; one
+            # condition and one set of references serve every seed of the batch
+            b = x.shape[0]
+            hidden = x if ref_tokens is None else torch.cat([x, ref_tokens.to(x.dtype).expand(b, -1, -1)], dim=1)
+            return self.transformer(hidden, embeds.expand(b, *embeds.shape[1:]),
+                                    None if mask is None else mask.expand(b, *mask.shape[1:]), t, prepared.img_shapes)
 
         return velocity
 

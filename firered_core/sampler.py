@@ -100,12 +100,19 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next
 
 
 def stochastic_step(x: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                    generator: torch.Generator) -> torch.Tensor:
+                    generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
     """One stochastic step: the predicted clean latents ``x - sigma v`` re-noised to ``sigma_next`` with fresh
-    noise from the CPU ``generator`` (float32 arithmetic, the result in ``v``'s dtype)."""
+    noise from the CPU ``generator`` (float32 arithmetic, the result in ``v``'s dtype). A sequence of generators,
+    one per row of ``x``: row ``i``'s noise comes from generator ``i`` alone, as if it were sampled by itself."""
     x0 = x.to(torch.float32) - sigma * v
-    noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float32).to(x.device)
-    return ((1.0 - sigma_next) * x0 + sigma_next * noise).to(v.dtype)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=torch.float32)
+    else:
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"stochastic_step: {len(generator)} generators for a batch of {x.shape[0]}")
+        noise = torch.cat([torch.randn((1, *x.shape[1:]), generator=g, device="cpu", dtype=torch.float32)
+                           for g in generator])
+    return ((1.0 - sigma_next) * x0 + sigma_next * noise.to(x.device)).to(v.dtype)
 
 
 def _model_time(sigma: torch.Tensor, x: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -134,14 +141,14 @@ def euler_sample(
     num_train_timesteps: int = 1000,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
-    step_noise: torch.Generator | None = None,
+    step_noise: torch.Generator | Sequence[torch.Generator] | None = None,
     denoised: ProgressFn | None = None,
 ) -> torch.Tensor:
     """Integrate the flow from ``sigmas[0]`` to ``sigmas[-1]``; returns the final tokens (``x``'s shape).
 
     ``cancel`` is polled before every step (``Cancelled`` is raised, no step is half-done); ``progress`` gets
-    ``(step, num_steps, x)`` after every step. ``step_noise``: a seeded CPU generator turns on stochastic
-    sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. ``denoised`` gets
+    ``(step, num_steps, x)`` after every step. ``step_noise``: a seeded CPU generator (or one per row of ``x``)
+    turns on stochastic sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. ``denoised`` gets
     ``(step, num_steps, x0)`` after every step, before ``progress``: the clean tokens predicted at that step's
     level, ``x0 = x - s v`` in float32 (computed only when it is given; for previews). See the module docstring
     for the model-function contract.

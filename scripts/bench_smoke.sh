@@ -30,6 +30,7 @@ run "$py" benchmarks/encoder_fp8.py --smoke
 run "$py" benchmarks/real_size.py --smoke
 run "$py" benchmarks/latent_preview.py --latent 8 --runs 1
 run "$py" benchmarks/alignment_shift.py --smoke
+run "$py" benchmarks/edit_seeds.py --smoke
 rm -rf .cache/bench_consistency
 run "$py" benchmarks/train_consistency.py .cache/bench_consistency --runs 1
 if [ -x "$comfy_py" ]; then

@@ -70,3 +70,27 @@ def test_the_edit_command_switch_and_the_written_metadata(tmp_path: Path) -> Non
     seen = edit_with_each(sample, tmp_path, ("--sampler=stochastic", "--sampler=euler"), "sampler")
     assert seen["--sampler=stochastic"][0] == "stochastic" and seen["--sampler=euler"][0] == "euler"
     assert not np.array_equal(seen["--sampler=stochastic"][1], seen["--sampler=euler"][1])
+
+
+@pytest.mark.parametrize("sampler, cfg", [("stochastic", 1.0), ("euler", 2.5)])
+def test_seeds_sampled_in_one_batch_are_the_edits_each_seed_gives_alone(sampler: str, cfg: float) -> None:
+    """``edit_seeds``: the instruction and references encoded once, the seeds sampled as one batch; result ``i``
+    is ``edit(seed=seeds[i])`` (its own starting and step noise) up to batched rounding, Picture 1 kept as alone."""
+    pipe = load_default_pipeline()
+    sample = _color_edit()
+    seeds = (0, 7, 3)
+    batch = pipe.edit_seeds(list(sample.sources), sample.instruction, seeds=seeds, steps=6, true_cfg_scale=cfg,
+                            sampler=sampler)
+    assert [r.seed for r in batch] == list(seeds)
+    for result, seed in zip(batch, seeds):
+        alone = pipe.edit(list(sample.sources), sample.instruction, steps=6, true_cfg_scale=cfg, seed=seed,
+                          sampler=sampler)
+        assert result.latents.shape == alone.latents.shape == (1, *alone.latents.shape[1:])
+        assert (result.latents - alone.latents).abs().max() < 1e-4
+        diff = np.abs(np.asarray(result.image, dtype=int) - np.asarray(alone.image, dtype=int))
+        assert diff.max() <= 1, seed
+        assert (result.keep_unedited, result.sampler) == (alone.keep_unedited, alone.sampler)
+    assert not np.array_equal(np.asarray(batch[0].image), np.asarray(batch[1].image))
+    for bad, message in (((), "non-empty sequence"), (5, "non-empty sequence"), ((0, -1), "seed must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            pipe.edit_seeds(list(sample.sources), sample.instruction, seeds=bad)

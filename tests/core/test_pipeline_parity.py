@@ -372,6 +372,6 @@ def test_empty_instruction_refused(instruction: str) -> None:
 
 def test_too_many_references_warns(caplog: pytest.LogCaptureFixture) -> None:
     pipe = _sizing_pipeline()
-    refs = pipe._check_inputs([Image.new("RGB", (32, 32))] * 4, "x", 1, 4.0, 0)
+    refs = pipe._check_inputs([Image.new("RGB", (32, 32))] * 4, "x", 1, 4.0, (0,))
     assert len(refs) == 4
     assert "trained with 1-3" in caplog.text

@@ -269,3 +269,17 @@ def test_tqdm_progress_reports_absolute_steps() -> None:
 
 def test_mu_used_by_sampler_tests_is_the_pipeline_one() -> None:
     assert compute_mu(24, SchedulerConfig()) == calculate_shift(24, 256, 8192, 0.5, 0.9)
+
+
+def test_stochastic_step_with_a_generator_per_row_draws_each_row_as_if_alone() -> None:
+    x = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(1))
+    sigma, nxt = torch.tensor(0.6), torch.tensor(0.3)
+    batch = stochastic_step(x, v, sigma, nxt, [torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+    for row, seed in enumerate((5, 6, 7)):
+        alone = stochastic_step(x[row:row + 1], v[row:row + 1], sigma, nxt, torch.Generator().manual_seed(seed))
+        assert torch.equal(batch[row:row + 1], alone)
+    shared = stochastic_step(x, v, sigma, nxt, torch.Generator().manual_seed(5))
+    assert torch.equal(shared[:1], batch[:1]) and not torch.equal(shared[1:], batch[1:])
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        stochastic_step(x, v, sigma, nxt, [torch.Generator(), torch.Generator()])

@@ -45,9 +45,9 @@ def test_mining_keeps_the_mixed_prompts_with_rebased_paths(tmp_path: Path) -> No
     rows = read_rows(manifest)
     passes = {0: 4, 1: 0, 2: 2, 3: 3, 4: 1, 5: 4}  # sample i: its first passes[i] edits are the target
 
-    def edit(sample, seed):  # the target passes the checks, Picture 1 fails them
+    def edit(sample, seeds):  # the target passes the checks, Picture 1 fails them
         index = next(i for i, (_, _, s) in enumerate(rows) if s is sample)
-        return sample.target if seed < passes[index] else sample.sources[0]
+        return [sample.target if seed < passes[index] else sample.sources[0] for seed in seeds]
 
     out = tmp_path / "mined" / "semi_hard.jsonl"
     seen, kept = mine_prompts(rows, edit, "verifiable", MiningConfig(k=4), out, reward_mode="pass")
@@ -76,9 +76,9 @@ def test_mining_with_the_judge_reward_asks_the_chat_server(tmp_path: Path) -> No
     rows = read_rows(manifest)
     with ChatServer(reply=chat_answer("Rating: 7")) as server:
         judge = chat_judge(server.url)
-        _, none = mine_prompts(rows, lambda s, seed: s.target, "judge", MiningConfig(k=2), tmp_path / "a.jsonl",
+        _, none = mine_prompts(rows, lambda s, seeds: [s.target for _ in seeds], "judge", MiningConfig(k=2), tmp_path / "a.jsonl",
                                judge=judge)
-        _, both = mine_prompts(rows, lambda s, seed: s.target, "judge", MiningConfig(k=2, max_lowest=0.7),
+        _, both = mine_prompts(rows, lambda s, seeds: [s.target for _ in seeds], "judge", MiningConfig(k=2, max_lowest=0.7),
                                tmp_path / "b.jsonl", judge=judge)
     assert len(server.requests) == 2 * 2 * 2  # 2 runs x 2 samples x k = 2
     assert (none, both) == (0, 2)  # every rating 0.7: no spread, worst case 0.7 (kept only with max_lowest 0.7)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["add_run_arguments", "add_scoring_arguments", "build_preferences", "checked_inputs", "judge_from_args",
            "model_edit_fn", "read_rows", "read_samples", "register_prefs", "run_prefs", "sample_from_row"]
 
-EditFn = Callable[[PrefSample, int], Image.Image]  # (sample, seed) -> edit
+EditFn = Callable[[PrefSample, Sequence[int]], list[Image.Image]]  # (sample, seeds) -> one edit per seed
 
 
 def sample_from_row(row: Any, base: Path, where: str) -> PrefSample:
@@ -67,7 +67,7 @@ def build_preferences(samples: Sequence[PrefSample], edit: EditFn, reward: str,
     try:
         for sample in samples:
             seen += 1
-            edits = [edit(sample, seed + j) for j in range(config.k)]
+            edits = edit(sample, range(seed, seed + config.k))
             scores = score_edits(reward, sample, edits, reward_mode, judge)
             chosen = pick_pair(scores, config)
             log.info("%s: rewards %s -> %s", sample.id, ", ".join(f"{s:.3f}" for s in scores),
@@ -149,16 +149,18 @@ def judge_from_args(args: argparse.Namespace) -> Any:
 
 
 def model_edit_fn(model: str | None, steps: int | None) -> EditFn:
-    """``(sample, seed) -> edit`` with a model folder (default: the embedded model) at the target's size."""
+    """``(sample, seeds) -> edits`` with a model folder (default: the embedded model) at the target's size: the
+    seeds of a sample sampled in one batch (``FireRedEditPipeline.edit_seeds``), each the edit its seed gives."""
     from firered_core.default import model_dir
     from firered_core.pipeline import FireRedEditPipeline
 
     pipe = FireRedEditPipeline.from_pretrained(model if model is not None else model_dir())  # its defaults.json
 
-    def edit(sample: PrefSample, seed: int) -> Image.Image:
+    def edit(sample: PrefSample, seeds: Sequence[int]) -> list[Image.Image]:
         width, height = pipe.fit_size(*sample.target.size)
-        return pipe.edit(sample.sources, sample.instruction, steps=steps, seed=seed, width=width,
-                         height=height).image
+        results = pipe.edit_seeds(sample.sources, sample.instruction, seeds=list(seeds), steps=steps, width=width,
+                                  height=height)
+        return [r.image for r in results]
     return edit
 
 

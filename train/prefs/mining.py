@@ -114,7 +114,7 @@ def mine_prompts(rows: Sequence[tuple[dict[str, Any], Path, PrefSample]], edit: 
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     lines = []
     for row, base, sample in rows:
-        edits = [edit(sample, seed + j) for j in range(config.k)]
+        edits = edit(sample, range(seed, seed + config.k))
         stats = PromptStats.of(score_edits(reward, sample, edits, reward_mode, judge))
         keep = stats.semi_hard(config)
         log.info("%s: mean %.3f, std %.3f, lowest %.3f -> %s", sample.id, stats.mean, stats.std, stats.lowest,
