@@ -1,6 +1,6 @@
 """K edits of one instruction: one batch (``FireRedEditPipeline.edit_seeds``) against K separate edits.
 
-Run (about 3 minutes on 2 cores):
+Run (about 9 minutes on 2 cores shared with two training runs):
 
     python benchmarks/edit_seeds.py [--samples 6] [--k 8] [--runs 3] [--threads 2]
 
