@@ -1,6 +1,6 @@
 """K edits of one instruction: one batch (``FireRedEditPipeline.edit_seeds``) against K separate edits.
 
-Run (about 9 minutes on 2 cores shared with two training runs):
+Run (about a minute on 2 quiet cores; 9 minutes beside two training runs):
 
     python benchmarks/edit_seeds.py [--samples 6] [--k 8] [--runs 3] [--threads 2]
 
