@@ -148,10 +148,10 @@ def euler_sample(
 
     ``cancel`` is polled before every step (``Cancelled`` is raised, no step is half-done); ``progress`` gets
     ``(step, num_steps, x)`` after every step. ``step_noise``: a seeded CPU generator (or one per row of ``x``)
-    turns on stochastic sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps. ``denoised`` gets
-    ``(step, num_steps, x0)`` after every step, before ``progress``: the clean tokens predicted at that step's
-    level, ``x0 = x - s v`` in float32 (computed only when it is given; for previews). See the module docstring
-    for the model-function contract.
+    turns on stochastic sampling (``stochastic_step``) and feeds it; None takes deterministic Euler steps.
+    ``denoised`` gets ``(step, num_steps, x0)`` after every step, before ``progress``: the clean tokens predicted
+    at that step's level, ``x0 = x - s v`` in float32 (computed only when it is given; for previews). See the
+    module docstring for the model-function contract.
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"euler_sample: sigmas must be 1-D with num_steps + 1 entries, got {tuple(sigmas.shape)}")

@@ -76,10 +76,10 @@ def test_mining_with_the_judge_reward_asks_the_chat_server(tmp_path: Path) -> No
     rows = read_rows(manifest)
     with ChatServer(reply=chat_answer("Rating: 7")) as server:
         judge = chat_judge(server.url)
-        _, none = mine_prompts(rows, lambda s, seeds: [s.target for _ in seeds], "judge", MiningConfig(k=2), tmp_path / "a.jsonl",
+        targets = lambda s, seeds: [s.target for _ in seeds]  # noqa: E731  every edit is the target
+        _, none = mine_prompts(rows, targets, "judge", MiningConfig(k=2), tmp_path / "a.jsonl", judge=judge)
+        _, both = mine_prompts(rows, targets, "judge", MiningConfig(k=2, max_lowest=0.7), tmp_path / "b.jsonl",
                                judge=judge)
-        _, both = mine_prompts(rows, lambda s, seeds: [s.target for _ in seeds], "judge", MiningConfig(k=2, max_lowest=0.7),
-                               tmp_path / "b.jsonl", judge=judge)
     assert len(server.requests) == 2 * 2 * 2  # 2 runs x 2 samples x k = 2
     assert (none, both) == (0, 2)  # every rating 0.7: no spread, worst case 0.7 (kept only with max_lowest 0.7)
     with pytest.raises(ValueError, match="needs the endpoint"):

@@ -306,10 +306,13 @@ def test_keep_unedited_grades_each_result_with_its_own_picture_1_outside_the_edi
         assert not np.array_equal(np.asarray(raw)[far], np.asarray(source)[far])
         core = (slice(44, 52), slice(44, 52))
         assert np.array_equal(np.asarray(keep)[core], np.asarray(raw)[core])
-    # the round pairs each of the K results of a prompt with that prompt's source
-    rewards = NFTRewards(records, reward="verifiable", mode="graded", manifest=str(prompts), preserve=PreserveConfig())
+    # the round pairs each of the K results of a prompt with that prompt's source (swapped, the grades differ)
+    rewards = NFTRewards(records, reward="verifiable", mode="graded", manifest=str(prompts),
+                         preserve=PreserveConfig())
     grades = rewards.score(vae, [0, 1], latents[:, None].expand(2, 2, *latents.shape[1:]))
-    assert grades.shape == (2, 2) and torch.equal(grades[:, 0], grades[:, 1])
+    assert torch.equal(grades, rewards.grade([0, 1], [[kept[0]] * 2, [kept[1]] * 2]))
+    swapped = decode_results(vae, latents, sources[::-1], PreserveConfig())
+    assert not torch.equal(grades, rewards.grade([0, 1], [[swapped[0]] * 2, [swapped[1]] * 2]))
     with pytest.raises(ValueError, match="2 results but 1 sources"):
         decode_results(vae, latents, sources[:1], PreserveConfig())
 

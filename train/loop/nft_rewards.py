@@ -12,9 +12,9 @@ before grading, because the checks compare pictures pixel for pixel; the synthet
 With ``closeness`` > 0 each result whose PSNR to the record's target beats Picture 1's gets that much more reward
 (``firered_bench.grade.reward.closer_to_target``). With a ``PreserveConfig`` ``preserve``, each result first keeps
 Picture 1's pixels outside the area it changed (``firered_core.preserve.keep_unedited``, the step a model folder
-with ``keep_unedited`` applies at inference and the benchmark grades), so the round grades what users get. The judge reward takes the judge (``nft_judge`` builds it from
-the config: ``firered_train.prefs.scoring.build_judge``). Source pictures are decoded on demand and the last few
-hundred kept (a prompt comes back every epoch).
+with ``keep_unedited`` applies at inference and the benchmark grades), so the round grades what users get. The
+judge reward takes the judge (``nft_judge`` builds it from the config: ``firered_train.prefs.scoring.build_judge``).
+Source pictures are decoded on demand and the last few hundred kept (a prompt comes back every epoch).
 
 Public API: ``NFTRewards``, ``decode_results``, ``nft_judge``.
 """
@@ -49,19 +49,25 @@ def decode_results(vae: Any, latents: torch.Tensor, sources: Sequence[Image.Imag
     """Normalised latents ``[N, C, h, w]`` -> ``N`` RGB pictures (the VAE's decode, one batch).
 
     With ``preserve``, result ``i`` keeps ``sources[i]`` (its Picture 1, resized to the result; ``None``: no
-    source, left as decoded) outside the area it changed, as the pipeline's ``keep_unedited`` does."""
+    source, left as decoded) outside the area it changed, as the pipeline's ``keep_unedited`` does. A source that
+    several results share (the ``K`` results of one prompt) is resized and encoded once."""
     latents = latents.to(compute_dtype(vae))
     pixels = vae.decode(latents)  # [N, 3, H, W] in [-1, 1]
     if preserve is None:
         return [to_pil(image.float().cpu()) for image in pixels]
     if len(sources) != len(pixels):
         raise ValueError(f"decode_results: {len(pixels)} results but {len(sources)} sources")
+    height, width = pixels.shape[-2:]
+    encoded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(source) -> its pixels and latents
     out = []
     for i, source in enumerate(sources):
         image = pixels[i:i + 1]
         if source is not None:
-            source_pixels = to_tensor(source.convert("RGB"), image.shape[-1], image.shape[-2])
-            image, _ = keep_unedited(vae, image, latents[i:i + 1], source_pixels, preserve)
+            if id(source) not in encoded:
+                source_pixels = to_tensor(source.convert("RGB"), width, height).to(image.device, image.dtype)
+                encoded[id(source)] = source_pixels, vae.encode(source_pixels)
+            source_pixels, source_latents = encoded[id(source)]
+            image, _ = keep_unedited(vae, image, latents[i:i + 1], source_pixels, preserve, source_latents)
         out.append(to_pil(image[0].float().cpu()))
     return out
 
