@@ -76,7 +76,10 @@ def test_mining_with_the_judge_reward_asks_the_chat_server(tmp_path: Path) -> No
     rows = read_rows(manifest)
     with ChatServer(reply=chat_answer("Rating: 7")) as server:
         judge = chat_judge(server.url)
-        targets = lambda s, seeds: [s.target for _ in seeds]  # noqa: E731  every edit is the target
+
+        def targets(sample, seeds):  # every edit is the target
+            return [sample.target for _ in seeds]
+
         _, none = mine_prompts(rows, targets, "judge", MiningConfig(k=2), tmp_path / "a.jsonl", judge=judge)
         _, both = mine_prompts(rows, targets, "judge", MiningConfig(k=2, max_lowest=0.7), tmp_path / "b.jsonl",
                                judge=judge)
